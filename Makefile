@@ -1,0 +1,78 @@
+# e3va-d2 entry points.  Each target bootstraps what it needs into the
+# project-local virtualenv $(VENV); stamp files under $(VENV)/ make reruns fast.
+#
+#   make setup       venv + torch + detectron2 + e3va_d2 (editable, with test extras)
+#   make demo        train the Shapes demo (CPU ok)
+#   make test        run the test suite
+#   make bench       tuning-cost benchmark
+#   make clean-venv  remove $(VENV)
+#
+# Overridable: TORCH_SPEC (pip requirement(s)/options for torch, e.g. another
+# build), PYTHON3 (interpreter used to create the venv), VENV, PYTEST_ARGS,
+# TESTS, DEMO_ARGS, BENCH_ARGS.  See docs/INSTALL.md.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON3 ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?= -q -n 2
+TESTS ?= tests
+DEMO_ARGS ?=
+BENCH_ARGS ?=
+
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip --disable-pip-version-check
+# Drop only pip's harmless "Location 'file:///...' is ignored" notices (printed
+# by some local-mirror pip configs); everything else, errors included, passes.
+PIP_FILTER := 2>&1 | { grep -v -E "^WARNING: Location '[^']*' is ignored: it is neither a file nor a directory\.?$$" || true; }
+
+TORCH_STAMP := $(VENV)/.stamp-torch
+D2_STAMP := $(VENV)/.stamp-detectron2
+PKG_STAMP := $(VENV)/.stamp-e3va_d2
+
+# Reinstall torch when TORCH_SPEC differs from what the stamp recorded.
+ifneq ($(strip $(shell cat $(TORCH_STAMP) 2>/dev/null)),$(strip $(TORCH_SPEC)))
+$(shell rm -f $(TORCH_STAMP))
+endif
+
+.PHONY: help setup demo test bench clean-venv
+
+help:
+	@echo "make setup | demo | test | bench | clean-venv   (see docs/INSTALL.md)"
+
+$(VPY):
+	@echo ">> creating $(VENV) with $(PYTHON3) ($$($(PYTHON3) --version 2>&1))"
+	$(PYTHON3) -m venv $(VENV)
+
+$(TORCH_STAMP): | $(VPY)
+	@echo ">> pip install $(TORCH_SPEC)   (first time: a few minutes)"
+	@$(PIP) install -q $(TORCH_SPEC) $(PIP_FILTER)
+	@echo '$(TORCH_SPEC)' > $@
+
+$(D2_STAMP): $(TORCH_STAMP) scripts/install_detectron2.sh scripts/detectron2_c_standin.py
+	@echo ">> PYTHON=$(VPY) scripts/install_detectron2.sh"
+	@PYTHON="$(abspath $(VPY))" bash scripts/install_detectron2.sh
+	@touch $@
+
+$(PKG_STAMP): $(D2_STAMP) pyproject.toml
+	@echo ">> pip install -e '.[test]'"
+	@$(PIP) install -q -e '.[test]' $(PIP_FILTER)
+	@touch $@
+
+setup: $(PKG_STAMP)
+	@echo ">> $(VENV) is ready ($$(cat $(TORCH_STAMP)), detectron2, e3va_d2[test])"
+
+demo: setup
+	$(VPY) train_net.py --config-file configs/Shapes/mask_rcnn_swin_demo_e3va.py --num-gpus 1 $(DEMO_ARGS)
+
+test: setup
+	$(VPY) -m pytest $(PYTEST_ARGS) $(TESTS)
+
+bench: setup
+	$(VPY) projects/benchmark/tuning_cost.py $(BENCH_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,14 @@
+"""Trainer settings read by ``E3VATrainer`` (see its docstring for every key)."""
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",  # a Swin ImageNet checkpoint (official, timm or detectron2 layout)
+    delta_checkpoint="",  # optional: trainable weights exported by a previous run
+    max_iter=90000,
+    device="auto",  # cuda when available, else cpu
+    amp=dict(enabled=False, dtype=None),  # dtype None: float16 on CUDA, bfloat16 on CPU
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=5000, max_to_keep=3),
+    eval_period=5000,
+    log_period=20,
+    seed=-1,
+)

@@ -1,0 +1,32 @@
+"""e3va-d2: memory- and time-efficient tuning (E3VA) of Swin detectors and segmenters in
+detectron2.
+
+Importing the package registers its backbones and the synthetic datasets (cheaply: nothing is
+generated until a dataset is used) and logs which detectron2 build it found.
+"""
+import logging
+
+from . import data  # noqa: F401  (registers the synthetic datasets)
+from .compat import HAS_COMPILED_OPS, detectron2_build
+from .modeling import (
+    TUNING_METHODS,
+    E3VATuning,
+    SwinTransformer,
+    TunedSwin,
+    build_tuning,
+    swin_size,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "HAS_COMPILED_OPS",
+    "detectron2_build",
+    "TUNING_METHODS",
+    "E3VATuning",
+    "SwinTransformer",
+    "TunedSwin",
+    "build_tuning",
+    "swin_size",
+]
+
+logging.getLogger(__name__).info("e3va_d2 %s uses %s", __version__, detectron2_build())

@@ -1,0 +1,67 @@
+"""The one place that knows how detectron2 builds and versions differ.
+
+e3va-d2 runs on two detectron2 flavours: the official build from source (any recent main,
+compiled ``detectron2._C``) and the pure-Python v0.6 tree that ``scripts/install_detectron2.sh``
+installs from PyPI, whose ``detectron2._C`` is a stand-in that raises on use. Everything that
+depends on which one is present goes through this module.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import detectron2
+import torch.distributed as dist
+from detectron2.utils import comm
+
+__all__ = [
+    "DETECTRON2_VERSION",
+    "HAS_COMPILED_OPS",
+    "detectron2_build",
+    "fast_coco_eval_available",
+    "init_local_process_group",
+]
+
+DETECTRON2_VERSION: str = getattr(detectron2, "__version__", "unknown")
+
+
+def _has_compiled_ops() -> bool:
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return not getattr(_C, "IS_STANDIN", False)
+
+
+HAS_COMPILED_OPS: bool = _has_compiled_ops()
+
+
+def detectron2_build() -> str:
+    """A one-line description of the detectron2 found, for logs."""
+    kind = "full build (compiled ops)" if HAS_COMPILED_OPS else "pure-Python (no compiled ops)"
+    return f"detectron2 {DETECTRON2_VERSION}, {kind}, at {detectron2.__path__[0]}"
+
+
+def fast_coco_eval_available() -> bool:
+    """``COCOEvaluator(use_fast_impl=True)`` needs the compiled ``_C``; usable in configs."""
+    return HAS_COMPILED_OPS
+
+
+def init_local_process_group(num_workers_per_machine: int, machine_rank: int) -> None:
+    """Create detectron2's per-machine process group (``comm.get_local_rank`` needs it).
+
+    detectron2 main has ``comm.create_local_process_group``; v0.6 sets a module global.
+    """
+    if hasattr(comm, "create_local_process_group"):
+        comm.create_local_process_group(num_workers_per_machine)
+        return
+    num_machines = dist.get_world_size() // num_workers_per_machine
+    for i in range(num_machines):
+        ranks = list(range(i * num_workers_per_machine, (i + 1) * num_workers_per_machine))
+        group = dist.new_group(ranks)
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def log_build(logger: Any = None) -> None:
+    (logger or logging.getLogger("e3va_d2")).info("e3va_d2 uses %s", detectron2_build())

@@ -1,0 +1,540 @@
+"""Deterministic synthetic "shapes" dataset (rectangles, ellipses, triangles).
+
+Why: smoke-tests, CI and tutorials need a detection/segmentation dataset that exists everywhere,
+is tiny, exercises padding (odd image sizes), occlusion and all three annotation types (boxes,
+instance masks, semantic maps), and is byte-identical on every run. It is rendered once into a
+cache folder in standard COCO format, so every Detectron2 tool (``load_coco_json``,
+``COCOEvaluator``, ``SemSegEvaluator``) consumes it unchanged.
+
+Cache layout (``$E3VA_D2_DATASETS``, default ``~/.cache/e3va_d2/datasets``)::
+
+    shapes-v1-<hash of ShapesSpec>/
+        annotations.json   COCO instances; masks as RLE of the *visible* region
+        images/000000.jpg  RGB images
+        sem_seg/000000.png uint8 label maps: 0 = background, 1..3 = THING_CLASSES
+        COMPLETE           written last; the folder only appears (atomic rename) once complete
+
+Instance masks are RLE (exact, and able to express holes/fragments caused by occlusion), so
+training configs must use ``instance_mask_format="bitmask"`` for these datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .datasets import DatasetError
+
+__all__ = [
+    "THING_CLASSES",
+    "THING_COLORS",
+    "STUFF_CLASSES",
+    "IGNORE_LABEL",
+    "DEFAULT_SPLITS",
+    "ShapesSpec",
+    "ShapesPaths",
+    "default_cache_root",
+    "shapes_folder_name",
+    "generate_shapes",
+    "ensure_shapes_split",
+    "register_shapes",
+]
+
+logger = logging.getLogger(__name__)
+
+# Bump when the rendering or file format changes: old caches are then never reused.
+_VERSION = 1
+_SUPERSAMPLE = 4  # sub-pixel factor for anti-aliased edges and exact 50%-coverage masks
+_MARKER = "COMPLETE"
+_STALE_TMP_SECONDS = 24 * 3600
+
+THING_CLASSES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle")
+THING_COLORS: Tuple[Tuple[int, int, int], ...] = ((220, 20, 60), (0, 130, 200), (60, 180, 75))
+STUFF_CLASSES: Tuple[str, ...] = ("background",) + THING_CLASSES
+IGNORE_LABEL = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesSpec:
+    """Generation parameters; their hash names the cache folder, so changes never reuse files."""
+
+    num_images: int = 256
+    seed: int = 0
+    min_size: int = 160  # image width and height are drawn independently in [min, max]
+    max_size: int = 256
+    min_objects: int = 1
+    max_objects: int = 5
+    min_visible_area: int = 30  # pixels; occluders that would leave less are re-placed
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1:
+            raise ValueError(f"ShapesSpec.num_images must be >= 1, got {self.num_images}")
+        if not 32 <= self.min_size <= self.max_size:
+            raise ValueError(f"ShapesSpec needs 32 <= min_size <= max_size, got {self}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"ShapesSpec needs 1 <= min_objects <= max_objects, got {self}")
+        if self.min_visible_area < 1:
+            raise ValueError("ShapesSpec.min_visible_area must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesPaths:
+    """Where a generated split lives."""
+
+    root: str
+    json_file: str
+    image_root: str
+    sem_seg_root: str
+
+
+DEFAULT_SPLITS: Dict[str, ShapesSpec] = {
+    "train": ShapesSpec(num_images=256, seed=0),
+    "val": ShapesSpec(num_images=64, seed=1),
+}
+
+# dataset name -> (spec, cache root), filled by register_shapes()
+_REGISTERED: Dict[str, Tuple[ShapesSpec, str]] = {}
+
+
+def default_cache_root() -> str:
+    """``$E3VA_D2_DATASETS`` or ``~/.cache/e3va_d2/datasets``, made absolute."""
+    root = os.environ.get("E3VA_D2_DATASETS") or "~/.cache/e3va_d2/datasets"
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def shapes_folder_name(spec: ShapesSpec) -> str:
+    """Folder name holding the format version and a short hash of all generation parameters."""
+    key = json.dumps({"version": _VERSION, **dataclasses.asdict(spec)}, sort_keys=True)
+    return f"shapes-v{_VERSION}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def _paths(folder: str) -> ShapesPaths:
+    return ShapesPaths(
+        root=folder,
+        json_file=os.path.join(folder, "annotations.json"),
+        image_root=os.path.join(folder, "images"),
+        sem_seg_root=os.path.join(folder, "sem_seg"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------
+
+
+def _upsample(low: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear upsampling of a small (ly, lx, C) grid to (h, w, C); smooth blotchy textures."""
+    ly, lx = low.shape[:2]
+    ys, xs = np.linspace(0, ly - 1, h), np.linspace(0, lx - 1, w)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, ly - 1), np.minimum(x0 + 1, lx - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    rows = low[y0] * (1 - fy) + low[y1] * fy
+    return rows[:, x0] * (1 - fx) + rows[:, x1] * fx
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Gradient base plus one of: nothing, stripes, checkerboard, blotches; then pixel noise."""
+    y = np.arange(h, dtype=np.float32)[:, None]
+    x = np.arange(w, dtype=np.float32)[None, :]
+    c0, c1 = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+    theta = rng.uniform(0, 2 * math.pi)
+    t = x * math.cos(theta) + y * math.sin(theta)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    img = c0 + (c1 - c0) * t[..., None]
+    kind = int(rng.integers(4))
+    if kind in (1, 2):
+        if kind == 1:
+            period, phase, ang = (
+                rng.uniform(6, 32),
+                rng.uniform(0, 2 * math.pi),
+                rng.uniform(0, math.pi),
+            )
+            u = x * math.cos(ang) + y * math.sin(ang)
+            pattern = np.sin(u * (2 * math.pi / period) + phase) > 0
+        else:
+            cell = int(rng.integers(6, 33))
+            ox, oy = (int(v) for v in rng.integers(0, cell, size=2))
+            pattern = (((x.astype(int) + ox) // cell + (y.astype(int) + oy) // cell) % 2) == 1
+        c2 = rng.uniform(0, 255, size=3).astype(np.float32)
+        alpha = np.float32(rng.uniform(0.25, 0.7))
+        img = np.where(pattern[..., None], img * (1 - alpha) + c2 * alpha, img)
+    elif kind == 3:
+        cell = int(rng.integers(8, 33))
+        low = rng.normal(0, rng.uniform(15, 45), size=(h // cell + 2, w // cell + 2, 3))
+        img = img + _upsample(low.astype(np.float32), h, w)
+    sigma = rng.uniform(0, 10)
+    return img + rng.normal(0, sigma, size=(h, w, 3)).astype(np.float32)
+
+
+def _shape_polygon(rng: np.random.Generator, cls: int, h: int, w: int) -> List[Tuple[float, float]]:
+    """Vertices (pixel units) of a random rectangle (0), ellipse (1) or triangle (2)."""
+    a = rng.uniform(0.12, 0.45) * min(h, w)
+    b = a * rng.uniform(0.5, 1.5)
+    cx, cy = rng.uniform(0.08, 0.92) * w, rng.uniform(0.08, 0.92) * h
+    if cls == 0:
+        angle = 0.0 if rng.uniform() < 0.5 else rng.uniform(0, math.pi)
+        local = [(-a / 2, -b / 2), (a / 2, -b / 2), (a / 2, b / 2), (-a / 2, b / 2)]
+    elif cls == 1:
+        angle = 0.0  # ellipses stay axis-aligned
+        n = 48
+        local = [
+            (a / 2 * math.cos(2 * math.pi * i / n), b / 2 * math.sin(2 * math.pi * i / n))
+            for i in range(n)
+        ]
+    else:
+        angle = rng.uniform(0, 2 * math.pi)
+        apex = rng.uniform(-a / 2, a / 2)
+        local = [(-a / 2, b / 2), (a / 2, b / 2), (apex, -b / 2)]
+    ca, sa = math.cos(angle), math.sin(angle)
+    return [(cx + px * ca - py * sa, cy + px * sa + py * ca) for px, py in local]
+
+
+def _coverage(
+    points: List[Tuple[float, float]], h: int, w: int
+) -> Optional[Tuple[int, int, np.ndarray]]:
+    """Fractional pixel coverage of a polygon, clipped to the image, on its bounding region.
+
+    Returns (y0, x0, coverage[hh, ww] in [0, 1]) or None if the polygon misses the image.
+    """
+    from PIL import Image, ImageDraw
+
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = max(int(math.floor(min(xs))), 0), min(int(math.ceil(max(xs))), w)
+    y0, y1 = max(int(math.floor(min(ys))), 0), min(int(math.ceil(max(ys))), h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    s = _SUPERSAMPLE
+    canvas = Image.new("L", ((x1 - x0) * s, (y1 - y0) * s), 0)
+    # supersample pixel j has its center at (j + 0.5) / s in image pixel units
+    scaled = [((px - x0) * s - 0.5, (py - y0) * s - 0.5) for px, py in points]
+    ImageDraw.Draw(canvas).polygon(scaled, fill=255)
+    arr = np.asarray(canvas, dtype=np.float32).reshape(y1 - y0, s, x1 - x0, s)
+    return y0, x0, arr.mean(axis=(1, 3)) / 255.0
+
+
+def _render(spec: ShapesSpec, index: int) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, int]]]:
+    """Render image ``index``: (RGB uint8 image, owner map int16 (-1 = bg), [(class, area)]).
+
+    Later objects occlude earlier ones; an object is re-placed (or skipped) if it would leave an
+    earlier one with fewer than ``min_visible_area`` pixels or under 25% of its own area visible,
+    so every painted object is annotated and every annotation is clearly visible.
+    """
+    rng = np.random.default_rng([spec.seed, index])
+    h, w = (int(v) for v in rng.integers(spec.min_size, spec.max_size + 1, size=2))
+    img = _background(rng, h, w)
+    owner = np.full((h, w), -1, dtype=np.int16)
+    classes: List[int] = []
+    full_area: List[int] = []
+    visible: List[int] = []
+    num_objects = int(rng.integers(spec.min_objects, spec.max_objects + 1))
+    for obj in range(num_objects):
+        for _attempt in range(40 if obj == 0 else 8):
+            cls = int(rng.integers(len(THING_CLASSES)))
+            cov_info = _coverage(_shape_polygon(rng, cls, h, w), h, w)
+            if cov_info is None:
+                continue
+            y0, x0, cov = cov_info
+            mask = cov >= 0.5
+            area = int(mask.sum())
+            if area < spec.min_visible_area:
+                continue
+            region = owner[y0 : y0 + cov.shape[0], x0 : x0 + cov.shape[1]]
+            hidden = np.bincount(region[mask] + 1, minlength=len(classes) + 1)[1:]
+            remaining = np.asarray(visible, dtype=np.int64) - hidden
+            need = np.maximum(spec.min_visible_area, 0.25 * np.asarray(full_area, dtype=np.float64))
+            if np.any(remaining < need):
+                continue
+            region[mask] = len(classes)
+            visible = [int(v) for v in remaining] + [area]
+            classes.append(cls)
+            full_area.append(area)
+            _paint(rng, img, y0, x0, cov)
+            break
+    image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    return image, owner, list(zip(classes, visible))
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, y0: int, x0: int, cov: np.ndarray) -> None:
+    """Alpha-blend a shaded, slightly noisy object color into ``img`` using coverage ``cov``."""
+    hh, ww = cov.shape
+    patch = img[y0 : y0 + hh, x0 : x0 + ww]
+    under = patch[cov >= 0.5].mean(axis=0)
+    for _ in range(6):  # prefer colors that stand out from what lies underneath
+        color = rng.uniform(0, 255, size=3).astype(np.float32)
+        if np.abs(color - under).sum() > 120:
+            break
+    gy, gx = rng.uniform(-0.25, 0.25, size=2)
+    v = np.linspace(-1, 1, hh, dtype=np.float32)[:, None]
+    u = np.linspace(-1, 1, ww, dtype=np.float32)[None, :]
+    shade = 1 + np.float32(gx) * u + np.float32(gy) * v
+    texture = color * shade[..., None] + rng.normal(0, 4, size=(hh, ww, 3)).astype(np.float32)
+    alpha = cov[..., None]
+    patch[...] = patch * (1 - alpha) + texture * alpha
+
+
+def _annotations(
+    owner: np.ndarray, objects: List[Tuple[int, int]], image_id: int, next_id: int
+) -> List[dict]:
+    """COCO annotations (RLE of visible masks, tight XYWH boxes, pixel areas) for one image."""
+    import pycocotools.mask as mask_util
+
+    anns = []
+    for j, (cls, area) in enumerate(objects):
+        mask = owner == j
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        anns.append(
+            {
+                "id": next_id + len(anns),
+                "image_id": image_id,
+                "category_id": cls + 1,
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "area": int(area),
+                "iscrowd": 0,
+                "segmentation": {
+                    "size": [int(s) for s in rle["size"]],
+                    "counts": rle["counts"].decode("ascii"),
+                },
+            }
+        )
+    return anns
+
+
+def generate_shapes(spec: ShapesSpec, folder: str) -> None:
+    """Write a complete split into an (empty or new) ``folder``; the marker file comes last."""
+    from PIL import Image
+
+    paths = _paths(folder)
+    os.makedirs(paths.image_root, exist_ok=True)
+    os.makedirs(paths.sem_seg_root, exist_ok=True)
+    images, annotations = [], []
+    for index in range(spec.num_images):
+        image, owner, objects = _render(spec, index)
+        h, w = owner.shape
+        stem = f"{index:06d}"
+        Image.fromarray(image).save(
+            os.path.join(paths.image_root, stem + ".jpg"), format="JPEG", quality=95, subsampling=0
+        )
+        lut = np.asarray([0] + [cls + 1 for cls, _ in objects], dtype=np.uint8)  # owner -> label
+        sem = lut[owner.astype(np.int64) + 1]
+        Image.fromarray(sem, mode="L").save(
+            os.path.join(paths.sem_seg_root, stem + ".png"), format="PNG", compress_level=6
+        )
+        images.append({"id": index + 1, "file_name": stem + ".jpg", "height": h, "width": w})
+        annotations += _annotations(owner, objects, index + 1, len(annotations) + 1)
+    coco = {
+        "info": {
+            "description": "e3va-d2 synthetic shapes",
+            "version": str(_VERSION),
+            "spec": dataclasses.asdict(spec),
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": "shape"}
+            for i, name in enumerate(THING_CLASSES)
+        ],
+    }
+    with open(paths.json_file, "w") as f:
+        json.dump(coco, f, separators=(",", ":"))
+    with open(os.path.join(folder, _MARKER), "w") as f:
+        json.dump({"version": _VERSION, **dataclasses.asdict(spec)}, f, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache management
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_complete(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, _MARKER))
+
+
+def _remove_stale_tmp(root: str, name: str) -> None:
+    """Delete temp folders of killed generations (older than a day, so never a live one)."""
+    prefix = f".{name}.tmp-"
+    now = time.time()
+    for entry in os.listdir(root):
+        path = os.path.join(root, entry)
+        if entry.startswith(prefix):
+            try:
+                if now - os.path.getmtime(path) > _STALE_TMP_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def _resolve(split: Union[str, ShapesSpec], root: Optional[str]) -> Tuple[ShapesSpec, str]:
+    if isinstance(split, ShapesSpec):
+        return split, _abs(root) if root else default_cache_root()
+    if split in _REGISTERED:
+        spec, registered_root = _REGISTERED[split]
+        return spec, _abs(root) if root else registered_root
+    short = split
+    for prefix in ("shapes_sem_seg_", "shapes_"):
+        if split.startswith(prefix):
+            short = split[len(prefix) :]
+            break
+    if short in DEFAULT_SPLITS:
+        return DEFAULT_SPLITS[short], _abs(root) if root else default_cache_root()
+    known = sorted(set(_REGISTERED) | {f"shapes_{s}" for s in DEFAULT_SPLITS})
+    raise DatasetError(
+        f"Unknown shapes split '{split}'. Known: {known}. Pass a ShapesSpec, or register a new "
+        "split with e3va_d2.data.register_shapes(splits={'name': ShapesSpec(...)})."
+    )
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def ensure_shapes_split(
+    split: Union[str, ShapesSpec] = "shapes_train", *, root: Optional[str] = None
+) -> ShapesPaths:
+    """Return the paths of a split, generating it first if it is not cached yet.
+
+    ``split`` is a registered name (``shapes_val``, ``shapes_sem_seg_val``, ...), a short name
+    (``"val"``) or a ``ShapesSpec``. Safe with several processes at once: each renders into its
+    own temp folder next to the target and atomically renames it; losers discard their copy. A
+    killed generation leaves only a temp folder, which is never mistaken for the dataset.
+    """
+    spec, root = _resolve(split, root)
+    name = shapes_folder_name(spec)
+    final = os.path.join(root, name)
+    if _is_complete(final):
+        return _paths(final)
+    if os.path.exists(final):
+        raise DatasetError(
+            f"Shapes cache folder '{final}' exists but has no '{_MARKER}' marker, so it is not a "
+            "complete dataset (it was not written by ensure_shapes_split). Delete it and retry."
+        )
+    os.makedirs(root, exist_ok=True)
+    _remove_stale_tmp(root, name)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root)
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp uses 0700; the cache may be shared
+        start = time.perf_counter()
+        generate_shapes(spec, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _is_complete(final):
+                raise
+            logger.info("Another process generated %s first; using its copy.", final)
+        else:
+            logger.info(
+                "Generated %d shapes images in %s (%.1fs).",
+                spec.num_images,
+                final,
+                time.perf_counter() - start,
+            )
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _paths(final)
+
+
+# ----------------------------------------------------------------------------------------------
+# Detectron2 registration
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_instances(name: str, spec: ShapesSpec, root: str) -> List[dict]:
+    from detectron2.data.datasets import load_coco_json
+
+    paths = ensure_shapes_split(spec, root=root)
+    return load_coco_json(paths.json_file, paths.image_root, name)
+
+
+def _load_sem_seg(spec: ShapesSpec, root: str) -> List[dict]:
+    paths = ensure_shapes_split(spec, root=root)
+    with open(paths.json_file) as f:
+        images = json.load(f)["images"]
+    return [
+        {
+            "file_name": os.path.join(paths.image_root, im["file_name"]),
+            "sem_seg_file_name": os.path.join(
+                paths.sem_seg_root, os.path.splitext(im["file_name"])[0] + ".png"
+            ),
+            "height": im["height"],
+            "width": im["width"],
+            "image_id": im["id"],
+        }
+        for im in images
+    ]
+
+
+def register_shapes(
+    root: Optional[str] = None,
+    *,
+    splits: Optional[Mapping[str, ShapesSpec]] = None,
+    prefix: str = "shapes",
+    force: bool = False,
+) -> List[str]:
+    """Register ``{prefix}_{split}`` (instances) and ``{prefix}_sem_seg_{split}`` (semantic).
+
+    Cheap: nothing is generated until ``DatasetCatalog.get`` (or ``ensure_shapes_split``) is
+    called. The cache root is fixed now (``root`` or ``$E3VA_D2_DATASETS``) because the metadata
+    ``json_file`` must be a concrete path for ``COCOEvaluator``. Names that are already
+    registered are left alone unless ``force=True`` (e.g. after changing the env var).
+    Returns the registered names.
+    """
+    root = _abs(root) if root else default_cache_root()
+    names = []
+    for split, spec in (splits if splits is not None else DEFAULT_SPLITS).items():
+        paths = _paths(os.path.join(root, shapes_folder_name(spec)))
+        common = {"image_root": paths.image_root, "generated_on_demand": True}
+        det_name, sem_name = f"{prefix}_{split}", f"{prefix}_sem_seg_{split}"
+        entries = [
+            (
+                det_name,
+                functools.partial(_load_instances, det_name, spec, root),
+                dict(
+                    common,
+                    json_file=paths.json_file,
+                    thing_classes=list(THING_CLASSES),
+                    thing_colors=[list(c) for c in THING_COLORS],
+                    thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(THING_CLASSES))},
+                    evaluator_type="coco",
+                ),
+            ),
+            (
+                sem_name,
+                functools.partial(_load_sem_seg, spec, root),
+                dict(
+                    common,
+                    sem_seg_root=paths.sem_seg_root,
+                    stuff_classes=list(STUFF_CLASSES),
+                    stuff_colors=[[0, 0, 0]] + [list(c) for c in THING_COLORS],
+                    ignore_label=IGNORE_LABEL,
+                    evaluator_type="sem_seg",
+                ),
+            ),
+        ]
+        for name, loader, metadata in entries:
+            names.append(name)
+            if name in DatasetCatalog:
+                if not force:
+                    continue
+                DatasetCatalog.remove(name)
+                if name in MetadataCatalog:
+                    MetadataCatalog.remove(name)
+            DatasetCatalog.register(name, loader)
+            MetadataCatalog.get(name).set(**metadata)
+            _REGISTERED[name] = (spec, root)
+    return names

@@ -1,0 +1,3 @@
+from .norms import adapt_sync_batchnorm
+
+__all__ = ["adapt_sync_batchnorm"]

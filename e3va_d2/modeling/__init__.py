@@ -1,0 +1,23 @@
+"""Swin trunk, E3VA highway, tuning methods and the backbone that combines them."""
+from .backbone import TunedSwin, unreachable_trainable_parameters
+from .e3va import BlockAdapters, DualLowRankLinear, E3VAHighway, HighwayAdapter
+from .swin import SWIN_SIZES, SwinTransformer, swin_size
+from .tuning import TUNING_METHODS, E3VATuning, FixedTuning, FullTuning, TuningMethod, build_tuning
+
+__all__ = [
+    "SWIN_SIZES",
+    "SwinTransformer",
+    "swin_size",
+    "TunedSwin",
+    "unreachable_trainable_parameters",
+    "DualLowRankLinear",
+    "HighwayAdapter",
+    "BlockAdapters",
+    "E3VAHighway",
+    "TUNING_METHODS",
+    "TuningMethod",
+    "E3VATuning",
+    "FixedTuning",
+    "FullTuning",
+    "build_tuning",
+]

@@ -1,0 +1,255 @@
+"""E3VA adapters and the adapter highway (paper sections 3.2-3.4).
+
+For block ``i`` of the frozen trunk with attention branch ``a1`` and MLP branch ``a2``::
+
+    l_{i+1} = l_i + a1 + a2                       (frozen trunk, no autograd)
+    e_{i+1} = e_i + A1(a1) + A2(a2)               (highway, the only autograd graph)
+    A(x)    = x + U(GELU(D(x)))                   (D: C -> C/2, U: C/2 -> C)
+
+``e`` starts as the patch embedding and passes through the trunk's frozen patch merging at
+each stage end (gradients flow through it, its weights stay fixed). Because ``A(x) == x``
+when ``U`` is zero, a zero-initialised highway reproduces the frozen trunk bit for bit.
+
+Shape legend: B batch, L tokens, C channels, r rank.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .swin import SwinTransformer, next_grid, tokens_to_map
+
+__all__ = [
+    "DualLowRankLinear",
+    "HighwayAdapter",
+    "BlockAdapters",
+    "E3VAHighway",
+    "ADAPTER_KINDS",
+    "HIGHWAY_STRUCTURES",
+]
+
+ADAPTER_KINDS = ("dual_low_rank", "standard")
+HIGHWAY_STRUCTURES = ("parallel", "stacked")
+
+
+class DualLowRankLinear(nn.Module):
+    """``y = x (s1 t1 + s2 t2)^T + b`` with ``s_k: (out, r)`` and ``t_k: (r, in)``.
+
+    The two rank-r products are stored side by side so that both branches run as one
+    rank-2r matmul per factor (``s1 t1 + s2 t2 == [s1 s2] [t1; t2]``). They are still two
+    branches for initialisation: each factor is Kaiming-normal over its own fan-in.
+    Parameters: ``2 r (in + out) + out``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.input_factors = nn.Parameter(torch.empty(2, rank, in_features))  # [t1; t2]
+        self.output_factors = nn.Parameter(torch.empty(out_features, 2, rank))  # [s1 s2]
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Kaiming normal (fan-in, ReLU gain) of each factor of each branch, as in the paper.
+        nn.init.normal_(self.input_factors, std=math.sqrt(2.0 / self.in_features))
+        nn.init.normal_(self.output_factors, std=math.sqrt(2.0 / self.rank))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def zero_(self) -> None:
+        """Make the layer output exactly zero (for a highway that starts at the frozen model)."""
+        with torch.no_grad():
+            self.output_factors.zero_()
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        r2 = 2 * self.rank
+        h = F.linear(x, self.input_factors.reshape(r2, self.in_features))  # B, L, 2r
+        return F.linear(h, self.output_factors.reshape(self.out_features, r2), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class HighwayAdapter(nn.Module):
+    """``A(x) = x + U(GELU(D(x)))``.
+
+    Args:
+        dim: channels C of the branch it reads.
+        hidden_dim: bottleneck width (the paper uses C/2 for the dual low-rank adapter and 32
+            for the "standard" ablation of Table 5).
+        kind: ``"dual_low_rank"`` (E3VA) or ``"standard"`` (dense ``nn.Linear`` projections).
+        rank: rank of each of the two branches (``kind="dual_low_rank"`` only).
+        zero_init: zero the up projection so that ``A(x) == x`` at the start of training.
+        recompute: keep only the adapter's input for backward and recompute its (cheap,
+            low-rank) internals there, instead of storing four more activations per token.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        *,
+        kind: str = "dual_low_rank",
+        rank: int = 8,
+        zero_init: bool = False,
+        recompute: bool = True,
+    ):
+        super().__init__()
+        self.recompute = recompute
+        if kind == "dual_low_rank":
+            self.down = DualLowRankLinear(dim, hidden_dim, rank)
+            self.up = DualLowRankLinear(hidden_dim, dim, rank)
+        elif kind == "standard":
+            self.down = nn.Linear(dim, hidden_dim)
+            self.up = nn.Linear(hidden_dim, dim)
+            for layer in (self.down, self.up):
+                nn.init.kaiming_normal_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        else:
+            raise ValueError(f"Unknown adapter kind {kind!r}; expected one of {ADAPTER_KINDS}")
+        self.act = nn.GELU()
+        if zero_init:
+            self.zero_()
+
+    def zero_(self) -> None:
+        if isinstance(self.up, DualLowRankLinear):
+            self.up.zero_()
+        else:
+            with torch.no_grad():
+                self.up.weight.zero_()
+                self.up.bias.zero_()
+
+    def branch(self, x: Tensor) -> Tensor:
+        """The adaptation ``U(GELU(D(x)))`` alone (exactly zero when zero-initialised)."""
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self._branch, x, use_reentrant=False, preserve_rng_state=False)
+        return self._branch(x)
+
+    def _branch(self, x: Tensor) -> Tensor:
+        return self.up(self.act(self.down(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.branch(x)
+
+
+class BlockAdapters(nn.Module):
+    """The two adapters of one highway step: ``attn_adapter`` reads a1, ``mlp_adapter`` a2."""
+
+    def __init__(self, dim: int, structure: str = "parallel", **adapter_kwargs):
+        super().__init__()
+        if structure not in HIGHWAY_STRUCTURES:
+            raise ValueError(f"Unknown structure {structure!r}; expected {HIGHWAY_STRUCTURES}")
+        self.structure = structure
+        self.attn_adapter = HighwayAdapter(dim, **adapter_kwargs)
+        self.mlp_adapter = HighwayAdapter(dim, **adapter_kwargs)
+
+    def forward(self, e: Tensor, a1: Tensor, a2: Tensor) -> Tensor:
+        if self.structure == "parallel":
+            # Same association as the trunk's (l + a1) + a2: exact when the adapters are zero.
+            return e + self.attn_adapter(a1) + self.mlp_adapter(a2)
+        # Stacked (Table 6): the MLP adapter reads its branch shifted by the attention adapter's
+        # adaptation, as the MLP of a stacked adapter-tuned block would see it, so the two
+        # adapters interact in forward and backward. Zeroed, it is again exactly (e + a1) + a2.
+        delta = self.attn_adapter.branch(a1)
+        return e + (a1 + delta) + self.mlp_adapter(a2 + delta)
+
+    def extra_repr(self) -> str:
+        return f"structure={self.structure}"
+
+
+class E3VAHighway(nn.Module):
+    """Adapters beside every block of a Swin trunk, plus (optionally) trainable copies of the
+    trunk's patch merging layers.
+
+    Module names mirror the trunk (``layers.{i}.blocks.{j}``) so a parameter's place in the
+    highway reads like the block it adapts.
+    """
+
+    def __init__(
+        self,
+        trunk: SwinTransformer,
+        *,
+        rank: int = 8,
+        hidden_ratio: float = 0.5,
+        hidden_dim: Optional[int] = None,
+        adapter_kind: str = "dual_low_rank",
+        structure: str = "parallel",
+        zero_init: bool = False,
+        recompute: bool = True,
+        trainable_downsampling: bool = False,
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for i, stage in enumerate(trunk.layers):
+            dim = trunk.num_features[i]
+            width = hidden_dim if hidden_dim is not None else int(dim * hidden_ratio)
+            blocks = nn.ModuleList(
+                BlockAdapters(
+                    dim,
+                    structure,
+                    hidden_dim=width,
+                    kind=adapter_kind,
+                    rank=rank,
+                    zero_init=zero_init,
+                    recompute=recompute,
+                )
+                for _ in stage.blocks
+            )
+            self.layers.append(nn.ModuleDict({"blocks": blocks}))
+        # Trainable reductions (Table 7 ablation) start as copies of the pre-trained ones; the
+        # checkpointer fills them from the trunk's weights (see ``inherited_weights``).
+        self.downsample = (
+            nn.ModuleList(
+                copy.deepcopy(stage.downsample)
+                for stage in trunk.layers
+                if stage.downsample is not None
+            )
+            if trainable_downsampling
+            else None
+        )
+
+    def inherited_weights(self, trunk_prefix: str, highway_prefix: str) -> Dict[str, str]:
+        """Highway parameter name -> trunk parameter name it is initialised from."""
+        if self.downsample is None:
+            return {}
+        return {
+            f"{highway_prefix}downsample.{i}.{name}": f"{trunk_prefix}layers.{i}.downsample.{name}"
+            for i, merge in enumerate(self.downsample)
+            for name, _ in merge.named_parameters()
+        }
+
+    def forward(self, trunk: SwinTransformer, images: Tensor) -> Dict[str, Tensor]:
+        """Run the frozen trunk block by block without autograd and the highway beside it."""
+        with torch.no_grad():
+            trunk_x, hw = trunk.patch_embed(images)
+        e = trunk_x
+        outs = {}
+        for i, (stage, adapters) in enumerate(zip(trunk.layers, self.layers)):
+            mask = stage.shift_mask(hw, images.device)
+            for block, block_adapters in zip(stage.blocks, adapters["blocks"]):
+                with torch.no_grad():
+                    a1 = block.attention_branch(trunk_x, hw, mask)
+                    trunk_x = trunk_x + a1
+                    a2 = block.mlp_branch(trunk_x)
+                    trunk_x = trunk_x + a2
+                e = block_adapters(e, a1, a2)
+            if i in trunk.out_indices:
+                outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
+            if stage.downsample is not None:
+                with torch.no_grad():
+                    trunk_x = stage.downsample(trunk_x, hw)
+                merge = stage.downsample if self.downsample is None else self.downsample[i]
+                e = merge(e, hw)
+                hw = next_grid(hw)
+        return outs
+

@@ -1,0 +1,73 @@
+"""E3VA: adapters on a highway beside the frozen trunk (the paper's method and its ablations)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..e3va import ADAPTER_KINDS, HIGHWAY_STRUCTURES, E3VAHighway
+from .base import TuningMethod, output_norm_parameters, register_tuning
+
+__all__ = ["E3VATuning"]
+
+
+@register_tuning("e3va", rank=8)
+@register_tuning("e3va_plus", rank=16)
+@register_tuning("e3va_plusplus", rank=32)
+@dataclass
+class E3VATuning(TuningMethod):
+    """Options (paper defaults first):
+
+    rank: rank of each of the two low-rank branches (8 / 16 / 32 for E3VA / + / ++).
+    hidden_ratio: adapter bottleneck width as a fraction of the channels (paper: 1/2).
+    hidden_dim: a fixed bottleneck width instead (Table 5's standard adapter uses 32).
+    adapter_kind: "dual_low_rank" or "standard" (Table 5).
+    structure: "parallel" or "stacked" (Table 6).
+    zero_init: start with ``A(x) == x`` so training starts exactly at the frozen model
+        (the paper initialises every adapter weight with Kaiming normal instead).
+    recompute_adapters: store only each adapter's input for backward and recompute its
+        low-rank internals (a few % of the highway's FLOPs) instead of storing them.
+    trainable_downsampling: train copies of the patch merging layers (Table 7, "trainable").
+    train_output_norms: train the norms between highway and FPN (Table 7, "trainable").
+    """
+
+    name = "e3va"
+    trunk_runs_without_grad = True
+
+    rank: int = 8
+    hidden_ratio: float = 0.5
+    hidden_dim: Optional[int] = None
+    adapter_kind: str = "dual_low_rank"
+    structure: str = "parallel"
+    zero_init: bool = False
+    recompute_adapters: bool = True
+    trainable_downsampling: bool = False
+    train_output_norms: bool = True
+
+    def __post_init__(self):
+        if self.adapter_kind not in ADAPTER_KINDS:
+            raise ValueError(f"adapter_kind={self.adapter_kind!r}; expected one of {ADAPTER_KINDS}")
+        if self.structure not in HIGHWAY_STRUCTURES:
+            raise ValueError(f"structure={self.structure!r}; expected one of {HIGHWAY_STRUCTURES}")
+        if self.rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {self.rank}")
+        if not 0 < self.hidden_ratio <= 4:
+            raise ValueError(f"hidden_ratio must be in (0, 4], got {self.hidden_ratio}")
+
+    def attach(self, trunk):
+        return E3VAHighway(
+            trunk,
+            rank=self.rank,
+            hidden_ratio=self.hidden_ratio,
+            hidden_dim=self.hidden_dim,
+            adapter_kind=self.adapter_kind,
+            structure=self.structure,
+            zero_init=self.zero_init,
+            recompute=self.recompute_adapters,
+            trainable_downsampling=self.trainable_downsampling,
+        )
+
+    def trainable_parameters(self, trunk, extra):
+        for name, param in extra.named_parameters():
+            yield "highway." + name, param
+        if self.train_output_norms:
+            yield from output_norm_parameters(trunk)

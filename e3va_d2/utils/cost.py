@@ -1,0 +1,126 @@
+"""Measuring what training costs: activations kept for backward, step time, CUDA peak.
+
+Used by the benchmark (projects/benchmark/tuning_cost.py) and its tests. Saved activations are
+counted with ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd keeps for the
+backward pass, each storage counted once, parameters and buffers excluded (they are model state,
+not activations).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+from torch import nn
+
+__all__ = [
+    "saved_activation_bytes",
+    "synthetic_detection_batch",
+    "TrainingStep",
+    "median",
+]
+
+
+def _state_storages(model: nn.Module) -> set:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return {t.untyped_storage().data_ptr() for t in tensors}
+
+
+def saved_activation_bytes(forward: Callable[[], object], model: nn.Module) -> int:
+    """Bytes autograd keeps for backward during ``forward()`` (each storage once)."""
+    state = _state_storages(model)
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in state and ptr not in seen:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    del out
+    return sum(seen.values())
+
+
+def synthetic_detection_batch(
+    num_images: int, size: int, num_classes: int, seed: int = 0, objects: int = 6
+) -> List[dict]:
+    """Images with random boxes, masks and classes, in detectron2's model input format."""
+    rng = np.random.default_rng(seed)
+    batch = []
+    for _ in range(num_images):
+        image = torch.from_numpy(rng.uniform(0, 255, (3, size, size)).astype(np.float32))
+        xy = rng.uniform(0, size * 0.7, (objects, 2))
+        wh = rng.uniform(size * 0.1, size * 0.3, (objects, 2))
+        boxes = np.concatenate([xy, np.minimum(xy + wh, size - 1)], axis=1).astype(np.float32)
+        masks = torch.zeros(objects, size, size, dtype=torch.bool)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+            masks[k, y0 : y1 + 1, x0 : x1 + 1] = True
+        instances = Instances((size, size))
+        instances.gt_boxes = Boxes(torch.from_numpy(boxes))
+        instances.gt_classes = torch.from_numpy(rng.integers(0, num_classes, objects))
+        instances.gt_masks = BitMasks(masks)
+        batch.append({"image": image, "height": size, "width": size, "instances": instances})
+    return batch
+
+
+def _loss(model: nn.Module, batch) -> torch.Tensor:
+    losses = model(batch)
+    return losses if isinstance(losses, torch.Tensor) else sum(losses.values())
+
+
+class TrainingStep:
+    """One optimizer step of a detectron2 model on a fixed batch, timed and measured.
+
+    Randomness (proposal sampling) is re-seeded before every step so that every method sees
+    the same sampling sequence.
+    """
+
+    def __init__(self, model: nn.Module, batch: Sequence[dict], device: torch.device, lr=1e-4):
+        self.model = model.train()
+        self.batch = list(batch)
+        self.device = torch.device(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr)
+        self.times: List[float] = []
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, seed: int = 0, record: bool = True) -> float:
+        torch.manual_seed(seed)
+        with EventStorage():
+            self._sync()
+            start = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
+            _loss(self.model, self.batch).backward()
+            self.optimizer.step()
+            self._sync()
+            elapsed = time.perf_counter() - start
+        if record:
+            self.times.append(elapsed)
+        return elapsed
+
+    def saved_bytes(self, seed: int = 0) -> int:
+        torch.manual_seed(seed)
+        with EventStorage():
+            return saved_activation_bytes(lambda: _loss(self.model, self.batch), self.model)
+
+    def cuda_peak_bytes(self, seed: int = 0) -> int:
+        """Peak CUDA memory of one full step (weights, gradients, optimizer state and
+        activations of this model; the caller keeps other models off the GPU)."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.run(seed, record=False)
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")

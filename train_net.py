@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Train or evaluate an e3va-d2 LazyConfig, like detectron2's tools/lazyconfig_train_net.py.
+
+    python train_net.py --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py \
+        --num-gpus 8 train.init_checkpoint=/path/to/swin_base_patch4_window7_224_22k.pth
+    python train_net.py --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
+    python train_net.py --config-file ... --resume
+
+On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo).
+"""
+import logging
+
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import e3va_d2  # noqa: F401  (registers datasets and backbones)
+from e3va_d2.checkpoint import E3VACheckpointer, load_delta
+from e3va_d2.config import load_config
+from e3va_d2.engine import E3VATrainer, launch
+
+logger = logging.getLogger("e3va_d2")
+
+
+def do_eval(cfg):
+    """Evaluate ``train.init_checkpoint`` (+ ``train.delta_checkpoint``) on ``dataloader.test``."""
+    model = E3VATrainer.build_model(cfg)
+    E3VACheckpointer(model, cfg.train.output_dir).load(cfg.train.init_checkpoint)
+    if cfg.train.get("delta_checkpoint", ""):
+        load_delta(model, cfg.train.delta_checkpoint)
+    return E3VATrainer.test(cfg, model)
+
+
+def main(args):
+    cfg = load_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="e3va_d2")
+    if args.eval_only:
+        return do_eval(cfg)
+    trainer = E3VATrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process():
+        logger.info("Final evaluation: %s", dict(results))
+    return results
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
