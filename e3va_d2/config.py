@@ -7,10 +7,12 @@ unless it is written ``+key=value`` (Hydra's syntax for adding one).
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from typing import Iterable, List, Sequence
 
 from detectron2.config import LazyConfig
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["ConfigError", "load_config", "apply_overrides", "config_keys"]
@@ -33,8 +35,27 @@ def config_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
     return keys
 
 
+def _is_known_key(cfg: DictConfig, key: str) -> bool:
+    """A key present in the config, or an argument of the LazyCall target that holds it
+    (``model.backbone.bottom_up.tuning.zero_init`` is valid although the file omits it)."""
+    if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+        return True
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or "_target_" not in parent:
+        return False
+    target = parent._target_
+    try:
+        target = locate(target) if isinstance(target, str) else target
+        params = inspect.signature(target).parameters
+    except (ImportError, TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Apply ``key=value`` overrides in place (Hydra grammar); unknown keys are errors."""
+    """Apply ``key=value`` overrides in place (Hydra grammar); unknown keys are errors,
+    except arguments of a LazyCall target that the file leaves at their default."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -48,7 +69,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         key = override.key_or_group
         if override.is_delete():
             raise ConfigError(f"Deleting keys ({override.input_line}) is not supported")
-        if not override.is_add() and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+        if not override.is_add() and not _is_known_key(cfg, key):
             close = difflib.get_close_matches(key, config_keys(cfg), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(

@@ -19,7 +19,7 @@ model.backbone.bottom_up.trunk.update(
 model.backbone.out_channels = 64
 model.proposal_generator.head.in_channels = 64
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
-model.proposal_generator.post_nms_topk = (500, 200)
+model.proposal_generator.update(pre_nms_topk=(1000, 500), post_nms_topk=(300, 100))
 model.roi_heads.update(num_classes=3, batch_size_per_image=128)
 model.roi_heads.box_head.update(input_shape=ShapeSpec(channels=64, height=7, width=7),
                                 fc_dims=[256, 256])
@@ -27,10 +27,10 @@ model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=256)
 model.roi_heads.mask_head.update(input_shape=ShapeSpec(channels=64, width=14, height=14),
                                  conv_dims=[64, 64, 64])
 
-train.max_iter = 300
-lr_multiplier = step_schedule(train.max_iter, milestones=[240, 280], warmup_iters=20)
+train.max_iter = 600
+lr_multiplier = step_schedule(milestones=[80, 93], total=100, warmup_fraction=0.07)  # in % of training
 optimizer.lr = 1e-3
-train.checkpointer.period = 100
+train.checkpointer.period = 200
 train.eval_period = 0  # evaluate once, at the end
 train.log_period = 20
 train.output_dir = "./output/shapes_demo_e3va"

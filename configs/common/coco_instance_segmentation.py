@@ -14,7 +14,8 @@ model.roi_heads.num_classes = 80
 
 EPOCH = iterations_per_epoch(117266, dataloader.train.total_batch_size)
 train.max_iter = 36 * EPOCH
-lr_multiplier = step_schedule(train.max_iter, milestones=[27 * EPOCH, 33 * EPOCH])
+# In epochs; 500 warmup iterations as in the Swin detectors.
+lr_multiplier = step_schedule(milestones=[27, 33], total=36, warmup_fraction=500 / train.max_iter)
 optimizer.lr = 1e-4
 
 train.init_checkpoint = (

@@ -1,4 +1,9 @@
-"""Step schedules written in epochs, converted to iterations once, when the config loads."""
+"""Step schedules written in epochs (or any unit) and relative to ``train.max_iter``.
+
+The multiplier is scale-invariant: ``LRMultiplier`` feeds it the fraction of training done, so
+``train.max_iter=...`` on the command line shortens or lengthens the whole schedule, steps
+included, without editing milestones.
+"""
 import math
 
 from detectron2.config import LazyCall as L
@@ -10,14 +15,13 @@ def iterations_per_epoch(num_images: int, total_batch_size: int) -> int:
     return math.ceil(num_images / total_batch_size)
 
 
-def step_schedule(max_iter: int, milestones, warmup_iters: int = 500, warmup_factor: float = 0.001):
-    """LR x1 until the first milestone, then x0.1, then x0.01; linear warmup first."""
+def step_schedule(milestones, total, warmup_fraction: float = 0.0, warmup_factor: float = 0.001):
+    """LR x1, then x0.1 after ``milestones[0]``, x0.01 after ``milestones[1]`` (of ``total``),
+    with a linear warmup over ``warmup_fraction`` of training."""
     return L(WarmupParamScheduler)(
         scheduler=L(MultiStepParamScheduler)(
-            values=[1.0, 0.1, 0.01],
-            milestones=list(milestones),
-            num_updates=max_iter,
+            values=[1.0, 0.1, 0.01], milestones=list(milestones), num_updates=total
         ),
-        warmup_length=min(warmup_iters / max_iter, 1.0),
+        warmup_length=warmup_fraction,
         warmup_factor=warmup_factor,
     )

@@ -102,6 +102,9 @@ class ShapesPaths:
 DEFAULT_SPLITS: Dict[str, ShapesSpec] = {
     "train": ShapesSpec(num_images=256, seed=0),
     "val": ShapesSpec(num_images=64, seed=1),
+    # Small splits for smoke tests (the test suite trains and evaluates on these).
+    "mini_train": ShapesSpec(num_images=48, seed=2),
+    "mini_val": ShapesSpec(num_images=16, seed=3),
 }
 
 # dataset name -> (spec, cache root), filled by register_shapes()

@@ -212,3 +212,14 @@ class E3VATrainer(DefaultTrainer):
             export_delta(self._trainer.model, path, extra={"iteration": self.iter})
             logger.info("Saved the trainable weights (delta against the base) to %s", path)
         return getattr(self, "_last_eval_results", OrderedDict())
+
+    # detectron2 0.6's DefaultTrainer saves the optimizer as a separate checkpointable, main
+    # through the trainer; here it always travels with the trainer (iteration, hooks, step).
+    def state_dict(self):
+        ret = TrainerBase.state_dict(self)
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        TrainerBase.load_state_dict(self, state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])

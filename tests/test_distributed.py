@@ -1,0 +1,82 @@
+"""Two CPU processes (gloo): DDP averages the gradients of the trainable parameters, so one step
+on two halves of a batch equals one step on the whole batch in one process; and train_net.py
+runs a detector with --num-gpus 2 on a machine without GPUs."""
+import os
+import subprocess
+import sys
+from itertools import repeat
+
+import torch
+from detectron2.engine import create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
+
+from e3va_d2.engine import launch
+from e3va_d2.engine.step import TrainStep
+from e3va_d2.modeling import SwinTransformer, TunedSwin
+
+from .conftest import TINY_SWIN
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+IMAGES = 4
+
+
+class FeatureEnergy(torch.nn.Module):
+    """A loss that is a mean over images, like detectron2's losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = TunedSwin(trunk=SwinTransformer(**TINY_SWIN), tuning="e3va")
+
+    def forward(self, images):
+        feats = self.backbone(torch.stack(images))
+        return {"loss": sum(f.square().mean() for f in feats.values())}
+
+
+def run_steps(out_file):
+    world, rank = comm.get_world_size(), comm.get_rank()
+    torch.manual_seed(0)
+    model = FeatureEnergy()
+    images = [torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(IMAGES)]
+    share = IMAGES // world
+    params = [p for p in model.parameters() if p.requires_grad]
+    model = create_ddp_model(model, device_ids=None, broadcast_buffers=False)
+    step = TrainStep(model, repeat(images[rank * share : (rank + 1) * share]),
+                     torch.optim.SGD(params, lr=0.5))
+    with EventStorage():
+        for i in range(2):
+            step.iter = i
+            step.run_step()
+    if rank == 0:
+        torch.save([p.detach() for p in params], out_file)
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    single, double = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
+    run_steps(single)
+    launch(run_steps, 2, backend="gloo", dist_url="auto", args=(double,))
+    one, two = torch.load(single), torch.load(double)
+    assert len(one) == len(two) > 0
+    start = [p.detach() for p in FeatureEnergy().parameters() if p.requires_grad]
+    moved = 0
+    for a, b, s in zip(one, two, start):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        moved += not torch.equal(a, s)
+    assert moved > len(one) // 2  # the steps did update the adapters
+
+
+def test_train_net_runs_two_cpu_processes(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2",
+        "--config-file", os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py"),
+        f"train.output_dir={tmp_path}", "train.max_iter=3", "train.eval_period=0",
+        "train.device=cpu", "dataloader.train.dataset.names=shapes_mini_train",
+        "dataloader.test.dataset.names=shapes_mini_val", "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "World size: 2" in log and "copypaste: Task: bbox" in log
+    assert os.path.exists(tmp_path / "model_final.pth")
