@@ -155,7 +155,13 @@ class Mlp(nn.Module):
 
 class SwinBlock(nn.Module):
     """One Swin block: ``x + a1`` then ``+ a2``, with a1 the (shifted-)window attention branch
-    and a2 the MLP branch. The branches are separate methods because E3VA reads them."""
+    and a2 the MLP branch. The branches are separate methods because E3VA reads them.
+
+    ``attn_insert`` / ``mlp_insert`` are the places where in-backbone tuning methods (adapters,
+    LoRA, AdaptFormer) plug in: a module called as ``insert(sublayer_input, sublayer_output)``
+    that returns the new sub-layer output. They are None for the plain Swin, and keep the
+    pre-trained parameter names untouched.
+    """
 
     def __init__(
         self,
@@ -177,6 +183,8 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.attn_insert: Optional[nn.Module] = None
+        self.mlp_insert: Optional[nn.Module] = None
 
     def attention_branch(self, x: Tensor, hw: Tuple[int, int], shift_mask: Optional[Tensor]):
         """a1 = DropPath(W-MSA(LN1(x))): x (B, H*W, C) -> (B, H*W, C).
@@ -194,7 +202,10 @@ class SwinBlock(nn.Module):
         Hp, Wp = H + pad_b, W + pad_r
         if self.shift_size:
             y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows = self.attn(window_partition(y, ws), shift_mask if self.shift_size else None)
+        tokens = window_partition(y, ws)
+        windows = self.attn(tokens, shift_mask if self.shift_size else None)
+        if self.attn_insert is not None:
+            windows = self.attn_insert(tokens, windows)
         y = window_merge(windows, ws, Hp, Wp)
         if self.shift_size:
             y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
@@ -204,7 +215,11 @@ class SwinBlock(nn.Module):
 
     def mlp_branch(self, x: Tensor) -> Tensor:
         """a2 = DropPath(MLP(LN2(x))), where x already includes a1."""
-        return self.drop_path(self.mlp(self.norm2(x)))
+        z = self.norm2(x)
+        h = self.mlp(z)
+        if self.mlp_insert is not None:
+            h = self.mlp_insert(z, h)
+        return self.drop_path(h)
 
     def forward(self, x: Tensor, hw: Tuple[int, int], shift_mask: Optional[Tensor]) -> Tensor:
         x = x + self.attention_branch(x, hw, shift_mask)

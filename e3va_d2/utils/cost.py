@@ -78,17 +78,31 @@ def _loss(model: nn.Module, batch) -> torch.Tensor:
 class TrainingStep:
     """One optimizer step of a detectron2 model on a fixed batch, timed and measured.
 
-    Randomness (proposal sampling) is re-seeded before every step so that every method sees
-    the same sampling sequence.
+    The cost of a detector step depends on the proposals its heads sample, which depend on the
+    features. To compare tuning methods and not their random features, callers start every
+    method from the same function (adapters zero-initialised) and step with ``lr=0``: AdamW
+    still does all its arithmetic, but the weights, hence the proposals, stay identical from
+    step to step and method to method. Randomness is re-seeded before every step.
+
+    ``backbone_only``: the loss is the mean square of the backbone's (FPN's) outputs, which
+    measures the tuned backbone alone, without the heads.
     """
 
-    def __init__(self, model: nn.Module, batch: Sequence[dict], device: torch.device, lr=1e-4):
+    def __init__(self, model: nn.Module, batch: Sequence[dict], device: torch.device, lr=0.0,
+                 backbone_only: bool = False):
         self.model = model.train()
         self.batch = list(batch)
         self.device = torch.device(device)
+        self.backbone_only = backbone_only
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr)
         self.times: List[float] = []
+
+    def _loss(self) -> torch.Tensor:
+        if not self.backbone_only:
+            return _loss(self.model, self.batch)
+        images = self.model.preprocess_image(self.batch).tensor
+        return sum(f.float().square().mean() for f in self.model.backbone(images).values())
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -100,7 +114,7 @@ class TrainingStep:
             self._sync()
             start = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
-            _loss(self.model, self.batch).backward()
+            self._loss().backward()
             self.optimizer.step()
             self._sync()
             elapsed = time.perf_counter() - start
@@ -111,7 +125,7 @@ class TrainingStep:
     def saved_bytes(self, seed: int = 0) -> int:
         torch.manual_seed(seed)
         with EventStorage():
-            return saved_activation_bytes(lambda: _loss(self.model, self.batch), self.model)
+            return saved_activation_bytes(self._loss, self.model)
 
     def cuda_peak_bytes(self, seed: int = 0) -> int:
         """Peak CUDA memory of one full step (weights, gradients, optimizer state and

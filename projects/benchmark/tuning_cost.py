@@ -14,6 +14,7 @@ table (also written to ``--output``/cost.md, with the raw numbers in cost.json).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import sys
 from typing import Dict, List
 
 import torch
+from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -29,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from e3va_d2.config import load_config  # noqa: E402
 from e3va_d2.engine.params import trainable_parameter_table  # noqa: E402
 from e3va_d2.layers import adapt_sync_batchnorm  # noqa: E402
-from e3va_d2.modeling import TUNING_METHODS  # noqa: E402
+from e3va_d2.modeling import TUNING_METHODS, build_tuning  # noqa: E402
 from e3va_d2.utils.cost import TrainingStep, median, synthetic_detection_batch  # noqa: E402
 
 logger = logging.getLogger("e3va_d2.benchmark")
@@ -62,8 +64,15 @@ def method_names(spec: str) -> List[str]:
 
 
 def build_model(cfg, method: str, seed: int):
-    """The config's model with its tuning method replaced; same seed, hence same weights."""
-    cfg.model.backbone.bottom_up.tuning = method
+    """The config's model with its tuning method replaced; same seed, hence same weights.
+
+    Methods that add modules start from the frozen model's function (zero-initialised
+    adapters), so every method's heads see the same proposals: costs differ by method only.
+    """
+    tuning = build_tuning(method)
+    if getattr(tuning, "zero_init", None) is False:
+        tuning = dataclasses.replace(tuning, zero_init=True)
+    cfg.model.backbone.bottom_up.tuning = L(type(tuning))(**dataclasses.asdict(tuning))
     torch.manual_seed(seed)
     model = instantiate(cfg.model)
     adapt_sync_batchnorm(model, world_size=1, device="cpu")
@@ -82,11 +91,13 @@ def run(args) -> Dict[str, dict]:
     methods = method_names(args.methods)
 
     steps: Dict[str, TrainingStep] = {}
+    backbone_steps: Dict[str, TrainingStep] = {}
     results: Dict[str, dict] = {}
     for method in methods:
         model = build_model(cfg, method, seed=0)
         _, totals = trainable_parameter_table(model)
         step = TrainingStep(model, batch, device)
+        backbone_steps[method] = TrainingStep(model, batch, device, backbone_only=True)
         results[method] = dict(
             trainable_backbone=totals["trainable_in_backbone"],
             swin_parameters=totals["swin"],
@@ -107,7 +118,7 @@ def run(args) -> Dict[str, dict]:
                         state[key] = value.to(where)
 
     def inputs_to(where: torch.device):
-        for step in steps.values():
+        for step in list(steps.values()) + list(backbone_steps.values()):
             step.batch = [
                 {**d, "image": d["image"].to(where), "instances": d["instances"].to(where)}
                 for d in batch
@@ -118,6 +129,7 @@ def run(args) -> Dict[str, dict]:
         place(method, device)
         for i in range(args.warmup):
             steps[method].run(seed=i, record=False)
+            backbone_steps[method].run(seed=i, record=False)
         results[method]["saved_bytes"] = steps[method].saved_bytes(seed=0)
         if on_gpu:
             results[method]["cuda_peak_bytes"] = steps[method].cuda_peak_bytes(seed=0)
@@ -128,10 +140,13 @@ def run(args) -> Dict[str, dict]:
         for method in methods:
             place(method, device)
             steps[method].run(seed=100 + i)
+            backbone_steps[method].run(seed=100 + i)
             place(method, torch.device("cpu"))
     for method in methods:
         results[method]["step_seconds"] = median(steps[method].times)
         results[method]["step_times"] = steps[method].times
+        results[method]["backbone_step_seconds"] = median(backbone_steps[method].times)
+        results[method]["backbone_step_times"] = backbone_steps[method].times
     return results
 
 
@@ -140,7 +155,7 @@ def markdown(results: Dict[str, dict], args, device: str) -> str:
     has_cuda = any("cuda_peak_bytes" in r for r in results.values())
     header = ["method", "trainable (backbone)", "% of Swin", "saved for backward"]
     header += ["above fixed", "CUDA peak"] if has_cuda else ["above fixed"]
-    header += ["step time / full", "step time / fixed"]
+    header += ["step time / full", "step time / fixed", "backbone step / full"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, r in results.items():
         row = [
@@ -159,6 +174,8 @@ def markdown(results: Dict[str, dict], args, device: str) -> str:
             row.append(f"{r.get('cuda_peak_bytes', 0) / 2**20:,.0f} MiB")
         row.append(f"{r['step_seconds'] / full['step_seconds']:.2f}x" if full else "")
         row.append(f"{r['step_seconds'] / fixed['step_seconds']:.2f}x" if fixed else "")
+        row.append(f"{r['backbone_step_seconds'] / full['backbone_step_seconds']:.2f}x"
+                   if full else "")
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append(
@@ -166,7 +183,9 @@ def markdown(results: Dict[str, dict], args, device: str) -> str:
         f"median of {args.steps} interleaved steps after {args.warmup} warm-up, on {device} "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}). 'above fixed': saved bytes beyond the frozen-backbone "
-        "model, as a share of full fine-tuning's."
+        "model, as a share of full fine-tuning's. 'backbone step': the same step with the loss "
+        "on the FPN outputs only (no heads). Adapters start zero-initialised and lr=0, so all "
+        "methods' heads see the same proposals."
     )
     return "\n".join(lines)
 

@@ -1,14 +1,26 @@
-"""Tuning methods: each decides, when the model is built, what of the Swin trunk trains."""
+"""Tuning methods: each decides, when the model is built, what of the Swin trunk trains.
+
+Registered names (``TUNING_METHODS``): full, fixed, bitfit, norm, partial1, adapter, lora,
+adaptformer, e3va, e3va_plus, e3va_plusplus.
+"""
 from .base import TUNING_METHODS, TuningMethod, build_tuning, register_tuning
 from .e3va import E3VATuning
 from .full import FixedTuning, FullTuning
+from .inserted import AdaptFormerTuning, HoulsbyAdapterTuning, LoRATuning
+from .selective import BitFitTuning, NormTuning, PartialTuning
 
 __all__ = [
     "TUNING_METHODS",
     "TuningMethod",
     "build_tuning",
     "register_tuning",
+    "AdaptFormerTuning",
+    "BitFitTuning",
     "E3VATuning",
     "FixedTuning",
     "FullTuning",
+    "HoulsbyAdapterTuning",
+    "LoRATuning",
+    "NormTuning",
+    "PartialTuning",
 ]
