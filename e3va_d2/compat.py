@@ -11,11 +11,13 @@ import logging
 from typing import Any
 
 import detectron2
+import numpy as np
 import torch.distributed as dist
 from detectron2.utils import comm
 
 __all__ = [
     "DETECTRON2_VERSION",
+    "restore_numpy_aliases",
     "HAS_COMPILED_OPS",
     "detectron2_build",
     "fast_coco_eval_available",
@@ -42,6 +44,20 @@ def detectron2_build() -> str:
     return f"detectron2 {DETECTRON2_VERSION}, {kind}, at {detectron2.__path__[0]}"
 
 
+def restore_numpy_aliases() -> None:
+    """detectron2 0.6 still uses ``np.int``, ``np.float`` and ``np.bool``, removed in NumPy 1.24:
+    ``SemSegEvaluator``, ``PascalVOCDetectionEvaluator``, ``BitMasks`` from polygons and the
+    class histogram fail without them. They meant the Python builtins, so alias those back;
+    only done for detectron2 < 0.7 (main uses the builtins) and only where NumPy lacks them.
+    """
+    major_minor = tuple(int(p) for p in DETECTRON2_VERSION.split(".")[:2] if p.isdigit())
+    if major_minor >= (0, 7):
+        return
+    for name, builtin in (("int", int), ("float", float), ("bool", bool)):
+        if name not in np.__dict__:
+            setattr(np, name, builtin)
+
+
 def fast_coco_eval_available() -> bool:
     """``COCOEvaluator(use_fast_impl=True)`` needs the compiled ``_C``; usable in configs."""
     return HAS_COMPILED_OPS
@@ -65,3 +81,6 @@ def init_local_process_group(num_workers_per_machine: int, machine_rank: int) ->
 
 def log_build(logger: Any = None) -> None:
     (logger or logging.getLogger("e3va_d2")).info("e3va_d2 uses %s", detectron2_build())
+
+
+restore_numpy_aliases()

@@ -52,12 +52,13 @@ def test_config_builds_and_round_trips(path, tmp_path):
     tuned = [m for m in model.modules() if isinstance(m, TunedSwin)]
     assert len(tuned) == 1
     trainable = [p for p in model.parameters() if p.requires_grad]
-    assert trainable and any(not p.requires_grad for p in tuned[0].trunk.parameters())
+    frozen_trunk = [p for p in tuned[0].trunk.parameters() if not p.requires_grad]
+    assert trainable and (bool(frozen_trunk) == (tuned[0].tuning.name != "full"))
     loaded.optimizer.params.model = model
     optimizer = instantiate(loaded.optimizer)
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in trainable}
     multiplier = instantiate(loaded.lr_multiplier)
-    assert multiplier(0.5) == pytest.approx(1.0) and multiplier(0.999) < multiplier(0.5)
+    assert 0 < multiplier(0.5) <= 1 and multiplier(0.999) < multiplier(0.5)
     assert loaded.train.max_iter > 0 and loaded.train.output_dir
 
 

@@ -7,13 +7,14 @@ not activations).
 """
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
@@ -22,6 +23,7 @@ __all__ = [
     "synthetic_detection_batch",
     "TrainingStep",
     "median",
+    "release_freed_memory",
 ]
 
 
@@ -51,7 +53,8 @@ def saved_activation_bytes(forward: Callable[[], object], model: nn.Module) -> i
 def synthetic_detection_batch(
     num_images: int, size: int, num_classes: int, seed: int = 0, objects: int = 6
 ) -> List[dict]:
-    """Images with random boxes, masks and classes, in detectron2's model input format."""
+    """Images with random boxes, masks, classes and a per-pixel class map, in detectron2's model
+    input format (detectors ignore ``sem_seg``, semantic segmentors ignore ``instances``)."""
     rng = np.random.default_rng(seed)
     batch = []
     for _ in range(num_images):
@@ -66,7 +69,11 @@ def synthetic_detection_batch(
         instances.gt_boxes = Boxes(torch.from_numpy(boxes))
         instances.gt_classes = torch.from_numpy(rng.integers(0, num_classes, objects))
         instances.gt_masks = BitMasks(masks)
-        batch.append({"image": image, "height": size, "width": size, "instances": instances})
+        sem_seg = torch.zeros(size, size, dtype=torch.long)
+        for k in range(objects):
+            sem_seg[masks[k]] = int(instances.gt_classes[k])
+        batch.append({"image": image, "height": size, "width": size, "instances": instances,
+                      "sem_seg": sem_seg})
     return batch
 
 
@@ -89,20 +96,26 @@ class TrainingStep:
     """
 
     def __init__(self, model: nn.Module, batch: Sequence[dict], device: torch.device, lr=0.0,
-                 backbone_only: bool = False):
+                 backbone_only: bool = False, optimizer: Optional[torch.optim.Optimizer] = None):
         self.model = model.train()
         self.batch = list(batch)
         self.device = torch.device(device)
         self.backbone_only = backbone_only
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=lr)
+        self.optimizer = optimizer or torch.optim.AdamW(params, lr=lr)
         self.times: List[float] = []
 
     def _loss(self) -> torch.Tensor:
         if not self.backbone_only:
             return _loss(self.model, self.batch)
-        images = self.model.preprocess_image(self.batch).tensor
-        return sum(f.float().square().mean() for f in self.model.backbone(images).values())
+        return sum(f.float().square().mean() for f in self.model.backbone(self._images()).values())
+
+    def _images(self) -> torch.Tensor:
+        """The backbone's input as the meta-architecture would build it (normalised, padded)."""
+        model = self.model
+        images = [(d["image"].to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
+                  for d in self.batch]
+        return ImageList.from_tensors(images, model.backbone.size_divisibility).tensor
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -118,6 +131,7 @@ class TrainingStep:
             self.optimizer.step()
             self._sync()
             elapsed = time.perf_counter() - start
+            self.optimizer.zero_grad(set_to_none=True)  # gradients need not outlive the step
         if record:
             self.times.append(elapsed)
         return elapsed
@@ -138,3 +152,12 @@ class TrainingStep:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by torch back to the OS (glibc keeps freed heap pages otherwise), so a
+    process that builds many large models in turn does not run out."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

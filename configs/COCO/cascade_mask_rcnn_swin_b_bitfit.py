@@ -1,0 +1,10 @@
+"""Table 1, BITFIT: only the backbone's biases train (0.20M, relative position bias tables
+included as the paper counts them)."""
+from detectron2.config import LazyCall as L
+
+from e3va_d2.modeling.tuning import BitFitTuning
+
+from ..common.coco_instance_segmentation import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.bottom_up.tuning = L(BitFitTuning)()
+train.output_dir = "./output/coco/cascade_mask_rcnn_swin_b_bitfit"

@@ -1,0 +1,106 @@
+"""Turning the benchmark's measurements into the README's tables and chart."""
+from __future__ import annotations
+
+import textwrap
+from typing import Dict, List, Optional, Sequence
+
+GPUS = (("GTX 1080Ti", 11), ("Tesla P100", 16), ("RTX 3090", 24), ("Tesla V100", 32))
+MIB = 2**20
+
+
+def _ratio(value: float, base: Optional[float]) -> str:
+    return f"{value / base:.2f}x" if base else ""
+
+
+def cost_table(results: Dict[str, dict]) -> str:
+    """Table 1's shape: parameters, memory and time per method, relative to full tuning."""
+    full, fixed = results.get("full"), results.get("fixed")
+    has_cuda = any("cuda_peak_bytes" in r for r in results.values())
+    header = ["method", "trainable (backbone)", "% of Swin", "saved for backward", "above fixed"]
+    header += ["CUDA peak"] if has_cuda else []
+    header += ["step / full", "step / fixed", "backbone step / full"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, r in results.items():
+        above = ""
+        if full and fixed and full["saved_bytes"] > fixed["saved_bytes"]:
+            share = (r["saved_bytes"] - fixed["saved_bytes"]) / (full["saved_bytes"] - fixed["saved_bytes"])
+            above = f"{100 * share:.1f}% of full's"
+        row = [
+            method,
+            f"{r['trainable_backbone'] / 1e6:.2f}M",
+            f"{100 * r['trainable_backbone'] / r['swin_parameters']:.2f}%",
+            f"{r['saved_bytes'] / MIB:,.0f} MiB",
+            above,
+        ]
+        if has_cuda:
+            row.append(f"{r.get('cuda_peak_bytes', 0) / MIB:,.0f} MiB")
+        row += [
+            _ratio(r["step_seconds"], full and full["step_seconds"]),
+            _ratio(r["step_seconds"], fixed and fixed["step_seconds"]),
+            _ratio(r["backbone_step_seconds"], full and full["backbone_step_seconds"]),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def training_memory(r: dict, batch: int) -> tuple:
+    """(bytes, measured?) needed to train at ``batch``: the measured CUDA peak when there is
+    one, else an estimate: weights + gradients + AdamW's two moments + saved activations."""
+    measured = r.get("cuda_peak_by_batch", {}).get(str(batch))
+    if measured is not None:
+        return measured, True
+    static = 4 * (r["total_parameters"] + 3 * r["trainable_total"])
+    return static + r["saved_bytes_by_batch"][str(batch)], False
+
+
+def fit_table(results: Dict[str, dict], batches: Sequence[int] = (1, 2)) -> str:
+    """Table 4's question: which methods fit on which GPU at batch 1 and 2."""
+    header = ["method", "batch", "memory"] + [f"{name} {gb}GB" for name, gb in GPUS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    any_estimate = False
+    for method, r in results.items():
+        for batch in batches:
+            need, measured = training_memory(r, batch)
+            any_estimate |= not measured
+            cells = ["yes" if need <= gb * 2**30 else "no" for _, gb in GPUS]
+            label = f"{need / 2**30:.1f} GiB" + ("" if measured else " (est.)")
+            lines.append("| " + " | ".join([method, str(batch), label] + cells) + " |")
+    if any_estimate:
+        lines.append("")
+        lines.append(
+            "(est.): no GPU was measured; the estimate is weights + gradients + AdamW moments + "
+            "activations saved for backward, a lower bound (no allocator slack, workspaces or "
+            "temporaries)."
+        )
+    return "\n".join(lines)
+
+
+def plot(results: Dict[str, dict], path: str, title: str) -> None:
+    """Memory and step time per method (bars), labelled with trainable parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods: List[str] = list(results)
+    has_cuda = all("cuda_peak_bytes" in results[m] for m in methods)
+    memory = [results[m]["cuda_peak_bytes" if has_cuda else "saved_bytes"] / MIB for m in methods]
+    times = [results[m]["step_seconds"] for m in methods]
+    full_time = results["full"]["step_seconds"] if "full" in results else max(times)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = ["tab:orange" if m.startswith("e3va") else "tab:blue" for m in methods]
+    for ax, values, label in (
+        (axes[0], memory, "CUDA peak (MiB)" if has_cuda else "activations saved for backward (MiB)"),
+        (axes[1], [t / full_time for t in times], "training step time / full"),
+    ):
+        bars = ax.bar(methods, values, color=colors)
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", rotation=45)
+        for bar, m in zip(bars, methods):
+            ax.annotate(f"{results[m]['trainable_backbone'] / 1e6:.2f}M", (bar.get_x() + bar.get_width() / 2,
+                        bar.get_height()), ha="center", va="bottom", fontsize=7)
+    wrapped = textwrap.fill(title + " (bar labels: trainable backbone parameters)", 150)
+    fig.suptitle(wrapped, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
