@@ -1,7 +1,8 @@
 """Data layer: checked dataset loading and the synthetic "shapes" dataset.
 
-Importing this package registers ``shapes_{train,val}`` and ``shapes_sem_seg_{train,val}``
-(cheap: the images are only generated when a dataset is first loaded).
+Importing this package registers ``shapes_{train,val}``, ``shapes_sem_seg_{train,val}`` and
+``shapes_voc_{train,val}`` (Pascal VOC layout), plus ``*_mini_*`` splits for smoke tests (cheap:
+the files are only generated when a dataset is first loaded).
 """
 
 from .datasets import (
@@ -12,6 +13,7 @@ from .datasets import (
     validate_dataset_dicts,
 )
 from .shapes import ShapesPaths, ShapesSpec, ensure_shapes_split, register_shapes
+from .shapes_voc import ensure_shapes_voc_split, load_voc_dicts, register_shapes_voc
 
 __all__ = [
     "DatasetError",
@@ -19,10 +21,14 @@ __all__ = [
     "ShapesSpec",
     "check_sem_seg_labels",
     "ensure_shapes_split",
+    "ensure_shapes_voc_split",
     "load_dataset_dicts",
     "load_sem_seg_dicts",
+    "load_voc_dicts",
     "register_shapes",
+    "register_shapes_voc",
     "validate_dataset_dicts",
 ]
 
 register_shapes()
+register_shapes_voc()

@@ -24,17 +24,14 @@ import dataclasses
 import functools
 import hashlib
 import json
-import logging
 import math
 import os
-import shutil
-import tempfile
-import time
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .cache import MARKER, build_folder_once
 from .datasets import DatasetError
 
 __all__ = [
@@ -52,13 +49,10 @@ __all__ = [
     "register_shapes",
 ]
 
-logger = logging.getLogger(__name__)
 
 # Bump when the rendering or file format changes: old caches are then never reused.
 _VERSION = 1
 _SUPERSAMPLE = 4  # sub-pixel factor for anti-aliased edges and exact 50%-coverage masks
-_MARKER = "COMPLETE"
-_STALE_TMP_SECONDS = 24 * 3600
 
 THING_CLASSES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle")
 THING_COLORS: Tuple[Tuple[int, int, int], ...] = ((220, 20, 60), (0, 130, 200), (60, 180, 75))
@@ -355,31 +349,13 @@ def generate_shapes(spec: ShapesSpec, folder: str) -> None:
     }
     with open(paths.json_file, "w") as f:
         json.dump(coco, f, separators=(",", ":"))
-    with open(os.path.join(folder, _MARKER), "w") as f:
+    with open(os.path.join(folder, MARKER), "w") as f:
         json.dump({"version": _VERSION, **dataclasses.asdict(spec)}, f, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Cache management
 # ----------------------------------------------------------------------------------------------
-
-
-def _is_complete(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, _MARKER))
-
-
-def _remove_stale_tmp(root: str, name: str) -> None:
-    """Delete temp folders of killed generations (older than a day, so never a live one)."""
-    prefix = f".{name}.tmp-"
-    now = time.time()
-    for entry in os.listdir(root):
-        path = os.path.join(root, entry)
-        if entry.startswith(prefix):
-            try:
-                if now - os.path.getmtime(path) > _STALE_TMP_SECONDS:
-                    shutil.rmtree(path, ignore_errors=True)
-            except OSError:
-                pass
 
 
 def _resolve(split: Union[str, ShapesSpec], root: Optional[str]) -> Tuple[ShapesSpec, str]:
@@ -417,39 +393,8 @@ def ensure_shapes_split(
     killed generation leaves only a temp folder, which is never mistaken for the dataset.
     """
     spec, root = _resolve(split, root)
-    name = shapes_folder_name(spec)
-    final = os.path.join(root, name)
-    if _is_complete(final):
-        return _paths(final)
-    if os.path.exists(final):
-        raise DatasetError(
-            f"Shapes cache folder '{final}' exists but has no '{_MARKER}' marker, so it is not a "
-            "complete dataset (it was not written by ensure_shapes_split). Delete it and retry."
-        )
-    os.makedirs(root, exist_ok=True)
-    _remove_stale_tmp(root, name)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root)
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp uses 0700; the cache may be shared
-        start = time.perf_counter()
-        generate_shapes(spec, tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not _is_complete(final):
-                raise
-            logger.info("Another process generated %s first; using its copy.", final)
-        else:
-            logger.info(
-                "Generated %d shapes images in %s (%.1fs).",
-                spec.num_images,
-                final,
-                time.perf_counter() - start,
-            )
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _paths(final)
+    write = functools.partial(generate_shapes, spec)
+    return _paths(build_folder_once(root, shapes_folder_name(spec), write, "shapes dataset"))
 
 
 # ----------------------------------------------------------------------------------------------
