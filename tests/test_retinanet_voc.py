@@ -1,0 +1,274 @@
+"""Pascal VOC detection with RetinaNet: the shapes VOC export (round trip through detectron2's
+reader, determinism, concurrent export, lazy registration), the RetinaNet + tuned Swin wiring
+and its gradients, VOC evaluation of perfect predictions, and a short demo training run."""
+
+import json
+import logging
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.pascal_voc import load_voc_instances
+from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
+
+from e3va_d2.config import load_config
+from e3va_d2.data import (
+    ShapesSpec,
+    ensure_shapes_split,
+    ensure_shapes_voc_split,
+    register_shapes_voc,
+)
+from e3va_d2.data.shapes import THING_CLASSES
+from e3va_d2.data.shapes_voc import voc_folder_name
+from e3va_d2.engine import E3VATrainer
+from e3va_d2.evaluation import VOCDetectionEvaluator
+from e3va_d2.modeling import TunedSwin
+from e3va_d2.modeling.tuning import BitFitTuning
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+DEMO = os.path.join(ROOT, "configs/Shapes/retinanet_swin_demo_e3va.py")
+SMALL = ShapesSpec(num_images=6, seed=21)
+
+
+def _tree_bytes(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+
+def test_registration_is_lazy_and_sets_voc_metadata(tmp_path):
+    names = register_shapes_voc(str(tmp_path), splits={"val": SMALL}, prefix="t_lazy", force=True)
+    assert names == ["t_lazy_val"] and "shapes_voc_mini_train" in DatasetCatalog
+    meta = MetadataCatalog.get("t_lazy_val")
+    assert meta.dirname == str(tmp_path / voc_folder_name(SMALL))
+    assert (meta.year, meta.split, meta.thing_classes) == (2007, "val", list(THING_CLASSES))
+    assert meta.evaluator_type == "pascal_voc"
+    assert os.listdir(tmp_path) == []  # registration generates nothing
+
+
+def test_voc_export_round_trips_through_detectron2s_reader(tmp_path, monkeypatch):
+    register_shapes_voc(str(tmp_path), splits={"val": SMALL}, prefix="t_voc", force=True)
+    dicts = DatasetCatalog.get("t_voc_val")
+    meta = MetadataCatalog.get("t_voc_val")
+    # detectron2 0.6's reader uses np.str, removed in NumPy 2 (main uses str).
+    monkeypatch.setattr(np, "str", str, raising=False)
+    assert load_voc_instances(meta.dirname, meta.split, meta.thing_classes) == dicts
+
+    source = ensure_shapes_split(SMALL, root=str(tmp_path))
+    with open(source.json_file) as f:
+        coco = json.load(f)
+    assert [d["image_id"] for d in dicts] == [
+        os.path.splitext(im["file_name"])[0] for im in coco["images"]
+    ]
+    for d, im in zip(dicts, coco["images"]):
+        assert (d["height"], d["width"]) == (im["height"], im["width"])
+        expected = [
+            (a["category_id"] - 1, BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
+            for a in coco["annotations"]
+            if a["image_id"] == im["id"]
+        ]
+        assert [(a["category_id"], a["bbox"]) for a in d["annotations"]] == expected
+        assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in d["annotations"])
+        with (
+            open(d["file_name"], "rb") as f,
+            open(os.path.join(source.image_root, im["file_name"]), "rb") as g,
+        ):
+            assert f.read() == g.read()
+
+
+def test_export_is_deterministic(tmp_path):
+    a = ensure_shapes_voc_split(SMALL, "val", root=str(tmp_path / "a"))
+    b = ensure_shapes_voc_split(SMALL, "val", root=str(tmp_path / "b"))
+    files = _tree_bytes(Path(a))
+    assert len(files) == 2 * SMALL.num_images + 2  # jpgs, xmls, split file, marker
+    assert files == _tree_bytes(Path(b))
+    assert ensure_shapes_voc_split(SMALL, "val", root=str(tmp_path / "a")) == a  # cached
+
+
+_RACE_WORKER = """
+from e3va_d2.data.shapes_voc import ensure_shapes_voc_split
+barrier.wait(timeout=120)
+queue.put(ensure_shapes_voc_split(spec, "val", root=root))
+"""
+
+
+def test_losing_an_export_race_uses_the_winners_folder(tmp_path, monkeypatch):
+    """Deterministic race: another export lands between ours finishing and our rename."""
+    from e3va_d2.data import cache, shapes_voc
+
+    spec, root = ShapesSpec(num_images=4, seed=23), str(tmp_path / "race")
+    source = ensure_shapes_split(spec, root=root)  # the race is about the export only
+    real_rename, calls = os.rename, []
+
+    def rename_after_a_rival(src, dst):
+        if not calls:
+            calls.append(src)
+            monkeypatch.setattr(cache.os, "rename", real_rename)
+            assert shapes_voc.ensure_shapes_voc_split(spec, "val", root=root) == dst  # the rival
+        real_rename(src, dst)  # fails: dst exists and is not empty
+
+    monkeypatch.setattr(cache.os, "rename", rename_after_a_rival)
+    folder = shapes_voc.ensure_shapes_voc_split(spec, "val", root=root)
+    assert calls and not os.path.exists(calls[0])  # our copy was really made, then discarded
+    assert sorted(os.listdir(root)) == sorted([os.path.basename(source.root), os.path.basename(folder)])
+    reference = ensure_shapes_voc_split(spec, "val", root=str(tmp_path / "reference"))
+    assert _tree_bytes(Path(folder)) == _tree_bytes(Path(reference))
+
+
+def test_concurrent_export_yields_one_complete_folder(tmp_path):
+    spec, root = ShapesSpec(num_images=12, seed=22), str(tmp_path / "race")
+    source = ensure_shapes_split(spec, root=root)  # the race is about the export only
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    env = {"barrier": barrier, "queue": queue, "spec": spec, "root": root}
+    procs = [ctx.Process(target=exec, args=(_RACE_WORKER, env)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert results[0] == results[1]
+    expected = sorted([os.path.basename(source.root), voc_folder_name(spec)])
+    assert sorted(os.listdir(root)) == expected  # the loser discarded its temp copy
+    reference = ensure_shapes_voc_split(spec, "val", root=str(tmp_path / "reference"))
+    assert _tree_bytes(Path(results[0])) == _tree_bytes(Path(reference))
+
+
+# ---- model -----------------------------------------------------------------------------------
+
+
+def _batch(height=200, width=249):
+    """Two images of an odd size (exercises padding), one without objects."""
+    gen = torch.Generator().manual_seed(0)
+    batch = []
+    for boxes in ([[10.0, 20.0, 90.0, 110.0], [120.0, 60.0, 230.0, 190.0]], []):
+        inst = Instances((height, width))
+        inst.gt_boxes = Boxes(torch.tensor(boxes).reshape(-1, 4))
+        inst.gt_classes = torch.arange(len(boxes)) % 3
+        image = torch.randint(0, 256, (3, height, width), generator=gen).float()
+        batch.append({"image": image, "instances": inst, "height": height, "width": width})
+    return batch
+
+
+@pytest.mark.parametrize("tuning", ["e3va", "bitfit"])
+def test_retinanet_gradients_reach_exactly_the_trainable_parameters(tuning):
+    cfg = load_config(DEMO)
+    if tuning == "bitfit":
+        cfg.model.backbone.bottom_up.tuning = L(BitFitTuning)()
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    swin = model.backbone.bottom_up
+    assert isinstance(swin, TunedSwin) and swin.tuning.name == tuning
+    # The trunk outputs p1-p3 only: no norm0, which nothing downstream would read.
+    assert swin.trunk._out_features == ["p1", "p2", "p3"] and len(swin.trunk.layers) == 4
+    norms = [n for n, _ in swin.trunk.named_children() if n.startswith("norm")]
+    assert norms == ["norm1", "norm2", "norm3"]
+    shapes = model.backbone.output_shape()
+    assert list(shapes) == model.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
+    assert [s.stride for s in shapes.values()] == [8, 16, 32, 64, 128]
+
+    model.train()
+    with EventStorage():
+        losses = model(_batch())
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    for name, param in swin.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no grad"
+        else:
+            assert param.grad is None, f"frozen {name} got a gradient"
+    assert all(p.grad is not None for p in model.head.parameters())
+
+    # P6 comes from the trunk's stride-32 p3 (C5), as detectron2's RetinaNet takes it from res5.
+    model.eval()
+    images = torch.zeros(1, 3, 224, 256)  # padded to size_divisibility, as RetinaNet does
+    with torch.no_grad():
+        bottom_up = swin(images)
+        feats = model.backbone(images)
+    assert feats["p6"].shape[-2:] == torch.Size([(s + 1) // 2 for s in bottom_up["p3"].shape[-2:]])
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+
+
+def _predictions(dicts, shift=0.0):
+    outputs = []
+    for d in dicts:
+        boxes = torch.tensor([a["bbox"] for a in d["annotations"]]).reshape(-1, 4)
+        inst = Instances((d["height"], d["width"]))
+        inst.pred_boxes = Boxes(boxes + torch.tensor([shift, 0.0, shift, 0.0]))
+        inst.scores = torch.ones(len(boxes))
+        inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]]).long()
+        outputs.append({"instances": inst})
+    return outputs
+
+
+def test_perfect_predictions_give_voc2007_ap50_of_100(caplog):
+    dicts = DatasetCatalog.get("shapes_voc_mini_val")
+    evaluator = VOCDetectionEvaluator("shapes_voc_mini_val")
+    evaluator.reset()
+    evaluator.process(dicts, _predictions(dicts))
+    with caplog.at_level(logging.INFO, logger="e3va_d2.evaluation"):
+        results = evaluator.evaluate()
+    assert results["bbox"]["AP50"] == pytest.approx(100.0)
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert "VOC2007 11-point AP50 on shapes_voc_mini_val: 100.00" in caplog.text
+
+    evaluator.reset()
+    evaluator.process(dicts, _predictions(dicts, shift=12.0))  # worse boxes, lower AP
+    assert evaluator.evaluate()["bbox"]["AP75"] < 100.0
+
+
+def test_evaluator_exports_a_generated_dataset_before_reading_it(tmp_path):
+    register_shapes_voc(str(tmp_path), splits={"val": SMALL}, prefix="t_voc_eval", force=True)
+    meta = MetadataCatalog.get("t_voc_eval_val")
+    assert not os.path.exists(meta.dirname)
+    evaluator = VOCDetectionEvaluator("t_voc_eval_val")
+    assert os.path.isfile(os.path.join(meta.dirname, "ImageSets", "Main", "val.txt"))
+    dicts = DatasetCatalog.get("t_voc_eval_val")
+    evaluator.reset()
+    evaluator.process(dicts, _predictions(dicts))
+    assert evaluator.evaluate()["bbox"]["AP50"] == pytest.approx(100.0)
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
+def test_demo_training_raises_voc_ap50(tmp_path):
+    """60 steps at batch 4 on the mini split: VOC2007 AP50 0 -> ~4 (on the 2-core build machine)."""
+    cfg = load_config(
+        DEMO,
+        [
+            f"train.output_dir={tmp_path}",
+            "train.max_iter=60",
+            "train.log_period=20",
+            "train.eval_period=0",
+            "train.checkpointer.period=1000",
+            "train.device=cpu",
+            "dataloader.train.dataset.names=shapes_voc_mini_train",
+            "dataloader.test.dataset.names=shapes_voc_mini_val",
+            "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0",
+        ],
+    )
+    seed_all_rng(0)
+    trainer = E3VATrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with EventStorage():
+        before = E3VATrainer.test(cfg, trainer._trainer.model)["bbox"]
+    after = trainer.train()["bbox"]
+    assert after["AP50"] > before["AP50"] + 1.0, (before, after)
