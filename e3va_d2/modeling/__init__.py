@@ -1,8 +1,9 @@
-"""Swin trunk, E3VA highway, tuning methods and the backbone that combines them."""
+"""Swin trunk, E3VA highway, tuning methods, the backbone that combines them, and heads."""
 from .backbone import TunedSwin, unreachable_trainable_parameters
 from .e3va import BlockAdapters, DualLowRankLinear, E3VAHighway, HighwayAdapter
 from .swin import SWIN_SIZES, SwinTransformer, swin_size
 from .tuning import TUNING_METHODS, E3VATuning, FixedTuning, FullTuning, TuningMethod, build_tuning
+from .upernet import PyramidPoolingModule, UPerNetHead
 
 __all__ = [
     "SWIN_SIZES",
@@ -20,4 +21,6 @@ __all__ = [
     "FixedTuning",
     "FullTuning",
     "build_tuning",
+    "UPerNetHead",
+    "PyramidPoolingModule",
 ]

@@ -1,0 +1,10 @@
+"""Table 2, ADE20K, ADAPTER: Houlsby adapters (width 64) after MSA and MLP in every block
+(4.67M; the paper reports 4.66M)."""
+from detectron2.config import LazyCall as L
+
+from e3va_d2.modeling.tuning import HoulsbyAdapterTuning
+
+from ..common.ade20k_semantic_segmentation import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.tuning = L(HoulsbyAdapterTuning)(width=64)
+train.output_dir = "./output/ade20k/upernet_swin_l_adapter"
