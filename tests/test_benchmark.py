@@ -33,7 +33,14 @@ def test_saved_bytes_count_each_storage_once_and_skip_parameters():
         assert saved_activation_bytes(forward, layer) == 0
 
 
-@pytest.mark.parametrize("config", ["configs/Shapes/mask_rcnn_swin_demo_e3va.py"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "configs/Shapes/mask_rcnn_swin_demo_e3va.py",
+        "configs/Shapes/retinanet_swin_demo_e3va.py",
+        "configs/Shapes/upernet_swin_demo_e3va.py",
+    ],
+)
 def test_benchmark_script_writes_tables_and_chart(config, tmp_path):
     script = load_script()
     results = script.main([

@@ -93,11 +93,15 @@ class TrainingStep:
 
     ``backbone_only``: the loss is the mean square of the backbone's (FPN's) outputs, which
     measures the tuned backbone alone, without the heads.
+
+    With one image, BatchNorm layers use their running statistics: batch statistics of a single
+    value per channel (UPerNet's 1x1 pyramid pooling, RetinaNet's smallest levels) are refused
+    by PyTorch. Same for every method; the compute is that of a training-mode BN.
     """
 
     def __init__(self, model: nn.Module, batch: Sequence[dict], device: torch.device, lr=0.0,
                  backbone_only: bool = False, optimizer: Optional[torch.optim.Optimizer] = None):
-        self.model = model.train()
+        self.model = model
         self.batch = list(batch)
         self.device = torch.device(device)
         self.backbone_only = backbone_only
@@ -121,13 +125,24 @@ class TrainingStep:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _train_mode(self) -> None:
+        """Several steps share a model, so each sets the mode its batch needs."""
+        self.model.train()
+        if len(self.batch) == 1:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def run(self, seed: int = 0, record: bool = True) -> float:
+        self._train_mode()
         torch.manual_seed(seed)
         with EventStorage():
             self._sync()
             start = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
-            self._loss().backward()
+            loss = self._loss()
+            if loss.requires_grad:  # not so for a frozen backbone without a trainable neck
+                loss.backward()
             self.optimizer.step()
             self._sync()
             elapsed = time.perf_counter() - start
@@ -137,6 +152,7 @@ class TrainingStep:
         return elapsed
 
     def saved_bytes(self, seed: int = 0) -> int:
+        self._train_mode()
         torch.manual_seed(seed)
         with EventStorage():
             return saved_activation_bytes(self._loss, self.model)

@@ -154,7 +154,7 @@ class Bench:
             return
         for step in self.steps[method].values():
             step.model.to(where)
-            step.batch = [{**d, "image": d["image"].to(where), "instances": d["instances"].to(where)}
+            step.batch = [{k: v.to(where) if hasattr(v, "to") else v for k, v in d.items()}
                           for d in step.batch]
             for state in step.optimizer.state.values():
                 for key, value in state.items():
@@ -220,7 +220,8 @@ def main(argv=None):
     text = "\n\n".join([
         cost_table(results),
         setup + ". 'above fixed': saved bytes beyond the frozen-backbone model, as a share of "
-        "full fine-tuning's. 'backbone step': the loss on the FPN outputs only (no heads).",
+        "full fine-tuning's. 'backbone step': the loss on the backbone's outputs only (FPN included, "
+        "heads excluded).",
         fit_table(results, [int(b) for b in args.fit_batches.split(",")]),
     ])
     print(text)
