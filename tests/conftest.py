@@ -4,8 +4,10 @@ import os
 import pytest
 import torch
 
-# Keep tests on the 2 CPU cores without oversubscription from intra-op threads of 2 workers.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One share of the cores per xdist worker: with 2 workers on 2 cores, two intra-op threads each
+# slow a tiny model's many small ops down by an order of magnitude (measured: 10 s -> 200 s).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 TINY_SWIN = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)
 

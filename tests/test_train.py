@@ -11,7 +11,7 @@ from detectron2.config import LazyCall as L
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from e3va_d2.checkpoint import E3VACheckpointer, load_delta
+from e3va_d2.checkpoint import E3VACheckpointer
 from e3va_d2.config import load_config
 from e3va_d2.engine import E3VATrainer
 from e3va_d2.engine.step import TrainStep, resolve_amp_dtype

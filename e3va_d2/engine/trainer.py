@@ -15,7 +15,6 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Optional
 
 import torch
 from detectron2.config import instantiate
