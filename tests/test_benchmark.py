@@ -1,8 +1,10 @@
 """The cost benchmark: its measuring tools count what they claim, and the script runs on a tiny
 Swin and writes well-formed tables and a chart."""
+import gc
 import importlib.util
 import json
 import os
+import weakref
 
 import pytest
 import torch
@@ -33,6 +35,24 @@ def test_saved_bytes_count_each_storage_once_and_skip_parameters():
         assert saved_activation_bytes(forward, layer) == 0
 
 
+def test_counting_saved_bytes_leaves_no_graph_alive():
+    """Returning the saved tensor itself from the pack hook made each saved output reference
+    its own grad_fn: the graph outlived the call until a gc pass (5 GB per Swin-B method)."""
+    layer, x, refs = torch.nn.Linear(64, 64), torch.randn(8, 64), []
+
+    def forward():
+        y = layer(x).exp()  # exp saves its output
+        refs.append(weakref.ref(y))
+        return y.sum()
+
+    gc.disable()
+    try:
+        assert saved_activation_bytes(forward, layer) > 0
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -61,6 +81,22 @@ def test_benchmark_script_writes_tables_and_chart(config, tmp_path):
     assert above["e3va"] < 0.25 < above["lora"]
     assert results["fixed"]["trainable_backbone"] == 0
     assert json.loads((tmp_path / "cost.json").read_text())["results"]["e3va"]["step_seconds"] > 0
+
+
+def test_methods_share_one_copy_of_common_weights():
+    """Without sharing, lora's adapters draw random numbers before the heads are built, so its
+    heads (hence proposals and costs) would differ from the frozen model's."""
+    script = load_script()
+    cfg = script.load_config(os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py"))
+    fixed, lora = script.build_model(cfg, "fixed", 0), script.build_model(cfg, "lora", 0)
+    reference, own = fixed.state_dict(), lora.state_dict()
+    assert not torch.equal(reference["backbone.fpn_lateral2.weight"], own["backbone.fpn_lateral2.weight"])
+    flags = {n: p.requires_grad for n, p in lora.named_parameters()}
+    assert script.share_common_tensors(lora, reference) == len(reference)
+    assert {n: p.requires_grad for n, p in lora.named_parameters()} == flags
+    shared = lora.state_dict()
+    assert all(shared[k].data_ptr() == v.data_ptr() for k, v in reference.items())
+    assert len(shared) > len(reference)  # lora's own tensors stay its own
 
 
 def test_unknown_method_is_refused():

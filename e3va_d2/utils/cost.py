@@ -8,6 +8,7 @@ not activations).
 from __future__ import annotations
 
 import ctypes
+import gc
 import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -42,7 +43,9 @@ def saved_activation_bytes(forward: Callable[[], object], model: nn.Module) -> i
         ptr = storage.data_ptr()
         if ptr not in state and ptr not in seen:
             seen[ptr] = storage.nbytes()
-        return t
+        # Detached: a saved output would otherwise point back at its own grad_fn, a reference
+        # cycle that keeps the whole graph alive until the garbage collector happens to run.
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward()
@@ -173,6 +176,7 @@ def median(values: Sequence[float]) -> float:
 def release_freed_memory() -> None:
     """Hand memory freed by torch back to the OS (glibc keeps freed heap pages otherwise), so a
     process that builds many large models in turn does not run out."""
+    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
