@@ -2,14 +2,15 @@
 # project-local virtualenv $(VENV); stamp files under $(VENV)/ make reruns fast.
 #
 #   make setup       venv + torch + detectron2 + e3va_d2 (editable, with test extras)
-#   make demo        train the Shapes demo (CPU ok)
+#   make demo        train the Shapes demo (CPU ok); DEMO_CONFIG=configs/Shapes/... picks
+#                    the RetinaNet/VOC or UPerNet demo instead of Mask R-CNN
 #   make test        run the test suite
 #   make bench       tuning-cost benchmark
 #   make clean-venv  remove $(VENV)
 #
 # Overridable: TORCH_SPEC (pip requirement(s)/options for torch, e.g. another
 # build), PYTHON3 (interpreter used to create the venv), VENV, PYTEST_ARGS,
-# TESTS, DEMO_ARGS, BENCH_ARGS.  See docs/INSTALL.md.
+# TESTS, DEMO_CONFIG, DEMO_ARGS, BENCH_ARGS.  See docs/INSTALL.md.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -20,6 +21,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?= -q -n 2
 TESTS ?= tests
+DEMO_CONFIG ?= configs/Shapes/mask_rcnn_swin_demo_e3va.py
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 
@@ -66,7 +68,7 @@ setup: $(PKG_STAMP)
 	@echo ">> $(VENV) is ready ($$(cat $(TORCH_STAMP)), detectron2, e3va_d2[test])"
 
 demo: setup
-	$(VPY) train_net.py --config-file configs/Shapes/mask_rcnn_swin_demo_e3va.py --num-gpus 1 $(DEMO_ARGS)
+	$(VPY) train_net.py --config-file $(DEMO_CONFIG) --num-gpus 1 $(DEMO_ARGS)
 
 test: setup
 	$(VPY) -m pytest $(PYTEST_ARGS) $(TESTS)
