@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -107,8 +107,12 @@ _REGISTERED: Dict[str, Tuple[ShapesSpec, str]] = {}
 
 def default_cache_root() -> str:
     """``$E3VA_D2_DATASETS`` or ``~/.cache/e3va_d2/datasets``, made absolute."""
-    root = os.environ.get("E3VA_D2_DATASETS") or "~/.cache/e3va_d2/datasets"
-    return os.path.abspath(os.path.expanduser(root))
+    return cache_root(os.environ.get("E3VA_D2_DATASETS") or "~/.cache/e3va_d2/datasets")
+
+
+def cache_root(root: Optional[str]) -> str:
+    """``root`` made absolute (``~`` expanded), or the default root when it is empty."""
+    return os.path.abspath(os.path.expanduser(root)) if root else default_cache_root()
 
 
 def shapes_folder_name(spec: ShapesSpec) -> str:
@@ -360,26 +364,22 @@ def generate_shapes(spec: ShapesSpec, folder: str) -> None:
 
 def _resolve(split: Union[str, ShapesSpec], root: Optional[str]) -> Tuple[ShapesSpec, str]:
     if isinstance(split, ShapesSpec):
-        return split, _abs(root) if root else default_cache_root()
+        return split, cache_root(root)
     if split in _REGISTERED:
         spec, registered_root = _REGISTERED[split]
-        return spec, _abs(root) if root else registered_root
+        return spec, cache_root(root) if root else registered_root
     short = split
     for prefix in ("shapes_sem_seg_", "shapes_"):
         if split.startswith(prefix):
             short = split[len(prefix) :]
             break
     if short in DEFAULT_SPLITS:
-        return DEFAULT_SPLITS[short], _abs(root) if root else default_cache_root()
+        return DEFAULT_SPLITS[short], cache_root(root)
     known = sorted(set(_REGISTERED) | {f"shapes_{s}" for s in DEFAULT_SPLITS})
     raise DatasetError(
         f"Unknown shapes split '{split}'. Known: {known}. Pass a ShapesSpec, or register a new "
         "split with e3va_d2.data.register_shapes(splits={'name': ShapesSpec(...)})."
     )
-
-
-def _abs(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def ensure_shapes_split(
@@ -442,7 +442,7 @@ def register_shapes(
     registered are left alone unless ``force=True`` (e.g. after changing the env var).
     Returns the registered names.
     """
-    root = _abs(root) if root else default_cache_root()
+    root = cache_root(root)
     names = []
     for split, spec in (splits if splits is not None else DEFAULT_SPLITS).items():
         paths = _paths(os.path.join(root, shapes_folder_name(spec)))
@@ -476,13 +476,24 @@ def register_shapes(
         ]
         for name, loader, metadata in entries:
             names.append(name)
-            if name in DatasetCatalog:
-                if not force:
-                    continue
-                DatasetCatalog.remove(name)
-                if name in MetadataCatalog:
-                    MetadataCatalog.remove(name)
-            DatasetCatalog.register(name, loader)
-            MetadataCatalog.get(name).set(**metadata)
-            _REGISTERED[name] = (spec, root)
+            if register_lazily(name, loader, metadata, force=force):
+                _REGISTERED[name] = (spec, root)
     return names
+
+
+def register_lazily(name: str, loader: Callable[[], List[dict]], metadata: dict, *,
+                    force: bool) -> bool:
+    """Put ``name`` in detectron2's catalogs (``loader`` runs on first ``DatasetCatalog.get``).
+
+    A name already registered is left alone unless ``force``, which replaces both its loader and
+    its metadata. Returns whether it was (re)registered.
+    """
+    if name in DatasetCatalog:
+        if not force:
+            return False
+        DatasetCatalog.remove(name)
+        if name in MetadataCatalog:
+            MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+    return True

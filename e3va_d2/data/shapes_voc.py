@@ -25,7 +25,6 @@ import shutil
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from .cache import build_folder_once
@@ -34,8 +33,9 @@ from .shapes import (
     DEFAULT_SPLITS,
     THING_CLASSES,
     ShapesSpec,
-    default_cache_root,
+    cache_root,
     ensure_shapes_split,
+    register_lazily,
     shapes_folder_name,
 )
 
@@ -131,7 +131,7 @@ def ensure_shapes_voc_split(spec: ShapesSpec, split: str, *, root: Optional[str]
     Safe with several processes at once, like ``ensure_shapes_split``: each exports into its
     own temp folder and renames it into place; a loser discards its copy and uses the winner's.
     """
-    root = os.path.abspath(os.path.expanduser(root)) if root else default_cache_root()
+    root = cache_root(root)
 
     def write(folder: str) -> None:
         source = ensure_shapes_split(spec, root=root)
@@ -204,19 +204,12 @@ def register_shapes_voc(
     ``split``), so build the test loader before evaluating (``E3VATrainer.test`` does).
     Names already registered are left alone unless ``force=True``. Returns the names.
     """
-    root = os.path.abspath(os.path.expanduser(root)) if root else default_cache_root()
+    root = cache_root(root)
     names = []
     for split, spec in (splits if splits is not None else DEFAULT_SPLITS).items():
         name = f"{prefix}_{split}"
         names.append(name)
-        if name in DatasetCatalog:
-            if not force:
-                continue
-            DatasetCatalog.remove(name)
-            if name in MetadataCatalog:
-                MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, functools.partial(_load, spec, root, split))
-        MetadataCatalog.get(name).set(
+        metadata = dict(
             thing_classes=list(THING_CLASSES),
             dirname=os.path.join(root, voc_folder_name(spec)),
             year=2007,  # -> the VOC2007 11-point AP in PascalVOCDetectionEvaluator
@@ -224,4 +217,5 @@ def register_shapes_voc(
             evaluator_type="pascal_voc",
             generated_on_demand=True,
         )
+        register_lazily(name, functools.partial(_load, spec, root, split), metadata, force=force)
     return names

@@ -80,6 +80,32 @@ class PyramidPoolingModule(nn.Module):
         return torch.cat([x] + [_resize(stage(x), x.shape[-2:]) for stage in self.stages], dim=1)
 
 
+def _check_features(
+    input_shape: Dict[str, ShapeSpec], in_features: Sequence[str], aux_in_feature: Optional[str]
+) -> None:
+    """The levels the head reads exist, are distinct and have channels and strides."""
+    if isinstance(in_features, str) or not in_features:
+        raise ValueError(f"in_features must be a non-empty list of names, got {in_features!r}")
+    if len(set(in_features)) != len(in_features):
+        raise ValueError(f"in_features has duplicates: {list(in_features)}")
+    wanted = list(in_features) + ([aux_in_feature] if aux_in_feature is not None else [])
+    missing = [f for f in wanted if f not in input_shape]
+    if missing:
+        raise ValueError(
+            f"UPerNetHead features {missing} are not among the backbone outputs "
+            f"{sorted(input_shape)}."
+        )
+    for f in wanted:
+        spec = input_shape[f]
+        if not spec.channels or not spec.stride:
+            raise ValueError(f"input_shape[{f!r}] needs channels and stride, got {spec}")
+    strides = [input_shape[f].stride for f in in_features]
+    if len(set(strides)) != len(strides):
+        raise ValueError(
+            f"in_features must have distinct strides, got {dict(zip(in_features, strides))}"
+        )
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class UPerNetHead(nn.Module):
     """UPerNet head with an optional auxiliary FCN head, for ``SemanticSegmentor``.
@@ -126,17 +152,15 @@ class UPerNetHead(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        self._check_args(
-            input_shape,
-            in_features,
-            num_classes,
-            channels,
-            pool_scales,
-            aux_in_feature,
-            aux_channels,
-            aux_weight,
-            dropout,
-        )
+        _check_features(input_shape, in_features, aux_in_feature)
+        if num_classes < 1 or channels < 1 or (aux_in_feature is not None and aux_channels < 1):
+            raise ValueError("num_classes, channels and aux_channels must be positive")
+        if not pool_scales or any(int(s) < 1 for s in pool_scales):
+            raise ValueError(f"pool_scales must be positive grid sizes, got {pool_scales!r}")
+        if aux_weight < 0 or not 0 <= dropout < 1:
+            raise ValueError(
+                f"need aux_weight >= 0 and 0 <= dropout < 1, got {aux_weight}, {dropout}"
+            )
         # Finest level first, so that fusion and the output stride do not depend on the order.
         self.in_features: List[str] = sorted(in_features, key=lambda f: input_shape[f].stride)
         in_channels = [input_shape[f].channels for f in self.in_features]
@@ -163,47 +187,6 @@ class UPerNetHead(nn.Module):
             aux_in = input_shape[aux_in_feature].channels
             self.aux_conv = _conv_norm_relu(aux_in, aux_channels, 3, norm)
             self.aux_classifier = _classifier(aux_channels, num_classes)
-
-    @staticmethod
-    def _check_args(
-        input_shape,
-        in_features,
-        num_classes,
-        channels,
-        pool_scales,
-        aux_in_feature,
-        aux_channels,
-        aux_weight,
-        dropout,
-    ) -> None:
-        if isinstance(in_features, str) or not in_features:
-            raise ValueError(f"in_features must be a non-empty list of names, got {in_features!r}")
-        if len(set(in_features)) != len(in_features):
-            raise ValueError(f"in_features has duplicates: {list(in_features)}")
-        wanted = list(in_features) + ([aux_in_feature] if aux_in_feature is not None else [])
-        missing = [f for f in wanted if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"UPerNetHead features {missing} are not among the backbone outputs "
-                f"{sorted(input_shape)}."
-            )
-        for f in wanted:
-            spec = input_shape[f]
-            if not spec.channels or not spec.stride:
-                raise ValueError(f"input_shape[{f!r}] needs channels and stride, got {spec}")
-        strides = [input_shape[f].stride for f in in_features]
-        if len(set(strides)) != len(strides):
-            raise ValueError(
-                f"in_features must have distinct strides, got {dict(zip(in_features, strides))}"
-            )
-        if num_classes < 1 or channels < 1 or (aux_in_feature is not None and aux_channels < 1):
-            raise ValueError("num_classes, channels and aux_channels must be positive")
-        if not pool_scales or any(int(s) < 1 for s in pool_scales):
-            raise ValueError(f"pool_scales must be positive grid sizes, got {pool_scales!r}")
-        if aux_weight < 0 or not 0 <= dropout < 1:
-            raise ValueError(
-                f"need aux_weight >= 0 and 0 <= dropout < 1, got {aux_weight}, {dropout}"
-            )
 
     def layers(self, features: Dict[str, Tensor]) -> Tensor:
         """Fused features before dropout and classifier: B, C, H_0, W_0."""
