@@ -30,6 +30,8 @@ from e3va_d2.data import (
 )
 from e3va_d2.data.shapes import default_cache_root, shapes_folder_name
 
+from .helpers import race, tree_bytes
+
 SMALL = ShapesSpec(num_images=8, seed=5)
 
 
@@ -47,22 +49,16 @@ def small_split(tmp_path_factory):
     return ensure_shapes_split("t_shapes_val")
 
 
-def _tree_bytes(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
-
-
 def test_generation_is_deterministic(tmp_path):
     spec = ShapesSpec(num_images=6, seed=3)
     a = ensure_shapes_split(spec, root=str(tmp_path / "a"))
     b = ensure_shapes_split(spec, root=str(tmp_path / "b"))
-    files_a, files_b = _tree_bytes(Path(a.root)), _tree_bytes(Path(b.root))
+    files_a, files_b = tree_bytes(Path(a.root)), tree_bytes(Path(b.root))
     assert len(files_a) == 2 * 6 + 2  # images, label maps, json, marker
     assert files_a == files_b
     other = ensure_shapes_split(ShapesSpec(num_images=6, seed=4), root=str(tmp_path / "a"))
     assert other.root != a.root
-    assert _tree_bytes(Path(other.root))["annotations.json"] != files_a["annotations.json"]
+    assert tree_bytes(Path(other.root))["annotations.json"] != files_a["annotations.json"]
 
 
 def test_cache_root_env_and_folder_name(tmp_path):
@@ -117,22 +113,13 @@ queue.put((existed, ensure_shapes_split(spec, root=root).json_file))
 
 
 def test_concurrent_generation_yields_one_complete_dataset(tmp_path):
-    ctx = mp.get_context("spawn")
     spec, root = ShapesSpec(num_images=24, seed=11), str(tmp_path / "race")
-    barrier, queue = ctx.Barrier(2), ctx.Queue()
-    env = {"barrier": barrier, "queue": queue, "spec": spec, "root": root}
-    procs = [ctx.Process(target=exec, args=(_RACE_WORKER, env)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = race(_RACE_WORKER, {"spec": spec, "root": root})
     assert [existed for existed, _ in results] == [False, False]  # both really generated
     assert results[0][1] == results[1][1]
     assert os.listdir(root) == [shapes_folder_name(spec)]  # the loser discarded its temp copy
     reference = ensure_shapes_split(spec, root=str(tmp_path / "reference"))
-    assert _tree_bytes(Path(root) / shapes_folder_name(spec)) == _tree_bytes(Path(reference.root))
+    assert tree_bytes(Path(root) / shapes_folder_name(spec)) == tree_bytes(Path(reference.root))
 
 
 _SLOW_WORKER = """

@@ -4,7 +4,6 @@ and its gradients, VOC evaluation of perfect predictions, and a short demo train
 
 import json
 import logging
-import multiprocessing as mp
 import os
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.pascal_voc import load_voc_instances
 from detectron2.structures import Boxes, BoxMode, Instances
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from e3va_d2.config import load_config
@@ -28,20 +26,15 @@ from e3va_d2.data import (
 )
 from e3va_d2.data.shapes import THING_CLASSES
 from e3va_d2.data.shapes_voc import voc_folder_name
-from e3va_d2.engine import E3VATrainer
 from e3va_d2.evaluation import VOCDetectionEvaluator
 from e3va_d2.modeling import TunedSwin
 from e3va_d2.modeling.tuning import BitFitTuning
 
+from .helpers import evaluate_then_train, race, short_run_config, tree_bytes
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DEMO = os.path.join(ROOT, "configs/Shapes/retinanet_swin_demo_e3va.py")
 SMALL = ShapesSpec(num_images=6, seed=21)
-
-
-def _tree_bytes(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -90,9 +83,9 @@ def test_voc_export_round_trips_through_detectron2s_reader(tmp_path, monkeypatch
 def test_export_is_deterministic(tmp_path):
     a = ensure_shapes_voc_split(SMALL, "val", root=str(tmp_path / "a"))
     b = ensure_shapes_voc_split(SMALL, "val", root=str(tmp_path / "b"))
-    files = _tree_bytes(Path(a))
+    files = tree_bytes(Path(a))
     assert len(files) == 2 * SMALL.num_images + 2  # jpgs, xmls, split file, marker
-    assert files == _tree_bytes(Path(b))
+    assert files == tree_bytes(Path(b))
     assert ensure_shapes_voc_split(SMALL, "val", root=str(tmp_path / "a")) == a  # cached
 
 
@@ -123,27 +116,18 @@ def test_losing_an_export_race_uses_the_winners_folder(tmp_path, monkeypatch):
     assert calls and not os.path.exists(calls[0])  # our copy was really made, then discarded
     assert sorted(os.listdir(root)) == sorted([os.path.basename(source.root), os.path.basename(folder)])
     reference = ensure_shapes_voc_split(spec, "val", root=str(tmp_path / "reference"))
-    assert _tree_bytes(Path(folder)) == _tree_bytes(Path(reference))
+    assert tree_bytes(Path(folder)) == tree_bytes(Path(reference))
 
 
 def test_concurrent_export_yields_one_complete_folder(tmp_path):
     spec, root = ShapesSpec(num_images=12, seed=22), str(tmp_path / "race")
     source = ensure_shapes_split(spec, root=root)  # the race is about the export only
-    ctx = mp.get_context("spawn")
-    barrier, queue = ctx.Barrier(2), ctx.Queue()
-    env = {"barrier": barrier, "queue": queue, "spec": spec, "root": root}
-    procs = [ctx.Process(target=exec, args=(_RACE_WORKER, env)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = race(_RACE_WORKER, {"spec": spec, "root": root})
     assert results[0] == results[1]
     expected = sorted([os.path.basename(source.root), voc_folder_name(spec)])
     assert sorted(os.listdir(root)) == expected  # the loser discarded its temp copy
     reference = ensure_shapes_voc_split(spec, "val", root=str(tmp_path / "reference"))
-    assert _tree_bytes(Path(results[0])) == _tree_bytes(Path(reference))
+    assert tree_bytes(Path(results[0])) == tree_bytes(Path(reference))
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -250,25 +234,9 @@ def test_evaluator_exports_a_generated_dataset_before_reading_it(tmp_path):
 
 def test_demo_training_raises_voc_ap50(tmp_path):
     """60 steps at batch 4 on the mini split: VOC2007 AP50 0 -> ~4 (on the 2-core build machine)."""
-    cfg = load_config(
-        DEMO,
-        [
-            f"train.output_dir={tmp_path}",
-            "train.max_iter=60",
-            "train.log_period=20",
-            "train.eval_period=0",
-            "train.checkpointer.period=1000",
-            "train.device=cpu",
-            "dataloader.train.dataset.names=shapes_voc_mini_train",
-            "dataloader.test.dataset.names=shapes_voc_mini_val",
-            "dataloader.train.num_workers=0",
-            "dataloader.test.num_workers=0",
-        ],
+    cfg = short_run_config(
+        DEMO, tmp_path, "shapes_voc_mini_train", "shapes_voc_mini_val", 60,
+        "train.log_period=20", "train.checkpointer.period=1000",
     )
-    seed_all_rng(0)
-    trainer = E3VATrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    with EventStorage():
-        before = E3VATrainer.test(cfg, trainer._trainer.model)["bbox"]
-    after = trainer.train()["bbox"]
+    before, after = (results["bbox"] for results in evaluate_then_train(cfg))
     assert after["AP50"] > before["AP50"] + 1.0, (before, after)

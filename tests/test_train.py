@@ -12,31 +12,22 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from e3va_d2.checkpoint import E3VACheckpointer
-from e3va_d2.config import load_config
 from e3va_d2.engine import E3VATrainer
 from e3va_d2.engine.step import TrainStep, resolve_amp_dtype
+
+from .helpers import short_run_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DEMO = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
 
 
 def tiny_cfg(output_dir, *overrides, max_iter=8):
-    return load_config(
-        DEMO,
-        [
-            f"train.output_dir={output_dir}",
-            f"train.max_iter={max_iter}",
-            "train.log_period=1",
-            "train.eval_period=0",
-            f"train.checkpointer.period={max_iter}",
-            "train.device=cpu",
-            "dataloader.train.dataset.names=shapes_mini_train",
-            "dataloader.test.dataset.names=shapes_mini_val",
-            "dataloader.train.total_batch_size=2",
-            "dataloader.train.num_workers=0",
-            "dataloader.test.num_workers=0",
-            *overrides,
-        ],
+    return short_run_config(
+        DEMO, output_dir, "shapes_mini_train", "shapes_mini_val", max_iter,
+        "train.log_period=1",
+        f"train.checkpointer.period={max_iter}",
+        "dataloader.train.total_batch_size=2",
+        *overrides,
     )
 
 

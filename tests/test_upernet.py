@@ -13,15 +13,13 @@ from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator, inference_on_dataset
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, SemanticSegmentor
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
-from e3va_d2.config import load_config
-from e3va_d2.engine import E3VATrainer
 from e3va_d2.modeling import SwinTransformer, TunedSwin, UPerNetHead
 
 from .conftest import TINY_SWIN
+from .helpers import evaluate_then_train, short_run_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DEMO = os.path.join(ROOT, "configs/Shapes/upernet_swin_demo_e3va.py")
@@ -182,25 +180,12 @@ def test_short_demo_run_raises_miou(tmp_path):
     """The demo config on the mini splits, 50 iterations at batch 2 from a fixed seed. So short a
     run on a random trunk learns the class frequencies first (background: ~86% of the pixels),
     which already lifts mIoU from the untrained ~3 to ~21; the full demo learns the shapes."""
-    cfg = load_config(DEMO, [
-        f"train.output_dir={tmp_path}",
-        "train.max_iter=50",
-        "train.eval_period=0",
-        "train.log_period=1",
-        "train.checkpointer.period=1000",
-        "train.device=cpu",
-        "dataloader.train.dataset.names=shapes_sem_seg_mini_train",
-        "dataloader.test.dataset.names=shapes_sem_seg_mini_val",
+    cfg = short_run_config(
+        DEMO, tmp_path, "shapes_sem_seg_mini_train", "shapes_sem_seg_mini_val", 50,
+        "train.log_period=1", "train.checkpointer.period=1000",
         "dataloader.train.total_batch_size=2",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-    ])
-    seed_all_rng(0)
-    trainer = E3VATrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    with EventStorage():
-        before = E3VATrainer.test(cfg, trainer._trainer.model)["sem_seg"]
-    after = trainer.train()["sem_seg"]
+    )
+    before, after = (results["sem_seg"] for results in evaluate_then_train(cfg))
     assert after["mIoU"] > before["mIoU"] + 10 and after["pACC"] > 80, (before, after)
     with open(os.path.join(tmp_path, "metrics.json")) as f:
         values = [json.loads(line)["total_loss"] for line in f if "total_loss" in line]

@@ -1,0 +1,60 @@
+"""Helpers several test modules share: file-tree snapshots, racing processes, short demo runs."""
+import multiprocessing as mp
+from pathlib import Path
+from typing import List
+
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
+
+from e3va_d2.config import load_config
+from e3va_d2.engine import E3VATrainer
+
+
+def tree_bytes(folder: Path) -> dict:
+    """Every file below ``folder``, relative path -> content."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def race(worker_code: str, env: dict, processes: int = 2) -> List[object]:
+    """Run ``worker_code`` in spawned processes at once; each sees ``env`` plus ``barrier`` (to
+    line them up) and ``queue`` (for one result each). Returns the results; every process must
+    exit cleanly."""
+    ctx = mp.get_context("spawn")
+    env = {**env, "barrier": ctx.Barrier(processes), "queue": ctx.Queue()}
+    procs = [ctx.Process(target=exec, args=(worker_code, env)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    results = [env["queue"].get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return results
+
+
+def short_run_config(config: str, output_dir, train_set: str, test_set: str, max_iter: int,
+                     *overrides: str):
+    """A shipped config cut down to a short CPU run on small splits, without eval during it."""
+    return load_config(config, [
+        f"train.output_dir={output_dir}",
+        f"train.max_iter={max_iter}",
+        "train.eval_period=0",
+        "train.device=cpu",
+        f"dataloader.train.dataset.names={train_set}",
+        f"dataloader.test.dataset.names={test_set}",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        *overrides,
+    ])
+
+
+def evaluate_then_train(cfg):
+    """Seeded trainer; returns (results of the untrained model, results after training)."""
+    seed_all_rng(0)
+    trainer = E3VATrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with EventStorage():
+        before = E3VATrainer.test(cfg, trainer._trainer.model)
+    return before, trainer.train()
+
