@@ -107,11 +107,9 @@ def num_classes(cfg) -> int:
 
 
 def build_model(cfg, method: str, seed: int):
-    """The config's model with its tuning method replaced; same seed, hence same weights.
-
-    Methods that add modules start from the frozen model's function (zero-initialised
-    adapters), so every method's heads see the same proposals: costs differ by method only.
-    """
+    """The config's model with its tuning method replaced, adapters zero-initialised so that it
+    computes the frozen model's function. Methods draw different random numbers while building,
+    so weights match across methods only once ``share_common_tensors`` has run (``Bench``)."""
     tuning = build_tuning(method)
     if getattr(tuning, "zero_init", None) is False:
         tuning = dataclasses.replace(tuning, zero_init=True)
