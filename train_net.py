@@ -6,7 +6,8 @@
     python train_net.py --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
     python train_net.py --config-file ... --resume
 
-On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo).
+On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). ``--eval-only``
+refuses a model whose trainable part was never loaded (``train.eval_untrained=True`` allows it).
 """
 import logging
 
@@ -16,7 +17,7 @@ from detectron2.utils.logger import setup_logger
 
 import e3va_d2  # noqa: F401  (registers datasets and backbones)
 from e3va_d2.checkpoint import E3VACheckpointer, load_delta
-from e3va_d2.config import load_config
+from e3va_d2.config import ConfigError, load_config
 from e3va_d2.engine import E3VATrainer, launch
 
 logger = logging.getLogger("e3va_d2")
@@ -25,10 +26,31 @@ logger = logging.getLogger("e3va_d2")
 def do_eval(cfg):
     """Evaluate ``train.init_checkpoint`` (+ ``train.delta_checkpoint``) on ``dataloader.test``."""
     model = E3VATrainer.build_model(cfg)
-    E3VACheckpointer(model, cfg.train.output_dir).load(cfg.train.init_checkpoint)
+    checkpointer = E3VACheckpointer(model, cfg.train.output_dir)
+    checkpointer.load(cfg.train.init_checkpoint)
     if cfg.train.get("delta_checkpoint", ""):
         load_delta(model, cfg.train.delta_checkpoint)
+    elif checkpointer.untrained and not cfg.train.get("eval_untrained", False):
+        raise ConfigError(untrained_eval_message(cfg, checkpointer))
     return E3VATrainer.test(cfg, model)
+
+
+def untrained_eval_message(cfg, checkpointer) -> str:
+    init = cfg.train.init_checkpoint
+    if not init:
+        what = "train.init_checkpoint is empty"
+    elif checkpointer.loaded_pretrained_backbone:
+        what = f"train.init_checkpoint={init} is a pre-trained Swin, not a model trained here"
+    else:
+        what = f"train.init_checkpoint={init} lacks them"
+    out = cfg.train.output_dir
+    return (
+        f"--eval-only would evaluate {len(checkpointer.untrained)} trainable tensors that were "
+        f"never trained ({what}), e.g. {checkpointer.untrained[:3]}. Pass a trained model, "
+        f"train.init_checkpoint={out}/model_final.pth, or its base and delta, "
+        f"train.init_checkpoint=<the base it was trained from> "
+        f"train.delta_checkpoint={out}/model_final_delta.pth. "
+        "train.eval_untrained=True evaluates it anyway (debugging).")
 
 
 def main(args):

@@ -19,12 +19,14 @@ import os
 import pickle
 import re
 import secrets
+import zipfile
 from collections import Counter
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import detectron2
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import hooks
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from torch import Tensor, nn
@@ -42,8 +44,10 @@ from .modeling.swin_weights import (
 
 __all__ = [
     "E3VACheckpointer",
+    "CheckpointReadError",
     "DeltaMismatchError",
     "atomic_save",
+    "atomic_write",
     "base_fingerprint",
     "export_delta",
     "load_delta",
@@ -53,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 DELTA_FORMAT = "e3va_d2.delta"
 DELTA_VERSION = 1
+
+
+class CheckpointReadError(ValueError):
+    """A file given as a checkpoint that cannot be read as one (not a pickle, truncated...)."""
 
 
 class DeltaMismatchError(ValueError):
@@ -68,7 +76,7 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Write through ``write`` into a hidden temp file beside ``path``, fsync, then rename.
 
     ``os.replace`` is atomic within a folder, so readers see the old file or the new one,
@@ -103,7 +111,42 @@ def atomic_save(obj: Any, path: str) -> None:
         with PathManager.open(path, "wb") as f:
             torch.save(obj, f)
         return
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what atomic_write leaves when killed
+_PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+
+
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Delete the temp files that killed saves left in ``folder`` (only the main process
+    writes checkpoints, and a new trainer starts before it saves, so none is live)."""
+    removed = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if _TEMPORARY.match(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+                    removed.append(name)
+    if removed:
+        logger.info("Removed %d temporary files of interrupted saves in %s", len(removed), folder)
+    return removed
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's hook, with ``max_to_keep`` applied to the periodic checkpoints on disk, so
+    that it also counts those of earlier (interrupted, resumed) runs in the same folder."""
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        super().step(iteration, **kwargs)
+        folder = self.checkpointer.save_dir
+        if self.max_to_keep is None or not folder or not _is_local(folder):
+            return
+        periodic = sorted(n for n in os.listdir(folder) if _PERIODIC.match(n))
+        for name in periodic[: max(len(periodic) - self.max_to_keep, 0)]:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+        self.recent_checkpoints = [os.path.join(folder, n) for n in periodic[-self.max_to_keep:]]
 
 
 # --------------------------------------------------------------------------- checkpointer
@@ -124,6 +167,23 @@ class E3VACheckpointer(DetectionCheckpointer):
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self._conversion: Optional[Tuple[str, ConversionReport]] = None
+        if self.save_dir and self.save_to_disk and _is_local(self.save_dir):
+            remove_stale_temporaries(self.save_dir)
+        # Trainable parameters the last load() did not provide (all of them before any load,
+        # or after loading nothing): evaluating them means evaluating their initialisation.
+        self.untrained: List[str] = self._trainable_names()
+
+    def _trainable_names(self) -> List[str]:
+        return sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
+
+    @property
+    def loaded_pretrained_backbone(self) -> bool:
+        """The last load converted a pre-trained Swin (not a checkpoint of this model)."""
+        return self._conversion is not None
+
+    def load(self, path: str, checkpointables=None):
+        self.untrained = self._trainable_names()
+        return super().load(path, checkpointables=checkpointables)
 
     # ---- loading
 
@@ -131,6 +191,19 @@ class E3VACheckpointer(DetectionCheckpointer):
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, TunedSwin)]
 
     def _read(self, filename: str) -> Dict[str, Any]:
+        try:
+            return self._read_unchecked(filename)
+        except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError,
+                zipfile.BadZipFile, UnicodeDecodeError) as e:
+            if isinstance(e, SwinCheckpointError):
+                raise
+            raise CheckpointReadError(
+                f"{filename} is not a readable checkpoint ({type(e).__name__}: {e}). Pass a "
+                ".pth/.pkl/.safetensors file written by torch.save, detectron2 or timm; a "
+                "truncated copy fails like this (compare its size or sha256 with the source)."
+            ) from e
+
+    def _read_unchecked(self, filename: str) -> Dict[str, Any]:
         if filename.endswith(".safetensors"):  # how timm's hub weights are published
             from safetensors.torch import load_file
 
@@ -185,6 +258,7 @@ class E3VACheckpointer(DetectionCheckpointer):
             logger.info("Ignoring matching_heuristics: a TunedSwin model loads names exactly.")
         self._convert_ndarray_to_tensor(checkpoint["model"])
         self._check_required(checkpoint["model"])
+        self.untrained = [k for k in self._trainable_names() if k not in checkpoint["model"]]
         return super()._load_model(checkpoint)
 
     def _check_required(self, state: Mapping[str, Tensor]) -> None:
@@ -277,7 +351,7 @@ class E3VACheckpointer(DetectionCheckpointer):
         if not _is_local(self.save_dir):
             return super().tag_last_checkpoint(last_filename_basename)
         save_file = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(save_file, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(save_file, lambda f: f.write(last_filename_basename.encode()))
 
 
 def _prefix(module_path: str) -> str:
@@ -316,26 +390,36 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _split_state(model: nn.Module) -> Tuple[Dict[str, Tensor], List[str], List[str], List[str]]:
-    """(state, trainable params, buffers of modules owning trainable params, base)."""
+    """(state, trainable params, buffers training can change, base).
+
+    A buffer belongs to the delta when training can change it: it lies anywhere under a module
+    that owns a trainable parameter (detectron2's ``CycleBatchNormList`` keeps the trainable
+    affine weights on the parent and the running statistics on its children), or it is a
+    running statistic of a norm (which updates in training mode even when its weights are
+    frozen). The base (and its fingerprint) is everything else: what is truly frozen.
+    """
     model = _unwrap(model)
     state = model.state_dict(keep_vars=True)
     trainable = [k for k, v in state.items() if isinstance(v, nn.Parameter) and v.requires_grad]
-    owners = {
+    changing = {
         name
         for name, module in model.named_modules()
         if any(p.requires_grad for p in module.parameters(recurse=False))
+        or (isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats)
     }
-    # Running statistics of trainable norms change with training, so they belong to the delta.
     buffers = [
-        k for k, v in state.items() if not isinstance(v, nn.Parameter) and _owner(k) in owners
+        k for k, v in state.items()
+        if not isinstance(v, nn.Parameter) and any(m in changing for m in _ancestors(k))
     ]
     in_delta = set(trainable) | set(buffers)
     base = [k for k in state if k not in in_delta]
     return state, trainable, buffers, base
 
 
-def _owner(key: str) -> str:
-    return key.rpartition(".")[0]
+def _ancestors(key: str) -> List[str]:
+    """Names of the modules above a state key, nearest first, the root ("") last."""
+    parts = key.split(".")[:-1]
+    return [".".join(parts[:i]) for i in range(len(parts), -1, -1)]
 
 
 def _fingerprint(state: Mapping[str, Tensor], names: List[str]) -> str:

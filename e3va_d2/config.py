@@ -15,7 +15,14 @@ from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ConfigError", "load_config", "apply_overrides", "config_keys"]
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "apply_overrides",
+    "config_keys",
+    "tuned_swin_node",
+    "set_tuning_method",
+]
 
 _ABSENT = object()
 
@@ -76,8 +83,45 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                 f"Override {override.input_line!r} names no existing config key.{hint} "
                 f"To add a new key on purpose, write +{override.input_line}."
             )
+        if not override.is_add():
+            _check_type(override.input_line, key, _current_value(cfg, key), override.value())
         plain.append(override.input_line.lstrip("+"))
     return LazyConfig.apply_overrides(cfg, plain)
+
+
+def _current_value(cfg: DictConfig, key: str):
+    """The config's value at ``key``, else the default of the LazyCall target's argument."""
+    value = OmegaConf.select(cfg, key, default=_ABSENT)
+    if value is not _ABSENT:
+        return value
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    try:
+        target = parent._target_
+        target = locate(target) if isinstance(target, str) else target
+        default = inspect.signature(target).parameters[name].default
+    except (AttributeError, ImportError, KeyError, TypeError, ValueError):
+        return _ABSENT
+    return _ABSENT if default is inspect.Parameter.empty else default
+
+
+def _check_type(line: str, key: str, old, new) -> None:
+    """A number or flag stays one: ``train.max_iter=abc`` fails here, naming the key, not in
+    the LR scheduler after the model and data are built. Ints are accepted for floats."""
+    if old is _ABSENT or old is None or new is None:
+        return
+    if isinstance(old, bool):
+        ok = isinstance(new, bool)
+    elif isinstance(old, int):
+        ok = isinstance(new, int) and not isinstance(new, bool)
+    elif isinstance(old, float):
+        ok = isinstance(new, (int, float)) and not isinstance(new, bool)
+    else:
+        return
+    if not ok:
+        raise ConfigError(
+            f"Override {line!r}: {key} is {'an' if type(old) is int else 'a'} "
+            f"{type(old).__name__} (the config has {old!r}), but {new!r} is not.")
 
 
 def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
@@ -91,3 +135,32 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
         raise ConfigError(f"{path!r} is not a LazyConfig .py file; e3va-d2 configs are Python.")
     cfg = LazyConfig.load(path)
     return apply_overrides(cfg, list(overrides))
+
+
+def tuned_swin_node(node):
+    """The LazyCall of a model config's ``TunedSwin`` (under an FPN for detectors, the backbone
+    itself for semantic segmentation), or None."""
+    from .modeling import TunedSwin
+
+    if isinstance(node, DictConfig):
+        target = node.get("_target_")
+        if target is TunedSwin or target == f"{TunedSwin.__module__}.{TunedSwin.__qualname__}":
+            return node
+        for key in node:
+            found = tuned_swin_node(node[key])
+            if found is not None:
+                return found
+    return None
+
+
+def set_tuning_method(model_cfg: DictConfig, tuning) -> None:
+    """Replace the tuning method of ``model_cfg``'s TunedSwin by ``tuning`` (a TuningMethod
+    instance, e.g. ``build_tuning("lora")``), as a LazyCall with all its options spelled out."""
+    import dataclasses
+
+    from detectron2.config import LazyCall
+
+    node = tuned_swin_node(model_cfg)
+    if node is None:
+        raise ConfigError(f"{model_cfg.get('_target_')} has no TunedSwin backbone")
+    node.tuning = LazyCall(type(tuning))(**dataclasses.asdict(tuning))

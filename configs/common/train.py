@@ -9,6 +9,9 @@ train = dict(
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=3),
     eval_period=5000,
+    # --eval-only refuses a model whose trainable part was never loaded (untrained adapters and
+    # heads would be evaluated: AP ~0). True evaluates it anyway, for debugging.
+    eval_untrained=False,
     log_period=20,
     seed=-1,
 )

@@ -26,7 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 
-from ..checkpoint import E3VACheckpointer, export_delta, load_delta
+from ..checkpoint import E3VACheckpointer, PeriodicCheckpointer, export_delta, load_delta
 from ..compat import HAS_COMPILED_OPS, detectron2_build
 from ..layers import adapt_sync_batchnorm
 from .params import trainable_parameter_table
@@ -172,7 +172,7 @@ class E3VATrainer(DefaultTrainer):
         return [
             hooks.IterationTimer(),
             hooks.LRScheduler(self._trainer.optimizer, self.scheduler),
-            hooks.PeriodicCheckpointer(self.checkpointer, ckpt.period, max_to_keep=ckpt.get(
+            PeriodicCheckpointer(self.checkpointer, ckpt.period, max_to_keep=ckpt.get(
                 "max_to_keep")) if main else None,
             hooks.EvalHook(cfg.train.eval_period, self._eval_and_save),
             hooks.PeriodicWriter(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, Optional
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -172,7 +172,8 @@ class E3VAHighway(nn.Module):
     trunk's patch merging layers.
 
     Module names mirror the trunk (``layers.{i}.blocks.{j}``) so a parameter's place in the
-    highway reads like the block it adapts.
+    highway reads like the block it adapts. ``hidden_dims``: the adapters' bottleneck width per
+    stage (``E3VATuning.bottleneck_width`` derives and validates them from its options).
     """
 
     def __init__(
@@ -180,8 +181,7 @@ class E3VAHighway(nn.Module):
         trunk: SwinTransformer,
         *,
         rank: int = 8,
-        hidden_ratio: float = 0.5,
-        hidden_dim: Optional[int] = None,
+        hidden_dims: Sequence[int],
         adapter_kind: str = "dual_low_rank",
         structure: str = "parallel",
         zero_init: bool = False,
@@ -191,8 +191,7 @@ class E3VAHighway(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList()
         for i, stage in enumerate(trunk.layers):
-            dim = trunk.num_features[i]
-            width = hidden_dim if hidden_dim is not None else int(dim * hidden_ratio)
+            dim, width = trunk.num_features[i], hidden_dims[i]
             blocks = nn.ModuleList(
                 BlockAdapters(
                     dim,

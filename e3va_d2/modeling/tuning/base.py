@@ -75,6 +75,13 @@ def build_tuning(method: Union[str, TuningMethod], **options) -> TuningMethod:
     return TUNING_METHODS[method](**options)
 
 
+def check_positive_int(option: str, value) -> None:
+    """Integer options (ranks, widths) must be integers >= 1: ``rank=2.5`` or ``rank=0`` fail
+    here, naming the option, instead of deep inside a layer's constructor."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+
+
 def output_norm_parameters(trunk: SwinTransformer) -> Iterator[Tuple[str, nn.Parameter]]:
     """The norms between trunk and neck: not pre-trained, so most methods train them."""
     for i in trunk.out_indices:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..e3va import ADAPTER_KINDS, HIGHWAY_STRUCTURES, E3VAHighway
-from .base import TuningMethod, output_norm_parameters, register_tuning
+from .base import TuningMethod, check_positive_int, output_norm_parameters, register_tuning
 
 __all__ = ["E3VATuning"]
 
@@ -48,17 +48,28 @@ class E3VATuning(TuningMethod):
             raise ValueError(f"adapter_kind={self.adapter_kind!r}; expected one of {ADAPTER_KINDS}")
         if self.structure not in HIGHWAY_STRUCTURES:
             raise ValueError(f"structure={self.structure!r}; expected one of {HIGHWAY_STRUCTURES}")
-        if self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank}")
+        check_positive_int("E3VATuning.rank", self.rank)
+        if self.hidden_dim is not None:
+            check_positive_int("E3VATuning.hidden_dim", self.hidden_dim)
+        if isinstance(self.hidden_ratio, bool) or not isinstance(self.hidden_ratio, (int, float)):
+            raise ValueError(f"E3VATuning.hidden_ratio must be a number, got {self.hidden_ratio!r}")
         if not 0 < self.hidden_ratio <= 4:
-            raise ValueError(f"hidden_ratio must be in (0, 4], got {self.hidden_ratio}")
+            raise ValueError(f"E3VATuning.hidden_ratio must be in (0, 4], got {self.hidden_ratio}")
+
+    def bottleneck_width(self, dim: int) -> int:
+        """The adapters' middle width for ``dim`` channels; at least 1, or a clear error."""
+        width = self.hidden_dim if self.hidden_dim is not None else int(dim * self.hidden_ratio)
+        if width < 1:
+            raise ValueError(
+                f"E3VATuning.hidden_ratio={self.hidden_ratio} leaves the {dim}-channel stage an "
+                f"adapter of width {width}; use hidden_ratio >= {1 / dim:.4g} or set hidden_dim")
+        return width
 
     def attach(self, trunk):
         return E3VAHighway(
             trunk,
             rank=self.rank,
-            hidden_ratio=self.hidden_ratio,
-            hidden_dim=self.hidden_dim,
+            hidden_dims=[self.bottleneck_width(d) for d in trunk.num_features[: trunk.num_stages]],
             adapter_kind=self.adapter_kind,
             structure=self.structure,
             zero_init=self.zero_init,

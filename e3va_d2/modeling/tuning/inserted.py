@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..swin import SwinBlock
-from .base import TuningMethod, output_norm_parameters, register_tuning
+from .base import TuningMethod, check_positive_int, output_norm_parameters, register_tuning
 
 __all__ = [
     "Bottleneck",
@@ -117,8 +117,7 @@ class _InsertedTuning(TuningMethod):
     train_output_norms: bool = True
 
     def __post_init__(self):
-        if self.width < 1:
-            raise ValueError(f"width must be >= 1, got {self.width}")
+        check_positive_int(f"{type(self).__name__}.width", self.width)
 
     def trainable_parameters(self, trunk, extra):
         yield from inserted_parameters(trunk)

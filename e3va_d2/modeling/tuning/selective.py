@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import TuningMethod, register_tuning
+from .base import TuningMethod, check_positive_int, register_tuning
 
 __all__ = ["BitFitTuning", "NormTuning", "PartialTuning"]
 
@@ -52,8 +52,7 @@ class PartialTuning(TuningMethod):
     last_blocks: int = 1
 
     def __post_init__(self):
-        if self.last_blocks < 1:
-            raise ValueError(f"last_blocks must be >= 1, got {self.last_blocks}")
+        check_positive_int("PartialTuning.last_blocks", self.last_blocks)
 
     def trainable_parameters(self, trunk, extra):
         blocks = [(f"layers.{i}.blocks.{j}", b) for i, stage in enumerate(trunk.layers)
