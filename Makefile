@@ -6,6 +6,8 @@
 #                    the RetinaNet/VOC or UPerNet demo instead of Mask R-CNN
 #   make test        run the test suite
 #   make bench       tuning-cost benchmark
+#   make compare     every tuning method fine-tuned from the shipped pre-trained Swin
+#                    (projects/transfer/compare.py; COMPARE_ARGS)
 #   make clean-venv  remove $(VENV)
 #
 # Overridable: TORCH_SPEC (pip requirement(s)/options for torch, e.g. another
@@ -24,6 +26,7 @@ TESTS ?= tests
 DEMO_CONFIG ?= configs/Shapes/mask_rcnn_swin_demo_e3va.py
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+COMPARE_ARGS ?=
 
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check
@@ -40,10 +43,10 @@ ifneq ($(strip $(shell cat $(TORCH_STAMP) 2>/dev/null)),$(strip $(TORCH_SPEC)))
 $(shell rm -f $(TORCH_STAMP))
 endif
 
-.PHONY: help setup demo test bench clean-venv
+.PHONY: help setup demo test bench compare clean-venv
 
 help:
-	@echo "make setup | demo | test | bench | clean-venv   (see docs/INSTALL.md)"
+	@echo "make setup | demo | test | bench | compare | clean-venv   (see docs/INSTALL.md)"
 
 $(VPY):
 	@echo ">> creating $(VENV) with $(PYTHON3) ($$($(PYTHON3) --version 2>&1))"
@@ -75,6 +78,9 @@ test: setup
 
 bench: setup
 	$(VPY) projects/benchmark/tuning_cost.py $(BENCH_ARGS)
+
+compare: setup
+	$(VPY) -m projects.transfer.compare $(COMPARE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

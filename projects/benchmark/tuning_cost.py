@@ -29,19 +29,18 @@ import sys
 from typing import Dict, List
 
 import torch
-from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from report import cost_table, fit_table, plot  # noqa: E402
 
-from e3va_d2.config import load_config  # noqa: E402
+from e3va_d2.config import load_config, set_tuning_method  # noqa: E402
 from e3va_d2.engine.params import trainable_parameter_table  # noqa: E402
 from e3va_d2.layers import adapt_sync_batchnorm  # noqa: E402
-from e3va_d2.modeling import TUNING_METHODS, TunedSwin, build_tuning  # noqa: E402
+from e3va_d2.modeling import TUNING_METHODS, build_tuning  # noqa: E402
 from e3va_d2.utils.cost import (  # noqa: E402
     TrainingStep,
     median,
@@ -84,20 +83,6 @@ def method_names(spec: str) -> List[str]:
     return names
 
 
-def tuned_swin_node(node):
-    """The LazyCall of the model's TunedSwin (under an FPN for detectors, the backbone itself
-    for semantic segmentation)."""
-    if isinstance(node, DictConfig):
-        target = node.get("_target_")
-        if target is TunedSwin or target == f"{TunedSwin.__module__}.{TunedSwin.__qualname__}":
-            return node
-        for key in node:
-            found = tuned_swin_node(node[key])
-            if found is not None:
-                return found
-    return None
-
-
 def num_classes(cfg) -> int:
     for key in ("roi_heads.num_classes", "num_classes", "sem_seg_head.num_classes"):
         value = OmegaConf.select(cfg.model, key, default=None)
@@ -113,10 +98,7 @@ def build_model(cfg, method: str, seed: int):
     tuning = build_tuning(method)
     if getattr(tuning, "zero_init", None) is False:
         tuning = dataclasses.replace(tuning, zero_init=True)
-    node = tuned_swin_node(cfg.model)
-    if node is None:
-        raise SystemExit(f"{cfg.model._target_} has no TunedSwin backbone to benchmark")
-    node.tuning = L(type(tuning))(**dataclasses.asdict(tuning))
+    set_tuning_method(cfg.model, tuning)
     torch.manual_seed(seed)
     model = instantiate(cfg.model)
     adapt_sync_batchnorm(model, world_size=1, device="cpu")
