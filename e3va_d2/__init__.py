@@ -7,6 +7,7 @@ generated until a dataset is used) and logs which detectron2 build it found.
 import logging
 
 from . import data  # noqa: F401  (registers the synthetic datasets)
+from . import model_zoo  # noqa: F401  (the e3va:// checkpoints)
 from .compat import HAS_COMPILED_OPS, detectron2_build
 from .modeling import (
     TUNING_METHODS,
