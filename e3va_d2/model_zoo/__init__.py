@@ -58,7 +58,7 @@ class PretrainedSwin:
 
 GLYPHS_SWIN = PretrainedSwin(
     file="swin_glyphs_e32_patch4_window7_112.pth",
-    sha256="401fbff16f5ccd991cc967c6eff35d07f554366b43f721d3b40d8069e1ea220c",
+    sha256="e4ceac33f0d1e86d955c2139befbcbc30f4a3f248060fde2c04958fd119116df",
     architecture=dict(embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=7),
     pretext="glyphs: 16 procedurally drawn classes among clutter (e3va_d2.data.glyphs)",
     val_accuracy=0.5630,

@@ -191,7 +191,7 @@ def main(argv=None) -> dict:
     meta = {
         "pretext": "glyphs", "classes": list(GLYPH_CLASSES), "val_accuracy": val,
         "val_images": args.val_images, "train_minutes": round(minutes, 1),
-        "args": vars(args), "history": history, "torch": torch.__version__,
+        "args": vars(args), "history": history, "torch": str(torch.__version__),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     atomic_save({"model": official_state_dict(model, getattr(torch, args.dtype)), "meta": meta},
