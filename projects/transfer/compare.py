@@ -22,6 +22,7 @@ import argparse
 import concurrent.futures as futures
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import statistics
@@ -164,7 +165,11 @@ def summarise(runs: Dict[str, List[dict]], cost: Optional[Dict[str, dict]]) -> D
         names = sorted({m for r in results for m in r["metrics"]})
         stats = {}
         for name in names:
-            values = [r["metrics"][name] for r in results if name in r["metrics"]]
+            # detectron2 reports NaN for an empty size range (APl: no large objects here).
+            values = [r["metrics"][name] for r in results
+                      if name in r["metrics"] and math.isfinite(r["metrics"][name])]
+            if not values:
+                continue
             stats[name] = dict(values=values, mean=statistics.fmean(values),
                                std=statistics.stdev(values) if len(values) > 1 else 0.0,
                                min=min(values), max=max(values))
