@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import secrets
+import time
 import zipfile
 from collections import Counter
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -118,15 +119,20 @@ _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what atomic_write leaves
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 
 
+_STALE_SECONDS = 3600  # no save takes an hour; a younger temp file may be another process's
+
+
 def remove_stale_temporaries(folder: str) -> List[str]:
-    """Delete the temp files that killed saves left in ``folder`` (only the main process
-    writes checkpoints, and a new trainer starts before it saves, so none is live)."""
+    """Delete the temp files that killed saves left in ``folder``: those older than an hour,
+    so that a live save of another process (an eval next to a running training) is kept."""
     removed = []
+    now = time.time()
     if os.path.isdir(folder):
         for name in os.listdir(folder):
-            if _TEMPORARY.match(name):
+            path = os.path.join(folder, name)
+            if _TEMPORARY.match(name) and now - os.path.getmtime(path) > _STALE_SECONDS:
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(folder, name))
+                    os.unlink(path)
                     removed.append(name)
     if removed:
         logger.info("Removed %d temporary files of interrupted saves in %s", len(removed), folder)

@@ -3,6 +3,7 @@ models, SyncBN variants included), and --eval-only refuses never-trained weights
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -167,13 +168,16 @@ def test_stale_temporaries_removed_and_max_to_keep_counts_files_on_disk(tmp_path
     stale = [".model_0000009.pth.0a1b2c3d.tmp", ".last_checkpoint.deadbeef.tmp"]
     for name in stale:
         (tmp_path / name).write_bytes(b"partial")
+        os.utime(tmp_path / name, (time.time() - 7200,) * 2)  # left by a save killed 2 h ago
+    live = tmp_path / ".model_0000019.pth.0badcafe.tmp"  # another process saving right now
+    live.write_bytes(b"being written")
     for k in range(5):  # an earlier run's periodic checkpoints, before an interruption
         (tmp_path / f"model_{k:07d}.pth").write_bytes(b"old")
     (tmp_path / "model_final.pth").write_bytes(b"keep")
     (tmp_path / "notes.tmp").write_bytes(b"not ours")
     checkpointer = E3VACheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
     assert not any((tmp_path / name).exists() for name in stale)
-    assert (tmp_path / "notes.tmp").exists()
+    assert (tmp_path / "notes.tmp").exists() and live.exists()
     hook = PeriodicCheckpointer(checkpointer, period=1, max_to_keep=3)
     for iteration in (10, 11):
         hook.step(iteration)
