@@ -83,8 +83,9 @@ def parameter_groups(model: nn.Module, weight_decay: float):
 
 def token_labels(coverage: Tensor, labels: Tensor, stride: int, background: int) -> Tensor:
     """(B, h, w) class of each last-stage token: the glyph's where it covers at least a quarter
-    of the token's cell, else ``background``. Dense labels give every image many targets, which
-    gets a Swin trained from scratch past its long initial plateau several times sooner."""
+    of the token's cell, else ``background``. Dense labels give every image many targets: with
+    the image label alone, a Swin trained from scratch sat at chance for the first few hundred
+    steps (how much sooner the dense targets get it past that was not measured)."""
     frac = F.avg_pool2d(coverage[:, None], stride, stride, ceil_mode=True)[:, 0]
     return torch.where(frac >= 0.25, labels[:, None, None], torch.full_like(labels, background)[:, None, None])
 
