@@ -42,20 +42,28 @@ def config_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
     return keys
 
 
+def _target_parameters(cfg: DictConfig, key: str):
+    """(argument name, signature parameters of the LazyCall target holding ``key``), or
+    (name, None) when ``key``'s parent is no LazyCall or its target cannot be inspected."""
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or "_target_" not in parent:
+        return name, None
+    target = parent._target_
+    try:
+        target = locate(target) if isinstance(target, str) else target
+        return name, inspect.signature(target).parameters
+    except (ImportError, TypeError, ValueError):
+        return name, None
+
+
 def _is_known_key(cfg: DictConfig, key: str) -> bool:
     """A key present in the config, or an argument of the LazyCall target that holds it
     (``model.backbone.bottom_up.tuning.zero_init`` is valid although the file omits it)."""
     if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
         return True
-    parent_key, _, name = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-    if not isinstance(parent, DictConfig) or "_target_" not in parent:
-        return False
-    target = parent._target_
-    try:
-        target = locate(target) if isinstance(target, str) else target
-        params = inspect.signature(target).parameters
-    except (ImportError, TypeError, ValueError):
+    name, params = _target_parameters(cfg, key)
+    if params is None:
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
@@ -94,15 +102,10 @@ def _current_value(cfg: DictConfig, key: str):
     value = OmegaConf.select(cfg, key, default=_ABSENT)
     if value is not _ABSENT:
         return value
-    parent_key, _, name = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-    try:
-        target = parent._target_
-        target = locate(target) if isinstance(target, str) else target
-        default = inspect.signature(target).parameters[name].default
-    except (AttributeError, ImportError, KeyError, TypeError, ValueError):
+    name, params = _target_parameters(cfg, key)
+    if params is None or name not in params or params[name].default is inspect.Parameter.empty:
         return _ABSENT
-    return _ABSENT if default is inspect.Parameter.empty else default
+    return params[name].default
 
 
 def _check_type(line: str, key: str, old, new) -> None:
