@@ -1,6 +1,7 @@
 """Two CPU processes (gloo): DDP averages the gradients of the trainable parameters, so one step
 on two halves of a batch equals one step on the whole batch in one process; and train_net.py
-runs a detector with --num-gpus 2 on a machine without GPUs."""
+runs a detector with --num-gpus 2 on a machine without GPUs, saving and resuming both ranks'
+training state (data position, RNGs)."""
 import os
 import subprocess
 import sys
@@ -65,18 +66,31 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert moved > len(one) // 2  # the steps did update the adapters
 
 
-def test_train_net_runs_two_cpu_processes(tmp_path):
+def test_train_net_runs_two_cpu_processes_and_resumes_both_ranks(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2",
-        "--config-file", os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py"),
-        f"train.output_dir={tmp_path}", "train.max_iter=3", "train.eval_period=0",
-        "train.device=cpu", "dataloader.train.dataset.names=shapes_mini_train",
-        "dataloader.test.dataset.names=shapes_mini_val", "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+
+    def train_net(max_iter, *flags):
+        cmd = [
+            sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2", *flags,
+            "--config-file", os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py"),
+            f"train.output_dir={tmp_path}", f"train.max_iter={max_iter}", "train.eval_period=0",
+            "train.device=cpu", "dataloader.train.dataset.names=shapes_mini_train",
+            "dataloader.test.dataset.names=shapes_mini_val", "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0",
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-4000:]
+        return log
+
+    log = train_net(2)
     assert "World size: 2" in log and "copypaste: Task: bbox" in log
-    assert os.path.exists(tmp_path / "model_final.pth")
+    ranks = torch.load(tmp_path / "model_final.pth", weights_only=False)["trainer"]["resume"]
+    # Each rank's own stream (positions 0, 2, 4.. and 1, 3, 5..), 2 batches of 2 drawn:
+    assert [(r["loader"]["rank"], r["loader"]["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    # rank 0 last drew an even position, rank 1 an odd one; at least 4 each
+    assert [r["loader"]["next_position"] % 2 for r in ranks] == [1, 0]
+    assert min(r["loader"]["next_position"] for r in ranks) >= 7
+    log = train_net(3, "--resume")
+    assert "Starting training from iteration 2" in log
+    assert "continue approximately" not in log and "starts again" not in log

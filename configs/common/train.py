@@ -14,4 +14,9 @@ train = dict(
     eval_untrained=False,
     log_period=20,
     seed=-1,
+    # TorchScript code (RetinaNet's focal loss) switches to an optimised plan after its first
+    # calls, whose gradients differ in the last bits: a resumed process would then take other
+    # steps than the uninterrupted run. False keeps every call on the first plan (exact
+    # resume); True allows the optimised one (fused kernels on GPU).
+    optimize_torchscript=False,
 )

@@ -1,4 +1,5 @@
-"""Data layer: checked dataset loading and the synthetic "shapes" dataset.
+"""Data layer: checked dataset loading, a resumable training loader and the synthetic "shapes"
+dataset.
 
 Importing this package registers ``shapes_{train,val}``, ``shapes_sem_seg_{train,val}`` and
 ``shapes_voc_{train,val}`` (Pascal VOC layout), plus ``*_mini_*`` splits for smoke tests (cheap:
@@ -12,13 +13,16 @@ from .datasets import (
     load_sem_seg_dicts,
     validate_dataset_dicts,
 )
+from .loader import ResumableTrainLoader, build_resumable_train_loader
 from .shapes import ShapesPaths, ShapesSpec, ensure_shapes_split, register_shapes
 from .shapes_voc import ensure_shapes_voc_split, load_voc_dicts, register_shapes_voc
 
 __all__ = [
     "DatasetError",
+    "ResumableTrainLoader",
     "ShapesPaths",
     "ShapesSpec",
+    "build_resumable_train_loader",
     "check_sem_seg_labels",
     "ensure_shapes_split",
     "ensure_shapes_voc_split",

@@ -6,7 +6,8 @@ test,evaluator}``, which are instantiated as they are):
     train.output_dir, train.init_checkpoint, train.delta_checkpoint (optional), train.max_iter,
     train.device ("auto" | "cuda" | "cpu"), train.amp.enabled, train.amp.dtype (optional),
     train.ddp.{broadcast_buffers, find_unused_parameters, fp16_compression},
-    train.checkpointer.{period, max_to_keep}, train.eval_period, train.log_period
+    train.checkpointer.{period, max_to_keep}, train.eval_period, train.log_period,
+    train.optimize_torchscript
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ..checkpoint import E3VACheckpointer, PeriodicCheckpointer, export_delta, l
 from ..compat import HAS_COMPILED_OPS, detectron2_build
 from ..layers import adapt_sync_batchnorm
 from .params import trainable_parameter_table
+from .resume import GatherTrainingState, gathered_or_local, load_training_state, preserved_rng
 from .step import TrainStep, resolve_amp_dtype
 
 __all__ = ["E3VATrainer", "resolve_device"]
@@ -56,6 +58,14 @@ def _accepts(lazy_call, argument: str) -> bool:
         return argument in inspect.signature(target).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _restart_data_iterator(step) -> None:
+    """Make the next step draw from the loader's (just loaded) state."""
+    if isinstance(getattr(type(step), "_data_loader_iter", None), property):
+        step._data_loader_iter_obj = None  # detectron2 main: the iterator is created lazily
+    else:
+        step._data_loader_iter = iter(step.data_loader)  # detectron2 0.6: created eagerly
 
 
 class E3VATrainer(DefaultTrainer):
@@ -172,6 +182,7 @@ class E3VATrainer(DefaultTrainer):
         return [
             hooks.IterationTimer(),
             hooks.LRScheduler(self._trainer.optimizer, self.scheduler),
+            GatherTrainingState(ckpt.period, self.max_iter),
             PeriodicCheckpointer(self.checkpointer, ckpt.period, max_to_keep=ckpt.get(
                 "max_to_keep")) if main else None,
             hooks.EvalHook(cfg.train.eval_period, self._eval_and_save),
@@ -182,7 +193,8 @@ class E3VATrainer(DefaultTrainer):
         ]
 
     def _eval_and_save(self):
-        self._last_eval_results = self.test(self.cfg, self._trainer.model)
+        with preserved_rng():
+            self._last_eval_results = self.test(self.cfg, self._trainer.model)
         return self._last_eval_results
 
     def resume_or_load(self, resume: bool = True):
@@ -205,7 +217,8 @@ class E3VATrainer(DefaultTrainer):
 
     def train(self):
         """Run the loop; returns the last evaluation results (as detectron2's tools do)."""
-        TrainerBase.train(self, self.start_iter, self.max_iter)
+        with torch.jit.optimized_execution(self.cfg.train.get("optimize_torchscript", False)):
+            TrainerBase.train(self, self.start_iter, self.max_iter)
         if comm.is_main_process():
             path = os.path.join(self.cfg.train.output_dir, "model_final_delta.pth")
             export_delta(self._trainer.model, path, extra={"iteration": self.iter})
@@ -213,12 +226,21 @@ class E3VATrainer(DefaultTrainer):
         return getattr(self, "_last_eval_results", OrderedDict())
 
     # detectron2 0.6's DefaultTrainer saves the optimizer as a separate checkpointable, main
-    # through the trainer; here it always travels with the trainer (iteration, hooks, step).
+    # through the trainer; here it always travels with the trainer (iteration, hooks, step),
+    # with what an exact resume needs besides (engine/resume.py: data position, RNGs, EMAs).
     def state_dict(self):
         ret = TrainerBase.state_dict(self)
         ret["_trainer"] = self._trainer.state_dict()
+        ret["resume"] = gathered_or_local(self)
         return ret
 
     def load_state_dict(self, state_dict):
         TrainerBase.load_state_dict(self, state_dict)
         self._trainer.load_state_dict(state_dict["_trainer"])
+        if "resume" not in state_dict:
+            logger.warning("The checkpoint predates exact resume (no data position or RNG "
+                           "state): the resumed run's data order and random draws differ.")
+            return
+        step = self._trainer
+        load_training_state(step.model, step.data_loader, state_dict["resume"])
+        _restart_data_iterator(step)

@@ -4,14 +4,14 @@ from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator
 
-from e3va_d2.data import load_sem_seg_dicts
+from e3va_d2.data import build_resumable_train_loader, load_sem_seg_dicts
 
 dataloader = OmegaConf.create()
 
-dataloader.train = L(build_detection_train_loader)(
+dataloader.train = L(build_resumable_train_loader)(
     dataset=L(load_sem_seg_dicts)(names="shapes_sem_seg_train"),
     mapper=L(DatasetMapper)(
         is_train=True,

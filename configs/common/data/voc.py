@@ -11,14 +11,14 @@ from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_test_loader
 
-from e3va_d2.data import load_dataset_dicts
+from e3va_d2.data import build_resumable_train_loader, load_dataset_dicts
 from e3va_d2.evaluation import VOCDetectionEvaluator
 
 dataloader = OmegaConf.create()
 
-dataloader.train = L(build_detection_train_loader)(
+dataloader.train = L(build_resumable_train_loader)(
     dataset=L(load_dataset_dicts)(names=("voc_2007_trainval", "voc_2012_trainval")),
     mapper=L(DatasetMapper)(
         is_train=True,
