@@ -57,6 +57,7 @@ _SUPERSAMPLE = 4  # sub-pixel factor for anti-aliased edges and exact 50%-covera
 THING_CLASSES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle")
 THING_COLORS: Tuple[Tuple[int, int, int], ...] = ((220, 20, 60), (0, 130, 200), (60, 180, 75))
 STUFF_CLASSES: Tuple[str, ...] = ("background",) + THING_CLASSES
+FILLS: Tuple[str, ...] = ("solid", "texture")  # ShapesSpec.fill
 IGNORE_LABEL = 255
 
 
@@ -71,6 +72,10 @@ class ShapesSpec:
     min_objects: int = 1
     max_objects: int = 5
     min_visible_area: int = 30  # pixels; occluders that would leave less are re-placed
+    # How objects are filled: "solid" (a shaded colour that stands out from what lies beneath)
+    # or "texture" (fine stripes or checks whose mean colour is close to what lies beneath, so
+    # an object differs from its surroundings mainly by texture).
+    fill: str = "solid"
 
     def __post_init__(self) -> None:
         if self.num_images < 1:
@@ -81,6 +86,8 @@ class ShapesSpec:
             raise ValueError(f"ShapesSpec needs 1 <= min_objects <= max_objects, got {self}")
         if self.min_visible_area < 1:
             raise ValueError("ShapesSpec.min_visible_area must be >= 1")
+        if self.fill not in FILLS:
+            raise ValueError(f"ShapesSpec.fill must be one of {FILLS}, got {self.fill!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +108,10 @@ DEFAULT_SPLITS: Dict[str, ShapesSpec] = {
     "transfer_train": ShapesSpec(num_images=512, seed=4, min_size=96, max_size=128,
                                  max_objects=4),
     "transfer_val": ShapesSpec(num_images=128, seed=5, min_size=96, max_size=128, max_objects=4),
+    "texture_train": ShapesSpec(num_images=512, seed=6, min_size=96, max_size=128,
+                                max_objects=4, fill="texture"),
+    "texture_val": ShapesSpec(num_images=128, seed=7, min_size=96, max_size=128, max_objects=4,
+                              fill="texture"),
     # Small splits for smoke tests (the test suite trains and evaluates on these).
     "mini_train": ShapesSpec(num_images=48, seed=2),
     "mini_val": ShapesSpec(num_images=16, seed=3),
@@ -122,7 +133,10 @@ def cache_root(root: Optional[str]) -> str:
 
 def shapes_folder_name(spec: ShapesSpec) -> str:
     """Folder name holding the format version and a short hash of all generation parameters."""
-    key = json.dumps({"version": _VERSION, **dataclasses.asdict(spec)}, sort_keys=True)
+    params = dataclasses.asdict(spec)
+    if params["fill"] == "solid":  # the original fill: its folders keep their names
+        del params["fill"]
+    key = json.dumps({"version": _VERSION, **params}, sort_keys=True)
     return f"shapes-v{_VERSION}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
@@ -267,7 +281,7 @@ def _render(spec: ShapesSpec, index: int) -> Tuple[np.ndarray, np.ndarray, List[
             visible = [int(v) for v in remaining] + [area]
             classes.append(cls)
             full_area.append(area)
-            _paint(rng, img, y0, x0, cov)
+            (_paint if spec.fill == "solid" else _paint_texture)(rng, img, y0, x0, cov)
             break
     image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     return image, owner, list(zip(classes, visible))
@@ -287,6 +301,32 @@ def _paint(rng: np.random.Generator, img: np.ndarray, y0: int, x0: int, cov: np.
     u = np.linspace(-1, 1, ww, dtype=np.float32)[None, :]
     shade = 1 + np.float32(gx) * u + np.float32(gy) * v
     texture = color * shade[..., None] + rng.normal(0, 4, size=(hh, ww, 3)).astype(np.float32)
+    alpha = cov[..., None]
+    patch[...] = patch * (1 - alpha) + texture * alpha
+
+
+def _paint_texture(
+    rng: np.random.Generator, img: np.ndarray, y0: int, x0: int, cov: np.ndarray
+) -> None:
+    """Alpha-blend fine stripes or checks into ``img``: two colours a strong step apart whose
+    mean is near what lies underneath, so the object's texture, not its colour, sets it apart."""
+    hh, ww = cov.shape
+    patch = img[y0 : y0 + hh, x0 : x0 + ww]
+    under = patch[cov >= 0.5].mean(axis=0)
+    step = rng.normal(0, 1, size=3).astype(np.float32)
+    step *= rng.uniform(50, 80) / max(float(np.linalg.norm(step)), 1e-6)
+    mean = under + rng.normal(0, 12, size=3).astype(np.float32)
+    y = np.arange(hh, dtype=np.float32)[:, None] + y0
+    x = np.arange(ww, dtype=np.float32)[None, :] + x0
+    if rng.uniform() < 0.5:
+        period, angle = rng.uniform(3, 7), rng.uniform(0, math.pi)
+        u = x * math.cos(angle) + y * math.sin(angle)
+        pattern = np.sin(u * (2 * math.pi / period)) > 0
+    else:
+        cell = int(rng.integers(2, 5))
+        pattern = ((x.astype(int) // cell + y.astype(int) // cell) % 2) == 1
+    sign = np.where(pattern, np.float32(1), np.float32(-1))[..., None]
+    texture = mean + sign * step + rng.normal(0, 4, size=(hh, ww, 3)).astype(np.float32)
     alpha = cov[..., None]
     patch[...] = patch * (1 - alpha) + texture * alpha
 
