@@ -40,3 +40,15 @@ def test_compare_tiny_and_restart(tmp_path):
     assert result.stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == json.loads(
         json.dumps(again))
+
+
+def test_overrides_reach_the_swapped_tuning_method(tmp_path):
+    """Options of a row's method given on the command line apply to that method (they were
+    silently dropped when the swap came after them)."""
+    config = os.path.join(os.path.dirname(__file__), "..", compare.DEFAULT_CONFIG)
+    zero = "model.backbone.bottom_up.tuning.zero_init=True"
+    cfg = compare.run_config(config, [zero], "e3va", 0, str(tmp_path))
+    assert cfg.model.backbone.bottom_up.tuning.zero_init is True
+    assert cfg.train.seed == 0 and cfg.train.output_dir == str(tmp_path)
+    floor = compare.run_config(config, [], compare.FLOOR, 1, str(tmp_path))
+    assert floor.train.init_checkpoint == "" and floor.train.seed == 1

@@ -73,6 +73,20 @@ def flat_metrics(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
             for name, v in metrics.items()}
 
 
+def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: str):
+    """The config of one (row, seed) run: the shared recipe with this row's tuning method."""
+    from e3va_d2.config import apply_overrides, load_config, set_tuning_method
+    from e3va_d2.modeling import build_tuning
+
+    cfg = load_config(config_file, [f"train.output_dir={folder}", f"train.seed={seed}"])
+    set_tuning_method(cfg.model, build_tuning("e3va" if row == FLOOR else row))
+    # After the swap, so that options of the method (tuning.zero_init=True) apply to it.
+    cfg = apply_overrides(cfg, list(opts))
+    if row == FLOOR:
+        cfg.train.init_checkpoint = ""
+    return cfg
+
+
 def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: str,
               threads: int) -> dict:
     """One (row, seed) run in this process; writes and returns its ``result.json``."""
@@ -81,17 +95,12 @@ def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: st
     from detectron2.utils.logger import setup_logger
 
     from e3va_d2.checkpoint import atomic_write
-    from e3va_d2.config import load_config, set_tuning_method
     from e3va_d2.engine import E3VATrainer
     from e3va_d2.engine.params import trainable_parameter_table
-    from e3va_d2.modeling import build_tuning
 
     torch.set_num_threads(threads)
     method = "e3va" if row == FLOOR else row
-    cfg = load_config(config_file, [*opts, f"train.output_dir={folder}", f"train.seed={seed}"])
-    set_tuning_method(cfg.model, build_tuning(method))
-    if row == FLOOR:
-        cfg.train.init_checkpoint = ""
+    cfg = run_config(config_file, opts, row, seed, folder)
     os.makedirs(folder, exist_ok=True)
     setup_logger(folder, name="detectron2")
     setup_logger(folder, name="e3va_d2")
