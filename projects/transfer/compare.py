@@ -217,7 +217,7 @@ def table(summary: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: Dict[str, dict], path: str, title: str) -> None:
+def plot(summary: Dict[str, dict], path: str, title: str, held_out: str) -> None:
     """Box AP against bytes saved for backward (the paper's Figure 1), error bars = std."""
     import matplotlib
 
@@ -237,7 +237,7 @@ def plot(summary: Dict[str, dict], path: str, title: str) -> None:
         ax.annotate(e["method"] + (" (random trunk)" if row == FLOOR else ""),
                     (x, stats["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("activations saved for backward per step (MiB)")
-    ax.set_ylabel("box AP on shapes_transfer_val")
+    ax.set_ylabel(f"box AP on {held_out}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -261,7 +261,10 @@ def main(argv=None) -> Dict[str, dict]:
         json.dump(dict(setup=setup, args=vars(args), rows=summary), f, indent=2)
     with open(os.path.join(args.output, "results.md"), "w") as f:
         f.write(text + "\n\n" + setup + "\n")
-    plot(summary, os.path.join(args.output, "accuracy_vs_memory.png"), setup)
+    from e3va_d2.config import load_config
+
+    held_out = load_config(args.config_file, list(args.opts)).dataloader.test.dataset.names
+    plot(summary, os.path.join(args.output, "accuracy_vs_memory.png"), setup, held_out)
     print(text)
     return summary
 
