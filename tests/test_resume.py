@@ -162,6 +162,7 @@ def test_loader_state_replays_buckets_and_continues_the_stream(tmp_path, workers
     assert state["pending"] and state["next_position"] > 3 * taken and state["seed"] == 7
     second = _loader(cfg, num_workers=workers)
     second.load_state_dict(state)
+    assert second.state_dict() == state  # saved again before it is iterated: nothing lost
     stream = iter(second)
     assert [_signature(next(stream)) for _ in expected[taken:]] == expected[taken:]
 

@@ -123,7 +123,8 @@ class ResumableTrainLoader:
         self._replay: List[int] = []
 
     def state_dict(self) -> Dict[str, Any]:
-        pending = sorted(p for bucket in self._pending for p, _ in bucket)
+        # A loaded state not yet iterated still owes its replay: it is pending too.
+        pending = sorted(self._replay + [p for bucket in self._pending for p, _ in bucket])
         return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size,
                 "next_position": self._next_position, "pending": pending}
 
