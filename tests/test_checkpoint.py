@@ -313,7 +313,7 @@ def test_official_checkpoint_loads_into_detector(source, official_file, caplog):
             assert torch.equal(state[k], v), k
     assert not (state[prefix + "norm3.weight"] == CLASSIFIER_NORM).any()
     log = caplog.text
-    assert "backbone.bottom_up.highway (" in log and "backbone.bottom_up.trunk.norm* (8)" in log
+    assert "backbone: E3VA highway (" in log and "backbone: output norms (8)" in log
     assert "roi_heads (" in log and "proposal_generator (" in log
     assert "classifier head" in log
 

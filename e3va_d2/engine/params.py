@@ -8,27 +8,9 @@ from tabulate import tabulate
 from torch import nn
 
 from ..modeling.backbone import TunedSwin
+from ..utils.state import parameter_group, strip_ddp_prefix
 
-__all__ = ["parameter_group", "trainable_parameter_table", "parameters_without_grad"]
-
-
-def _strip_ddp(name: str) -> str:
-    return name[len("module.") :] if name.startswith("module.") else name
-
-
-def parameter_group(name: str) -> str:
-    """A readable group for a parameter name of a detectron2 model."""
-    name = _strip_ddp(name)
-    if ".trunk.norm" in name:
-        return "backbone: output norms"
-    if ".trunk." in name or name.startswith("trunk."):
-        return "backbone: Swin trunk"
-    if ".highway." in name or name.startswith("highway."):
-        return "backbone: E3VA highway"
-    head = name.split(".")[0]
-    if head == "backbone":
-        return "neck (FPN)"
-    return head
+__all__ = ["trainable_parameter_table", "parameters_without_grad"]
 
 
 def _backbone_size(model: nn.Module) -> int:
@@ -70,4 +52,4 @@ def trainable_parameter_table(model: nn.Module) -> Tuple[str, Dict[str, int]]:
 
 def parameters_without_grad(named_parameters: Iterable[Tuple[str, nn.Parameter]]) -> List[str]:
     """Trainable parameters whose ``.grad`` is still None after a backward."""
-    return [_strip_ddp(n) for n, p in named_parameters if p.requires_grad and p.grad is None]
+    return [strip_ddp_prefix(n) for n, p in named_parameters if p.requires_grad and p.grad is None]

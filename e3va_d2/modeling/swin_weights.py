@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.state import strip_prefix
 from .swin import SWIN_SIZES, SwinTransformer
 
 __all__ = [
@@ -128,9 +129,7 @@ def _flatten(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
     for wrapper in ("model", "state_dict"):
         if isinstance(sd.get(wrapper), Mapping):
             sd = sd[wrapper]
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module.") :]: v for k, v in sd.items()}
-    return dict(sd)
+    return strip_prefix(sd)
 
 
 def _layout_and_prefix(sd: Mapping[str, Any]) -> Tuple[str, str]:

@@ -245,11 +245,18 @@ def plot(summary: Dict[str, dict], path: str, title: str, held_out: str) -> None
     plt.close(fig)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (``taskset`` respected), not all of the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def main(argv=None) -> Dict[str, dict]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     args = parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    threads = max(1, usable_cores() // max(args.jobs, 1))
     cost = measure_cost(args)
     runs = train_all(args, threads)
     summary = summarise(runs, cost)

@@ -1,0 +1,273 @@
+"""Loading and saving whole-model checkpoints (detectron2's checkpointer, extended).
+
+:class:`E3VACheckpointer` loads any supported Swin checkpoint (official, timm, detectron2 main;
+converted by :mod:`e3va_d2.modeling.swin_weights`) into the trunk of a
+:class:`~e3va_d2.modeling.backbone.TunedSwin`, strictly: a frozen weight that the file does not
+provide would stay random forever, so that is an error. It saves through
+:mod:`~e3va_d2.checkpoint.files` (crash-safe).
+
+It overrides detectron2's ``_load_file``, ``_load_model`` and ``_log_incompatible_keys``: fvcore's
+``Checkpointer`` documents these three as the places to customise reading, loading and reporting.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections import Counter
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import hooks
+from torch import Tensor, nn
+
+from ..modeling.backbone import TunedSwin
+from ..modeling.swin_weights import (
+    ConversionReport,
+    SwinCheckpointError,
+    convert_swin_checkpoint,
+    is_output_norm_key,
+)
+from ..utils.state import parameter_group, strip_prefix
+from .files import atomic_save, atomic_write, is_local, remove_stale_temporaries
+
+__all__ = ["CheckpointReadError", "E3VACheckpointer", "PeriodicCheckpointer"]
+
+logger = logging.getLogger("e3va_d2.checkpoint")
+
+_PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+
+
+class CheckpointReadError(ValueError):
+    """A file given as a checkpoint that cannot be read as one (not a pickle, truncated...)."""
+
+
+class E3VACheckpointer(DetectionCheckpointer):
+    """A :class:`DetectionCheckpointer` that understands Swin checkpoint layouts.
+
+    For a model with a :class:`TunedSwin`, a file that is not already a checkpoint of this
+    model is converted by :func:`convert_swin_checkpoint` and loaded into the trunk; the
+    highway's inherited weights are copied from their trunk sources. detectron2's
+    name-matching heuristics never run on such models. Missing frozen parameters are errors;
+    missing trainable ones are summarised per module instead of listed one by one.
+    """
+
+    def __init__(
+        self, model: nn.Module, save_dir: str = "", *, save_to_disk=None, **checkpointables
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self._conversion: Optional[Tuple[str, ConversionReport]] = None
+        if self.save_dir and self.save_to_disk and is_local(self.save_dir):
+            remove_stale_temporaries(self.save_dir)
+        # Trainable parameters the last load() did not provide (all of them before any load,
+        # or after loading nothing): evaluating them means evaluating their initialisation.
+        self.untrained: List[str] = self._trainable_names()
+
+    def _trainable_names(self) -> List[str]:
+        return sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
+
+    @property
+    def loaded_pretrained_backbone(self) -> bool:
+        """The last load converted a pre-trained Swin (not a checkpoint of this model)."""
+        return self._conversion is not None
+
+    def load(self, path: str, checkpointables=None):
+        self.untrained = self._trainable_names()
+        return super().load(path, checkpointables=checkpointables)
+
+    # ---- loading
+
+    def _tuned_swins(self) -> List[Tuple[str, TunedSwin]]:
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, TunedSwin)]
+
+    def _read(self, filename: str) -> Dict[str, Any]:
+        try:
+            return self._read_unchecked(filename)
+        except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError,
+                zipfile.BadZipFile, UnicodeDecodeError) as e:
+            if isinstance(e, SwinCheckpointError):
+                raise
+            raise CheckpointReadError(
+                f"{filename} is not a readable checkpoint ({type(e).__name__}: {e}). Pass a "
+                ".pth/.pkl/.safetensors file written by torch.save, detectron2 or timm; a "
+                "truncated copy fails like this (compare its size or sha256 with the source)."
+            ) from e
+
+    def _read_unchecked(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".safetensors"):  # how timm's hub weights are published
+            from safetensors.torch import load_file
+
+            return {"model": load_file(filename, device="cpu")}
+        try:
+            return super()._load_file(filename)
+        except pickle.UnpicklingError as e:
+            # torch >= 2.6 loads tensors only; some releases also pickle their configs.
+            if "weights_only" not in str(e):
+                raise
+            logger.warning(
+                "%s holds Python objects besides tensors; loading it with weights_only=False "
+                "(only do this for files you trust).",
+                filename,
+            )
+            with self.path_manager.open(filename, "rb") as f:
+                loaded = torch.load(f, map_location="cpu", weights_only=False)
+            return loaded if isinstance(loaded.get("model"), Mapping) else {"model": loaded}
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        self._conversion = None
+        loaded = self._read(filename)
+        tuned = self._tuned_swins()
+        if not tuned:
+            return loaded
+        state = strip_prefix(loaded["model"])
+        loaded["model"] = state
+        if any(f"{_prefix(path)}trunk.patch_embed.proj.weight" in state for path, _ in tuned):
+            return loaded  # a checkpoint of this model (resume, evaluation): keys already match
+        if len(tuned) != 1:
+            raise SwinCheckpointError(
+                f"the model has {len(tuned)} TunedSwin backbones ({[p for p, _ in tuned]}); "
+                "cannot tell which one a pre-trained Swin checkpoint belongs to"
+            )
+        path, backbone = tuned[0]
+        prefix = _prefix(path)
+        converted, report = convert_swin_checkpoint(loaded, backbone.trunk)
+        model_state = {f"{prefix}trunk.{k}": v for k, v in converted.items()}
+        for target, source in backbone.inherited_weights().items():
+            model_state[prefix + target] = model_state[prefix + source].clone()
+        ignored = sorted(k for k in loaded if k != "model")
+        if ignored:  # e.g. the optimizer of the pre-training run: never resumed from
+            report.dropped["entries of the file besides the weights"] = ignored
+        self._conversion = (prefix, report)
+        return {"model": model_state}
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        tuned = self._tuned_swins()
+        if not tuned:
+            return super()._load_model(checkpoint)
+        if checkpoint.pop("matching_heuristics", False):
+            logger.info("Ignoring matching_heuristics: a TunedSwin model loads names exactly.")
+        self._convert_ndarray_to_tensor(checkpoint["model"])
+        self._check_required(checkpoint["model"])
+        self.untrained = [k for k in self._trainable_names() if k not in checkpoint["model"]]
+        return super()._load_model(checkpoint)
+
+    def _check_required(self, state: Mapping[str, Tensor]) -> None:
+        """Refuse a load that would leave frozen weights (or trunk weights) uninitialised."""
+        own = self.model.state_dict(keep_vars=True)
+        frozen = {k for k, v in own.items() if isinstance(v, nn.Parameter) and not v.requires_grad}
+        if self._conversion is None:
+            required = frozen
+            what = "a full-model checkpoint"
+        else:
+            trunk = self._conversion[0] + "trunk."
+            # Output norms are not pre-trained by classification: they may stay as built.
+            required = {
+                k for k in frozen if k.startswith(trunk) and not is_output_norm_key(k[len(trunk) :])
+            }
+            what = "the converted Swin checkpoint"
+            outside = sorted(k for k in frozen if not k.startswith(trunk) and k not in state)
+            if outside:
+                logger.warning(
+                    "Frozen parameters outside the trunk keep their initial values: %s",
+                    _group_counts(outside),
+                )
+        missing = sorted(k for k in required if k not in state)
+        if missing:
+            raise SwinCheckpointError(
+                f"{len(missing)} frozen parameters of the model are missing from {what}; they "
+                f"would stay at their random initialisation: {missing[:10]}"
+                f"{' ...' if len(missing) > 10 else ''}"
+            )
+        wrong = [
+            f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+            for k in sorted(required)
+            if tuple(state[k].shape) != tuple(own[k].shape)
+        ]
+        if wrong:
+            raise SwinCheckpointError(
+                f"frozen parameters with other shapes in {what}: {wrong[:10]}"
+            )
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        if not self._tuned_swins():
+            return super()._log_incompatible_keys(incompatible)
+        if self._conversion is not None:
+            prefix, report = self._conversion
+            logger.info("Loaded a pre-trained Swin into %strunk: %s", prefix, report.summary())
+        for key, shape_file, shape_model in incompatible.incorrect_shapes:
+            logger.warning(
+                "Not loaded, shapes differ: %s (checkpoint %s, model %s)",
+                key,
+                tuple(shape_file),
+                tuple(shape_model),
+            )
+        if incompatible.missing_keys:
+            # Expected when starting from a pre-trained backbone: what training will learn.
+            level = logging.INFO if self._conversion is not None else logging.WARNING
+            logger.log(
+                level,
+                "Not in the checkpoint, left as initialised (%d tensors): %s",
+                len(incompatible.missing_keys),
+                _group_counts(incompatible.missing_keys),
+            )
+        if incompatible.unexpected_keys:
+            keys = sorted(incompatible.unexpected_keys)
+            listed = keys if len(keys) <= 20 else _group_counts(keys)
+            logger.warning("Unexpected keys in the checkpoint, ignored (%d): %s", len(keys), listed)
+
+    # ---- saving
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Same as detectron2's, but crash-safe on local disks (see :func:`atomic_save`)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not is_local(self.save_dir):
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        os.makedirs(self.save_dir, exist_ok=True)
+        atomic_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self.save_to_disk:
+            return
+        if not is_local(self.save_dir):
+            return super().tag_last_checkpoint(last_filename_basename)
+        save_file = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(save_file, lambda f: f.write(last_filename_basename.encode()))
+
+
+def _prefix(module_path: str) -> str:
+    return f"{module_path}." if module_path else ""
+
+
+def _group_counts(keys: List[str]) -> str:
+    counts = Counter(parameter_group(k) for k in keys)
+    return ", ".join(f"{group} ({n})" for group, n in sorted(counts.items()))
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's hook, with ``max_to_keep`` applied to the periodic checkpoints on disk, so
+    that it also counts those of earlier (interrupted, resumed) runs in the same folder."""
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        super().step(iteration, **kwargs)
+        folder = self.checkpointer.save_dir
+        if self.max_to_keep is None or not folder or not is_local(folder):
+            return
+        periodic = sorted(n for n in os.listdir(folder) if _PERIODIC.match(n))
+        for name in periodic[: max(len(periodic) - self.max_to_keep, 0)]:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+        self.recent_checkpoints = [os.path.join(folder, n) for n in periodic[-self.max_to_keep:]]
