@@ -4,7 +4,8 @@
 #   make setup       venv + torch + detectron2 + e3va_d2 (editable, with test extras)
 #   make demo        train the Shapes demo (CPU ok); DEMO_CONFIG=configs/Shapes/... picks
 #                    the RetinaNet/VOC or UPerNet demo instead of Mask R-CNN
-#   make test        run the test suite
+#   make test        run the test suite, without the end-to-end runs marked slow
+#   make test-slow   run only those (stock detectron2 tools, yaml train_net, processes)
 #   make bench       tuning-cost benchmark
 #   make compare     every tuning method fine-tuned from the shipped pre-trained Swin
 #                    (projects/transfer/compare.py; COMPARE_ARGS)
@@ -43,10 +44,10 @@ ifneq ($(strip $(shell cat $(TORCH_STAMP) 2>/dev/null)),$(strip $(TORCH_SPEC)))
 $(shell rm -f $(TORCH_STAMP))
 endif
 
-.PHONY: help setup demo test bench compare clean-venv
+.PHONY: help setup demo test test-slow bench compare clean-venv
 
 help:
-	@echo "make setup | demo | test | bench | compare | clean-venv   (see docs/INSTALL.md)"
+	@echo "make setup | demo | test | test-slow | bench | compare | clean-venv   (see docs/INSTALL.md)"
 
 $(VPY):
 	@echo ">> creating $(VENV) with $(PYTHON3) ($$($(PYTHON3) --version 2>&1))"
@@ -74,10 +75,13 @@ demo: setup
 	$(VPY) train_net.py --config-file $(DEMO_CONFIG) --num-gpus 1 $(DEMO_ARGS)
 
 test: setup
-	$(VPY) -m pytest $(PYTEST_ARGS) $(TESTS)
+	$(VPY) -m pytest $(PYTEST_ARGS) -m "not slow" $(TESTS)
+
+test-slow: setup
+	$(VPY) -m pytest $(PYTEST_ARGS) -m slow $(TESTS)
 
 bench: setup
-	$(VPY) projects/benchmark/tuning_cost.py $(BENCH_ARGS)
+	$(VPY) -m projects.benchmark.tuning_cost $(BENCH_ARGS)
 
 compare: setup
 	$(VPY) -m projects.transfer.compare $(COMPARE_ARGS)

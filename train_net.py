@@ -1,24 +1,28 @@
 #!/usr/bin/env python
-"""Train or evaluate an e3va-d2 LazyConfig, like detectron2's tools/lazyconfig_train_net.py.
+"""Train or evaluate an e3va-d2 config, like detectron2's tools/lazyconfig_train_net.py (for a
+``.py`` LazyConfig) and tools/train_net.py (for a ``.yaml`` yacs config).
 
     python train_net.py --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py \
         --num-gpus 8 train.init_checkpoint=/path/to/swin_base_patch4_window7_224_22k.pth
     python train_net.py --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
     python train_net.py --config-file ... --resume
+    python train_net.py --config-file configs/Shapes/mask_rcnn_swin_demo_e3va.yaml SOLVER.MAX_ITER 20
 
 On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). ``--eval-only``
 refuses a model whose trainable part was never loaded (``train.eval_untrained=True`` allows it).
 """
 import logging
 
+import torch
+from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import e3va_d2  # noqa: F401  (registers datasets and backbones)
 from e3va_d2.checkpoint import E3VACheckpointer, load_delta
-from e3va_d2.config import ConfigError, load_config
-from e3va_d2.engine import E3VATrainer, launch
+from e3va_d2.config import ConfigError, add_e3va_config, load_config
+from e3va_d2.engine import E3VATrainer, YacsTrainer, launch
 
 logger = logging.getLogger("e3va_d2")
 
@@ -53,7 +57,31 @@ def untrained_eval_message(cfg, checkpointer) -> str:
         "train.eval_untrained=True evaluates it anyway (debugging).")
 
 
+def yacs_main(args):
+    """detectron2's tools/train_net.py, with the e3va-d2 keys and trainer."""
+    cfg = get_cfg()
+    add_e3va_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
+                       cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="e3va_d2")
+    if args.eval_only:
+        model = YacsTrainer.build_model(cfg)
+        E3VACheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return YacsTrainer.test(cfg, model)
+    trainer = YacsTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
 def main(args):
+    if args.config_file.endswith((".yaml", ".yml")):
+        return yacs_main(args)
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="e3va_d2")

@@ -20,7 +20,6 @@ __all__ = [
     "restore_numpy_aliases",
     "HAS_COMPILED_OPS",
     "detectron2_build",
-    "fast_coco_eval_available",
     "init_local_process_group",
 ]
 
@@ -56,11 +55,6 @@ def restore_numpy_aliases() -> None:
     for name, builtin in (("int", int), ("float", float), ("bool", bool)):
         if name not in np.__dict__:
             setattr(np, name, builtin)
-
-
-def fast_coco_eval_available() -> bool:
-    """``COCOEvaluator(use_fast_impl=True)`` needs the compiled ``_C``; usable in configs."""
-    return HAS_COMPILED_OPS
 
 
 def init_local_process_group(num_workers_per_machine: int, machine_rank: int) -> None:

@@ -1,7 +1,6 @@
 """The cost benchmark: its measuring tools count what they claim, and the script runs on a tiny
 Swin and writes well-formed tables and a chart."""
 import gc
-import importlib.util
 import json
 import os
 import weakref
@@ -15,11 +14,9 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def load_script():
-    path = os.path.join(ROOT, "projects", "benchmark", "tuning_cost.py")
-    spec = importlib.util.spec_from_file_location("tuning_cost", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from projects.benchmark import tuning_cost
+
+    return tuning_cost
 
 
 def test_saved_bytes_count_each_storage_once_and_skip_parameters():

@@ -37,7 +37,9 @@ from e3va_d2.modeling.swin_weights import (
 )
 from e3va_d2.modeling.tuning import E3VATuning
 
-TINY = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
+from .conftest import TINY_SWIN
+
+TINY = {**TINY_SWIN, "drop_path_rate": 0.0}  # deterministic: trunks are compared exactly
 CLASSIFIER_NORM = 7.0  # a value no freshly built LayerNorm has
 
 
@@ -194,7 +196,7 @@ def test_timm_weights_reproduce_timm_features():
     # Detection Swins always shift windows; timm skips the shift when a stage is one window
     # (7x7 at 224px) unless always_partition is set.
     reference = timm_swin.SwinTransformer(
-        **{**TINY, "drop_path_rate": 0.0}, window_size=7, img_size=224, always_partition=True
+        **TINY, img_size=224, always_partition=True
     ).eval()
     with torch.no_grad():
         for p in reference.parameters():
@@ -313,7 +315,7 @@ def test_official_checkpoint_loads_into_detector(source, official_file, caplog):
             assert torch.equal(state[k], v), k
     assert not (state[prefix + "norm3.weight"] == CLASSIFIER_NORM).any()
     log = caplog.text
-    assert "backbone: E3VA highway (" in log and "backbone: output norms (8)" in log
+    assert "backbone: side network (" in log and "backbone: output norms (8)" in log
     assert "roi_heads (" in log and "proposal_generator (" in log
     assert "classifier head" in log
 
@@ -393,8 +395,8 @@ def test_trainable_downsampling_starts_from_the_trunk(source, official_file):
     model = tiny_detector(tuning=L(E3VATuning)(trainable_downsampling=True))
     E3VACheckpointer(model).load(official_file)
     backbone = model.backbone.bottom_up
-    assert len(backbone.highway.downsample) == 3
-    for i, merge in enumerate(backbone.highway.downsample):
+    assert len(backbone.side.downsample) == 3
+    for i, merge in enumerate(backbone.side.downsample):
         for name, value in merge.state_dict().items():
             trunk_value = backbone.trunk.layers[i].downsample.state_dict()[name]
             assert torch.equal(value, trunk_value)
@@ -481,7 +483,7 @@ def test_delta_refuses_another_base_or_other_tensors(trained, official_file, tmp
         load_delta(other, path)
 
     payload = torch.load(path, weights_only=True)
-    dropped = "backbone.bottom_up.highway.layers.0.blocks.0.attn_adapter.down.bias"
+    dropped = "backbone.bottom_up.side.layers.0.blocks.0.attn_adapter.down.bias"
     del payload["tensors"][dropped]
     torch.save(payload, path)
     model = fresh_base(official_file)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from itertools import repeat
 
+import pytest
 import torch
 from detectron2.engine import create_ddp_model
 from detectron2.utils import comm
@@ -66,6 +67,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert moved > len(one) // 2  # the steps did update the adapters
 
 
+@pytest.mark.slow
 def test_train_net_runs_two_cpu_processes_and_resumes_both_ranks(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
 

@@ -42,13 +42,19 @@ def test_shipped_checkpoint_is_official_layout_and_loads_strictly():
 
 
 def test_demo_loads_it_through_the_user_checkpoint_path(tmp_path):
+    """The demo's model starts from it as built (``weights``), and ``train.init_checkpoint``
+    loads the same tensors into a random trunk: both go through E3VACheckpointer."""
     cfg = load_config(MASK_RCNN_DEMO, ["train.device=cpu"])
-    assert cfg.train.init_checkpoint == GLYPHS_SWIN.url
-    model = instantiate(cfg.model)
-    E3VACheckpointer(model, str(tmp_path)).load(cfg.train.init_checkpoint)
+    assert cfg.model.backbone.bottom_up.weights == GLYPHS_SWIN.url
     with PathManager.open(GLYPHS_SWIN.url, "rb") as f:
         state = torch.load(f, map_location="cpu", weights_only=True)["model"]
     qkv = "layers.2.blocks.5.attn.qkv.weight"
+    built = instantiate(cfg.model)
+    assert torch.equal(built.backbone.bottom_up.trunk.state_dict()[qkv], state[qkv].float())
+    cfg.model.backbone.bottom_up.weights = ""
+    model = instantiate(cfg.model)
+    assert not torch.equal(model.backbone.bottom_up.trunk.state_dict()[qkv], state[qkv].float())
+    E3VACheckpointer(model, str(tmp_path)).load(GLYPHS_SWIN.url)
     assert torch.equal(model.backbone.bottom_up.trunk.state_dict()[qkv], state[qkv].float())
 
 

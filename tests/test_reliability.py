@@ -70,10 +70,10 @@ def test_delta_reloads_onto_a_fresh_base_with_every_changed_buffer(demo, tmp_pat
 
 def test_delta_on_another_base_is_still_refused(tmp_path):
     config, overrides = DEMOS["retinanet"]
-    trained = build(config, overrides, seed=0)
+    trained = build(config, overrides, seed=0)  # on the shipped pre-trained trunk
     path = str(tmp_path / "delta.pth")
     export_delta(trained, path)
-    other = build(config, overrides, seed=1)
+    other = build(config, [*overrides, "model.backbone.bottom_up.weights="], seed=1)  # random
     with pytest.raises(ValueError, match="different base"):
         load_delta(other, path)
 
@@ -86,6 +86,7 @@ def run_train_net(*args):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["", "e3va://swin_glyphs_e32_patch4_window7_112.pth"])
 def test_eval_only_refuses_untrained_adapters_and_heads(checkpoint, tmp_path):
     common = ["--config-file", "configs/Shapes/retinanet_swin_demo_e3va.py", "--eval-only",

@@ -44,7 +44,6 @@ def demo_cfg(name, output_dir, *overrides):
     config, train_set, test_set = DEMOS[name]
     cfg = short_run_config(
         os.path.join(ROOT, "configs/Shapes", config), output_dir, train_set, test_set, MAX_ITER,
-        "train.init_checkpoint=",  # a random trunk: the test is about resuming, not accuracy
         f"train.checkpointer.period={PERIOD}",
         "dataloader.train.total_batch_size=2",
         *overrides,

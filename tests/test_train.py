@@ -1,6 +1,7 @@
 """The trainer end to end on the synthetic shapes: a short run whose loss falls and AP rises,
 frozen tensors untouched, eval-only from a checkpoint, resume, delta checkpoints, AMP on CPU,
 and the first-step gradient check."""
+import copy
 import json
 import math
 import os
@@ -8,6 +9,7 @@ import os
 import pytest
 import torch
 from detectron2.config import LazyCall as L
+from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
@@ -191,3 +193,46 @@ def test_optimizer_over_frozen_parameters_is_refused(tmp_path):
     cfg.optimizer.params = L(all_parameters)()
     with pytest.raises(ValueError, match="trainable ones"):
         E3VATrainer.build_optimizer(cfg, model)
+
+
+def same(results, other) -> bool:
+    """Equal metrics, NaN (no large objects: APl) included."""
+    return json.dumps(results, sort_keys=True) == json.dumps(other, sort_keys=True)
+
+
+def test_default_trainer_signatures_are_honoured(trained, tmp_path):
+    """What a detectron2 user calls on a DefaultTrainer does what detectron2 documents: a
+    dataset name and an output folder are used, not ignored; ``test`` takes evaluators, one per
+    test dataset, and evaluates each dataset of a list."""
+    cfg, model = trained["cfg"], trained["model"]
+    elsewhere = str(tmp_path / "elsewhere")
+    evaluator = E3VATrainer.build_evaluator(cfg, "shapes_mini_train", elsewhere)
+    assert evaluator._metadata.name == "shapes_mini_train" and evaluator._output_dir == elsewhere
+    assert cfg.dataloader.evaluator.output_dir is None  # the config itself is left alone
+    loader = E3VATrainer.build_test_loader(cfg, "shapes_mini_train")
+    assert len(loader.dataset) == len(DatasetCatalog.get("shapes_mini_train"))
+
+    with EventStorage():
+        given = E3VATrainer.test(cfg, model, evaluators=[
+            E3VATrainer.build_evaluator(cfg, "shapes_mini_val", str(tmp_path / "given"))])
+        assert same(given, trained["results"])  # the final evaluation of the same model
+        assert os.path.isfile(tmp_path / "given" / "coco_instances_results.json")
+        with pytest.raises(ValueError, match="2 evaluators given for 1 test datasets"):
+            E3VATrainer.test(cfg, model, evaluators=[evaluator, evaluator])
+        two = copy.deepcopy(cfg)
+        two.dataloader.test.dataset.names = ["shapes_mini_val", "shapes_mini_train"]
+        per_dataset = E3VATrainer.test(two, model)
+    assert list(per_dataset) == ["shapes_mini_val", "shapes_mini_train"]
+    assert same(per_dataset["shapes_mini_val"], trained["results"])
+
+    writers = E3VATrainer(cfg).build_writers()  # inherited, it read cfg.OUTPUT_DIR and crashed
+    assert {type(w).__name__ for w in writers} >= {"CommonMetricPrinter", "JSONWriter"}
+
+
+def test_auto_scale_workers_applies_the_linear_scaling_rule(tmp_path):
+    cfg = tiny_cfg(str(tmp_path), "train.reference_world_size=2", max_iter=100)
+    assert E3VATrainer.auto_scale_workers(cfg, 2) is cfg  # the reference: unchanged
+    scaled = E3VATrainer.auto_scale_workers(cfg, 4)
+    assert scaled.dataloader.train.total_batch_size == 4 and scaled.train.max_iter == 50
+    assert scaled.optimizer.lr == pytest.approx(2 * cfg.optimizer.lr)
+    assert scaled.train.reference_world_size == 4 and cfg.train.max_iter == 100

@@ -51,4 +51,5 @@ def test_overrides_reach_the_swapped_tuning_method(tmp_path):
     assert cfg.model.backbone.bottom_up.tuning.zero_init is True
     assert cfg.train.seed == 0 and cfg.train.output_dir == str(tmp_path)
     floor = compare.run_config(config, [], compare.FLOOR, 1, str(tmp_path))
-    assert floor.train.init_checkpoint == "" and floor.train.seed == 1
+    assert compare.trunk_source(floor) == "random" and floor.train.seed == 1
+    assert compare.trunk_source(cfg).startswith("e3va://")

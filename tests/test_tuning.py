@@ -7,16 +7,11 @@ import torch
 from e3va_d2.modeling import SwinTransformer, TunedSwin, swin_size
 from e3va_d2.modeling.tuning import TUNING_METHODS, build_tuning
 from e3va_d2.modeling.tuning.inserted import insert_into_blocks
+from e3va_d2.paper import TRAINABLE_BACKBONE_MILLIONS
 
 from .conftest import TINY_SWIN
 
-# Trainable backbone parameters in millions: Table 1 (Swin-B) and Table 2 (Swin-L).
-PAPER = {
-    "B": dict(full=86.75, fixed=0.0, bitfit=0.20, norm=0.06, partial1=12.60, adapter=3.11,
-              lora=3.03, adaptformer=3.11, e3va=1.20, e3va_plus=2.35, e3va_plusplus=4.66),
-    "L": dict(full=198.58, fixed=0.0, bitfit=0.30, norm=0.09, partial1=28.34, adapter=4.66,
-              lora=4.57, adaptformer=4.66, e3va=1.79, e3va_plus=3.53, e3va_plusplus=7.00),
-}
+PAPER = TRAINABLE_BACKBONE_MILLIONS  # Table 1 (Swin-B) and Table 2 (Swin-L)
 # Where our count cannot match the paper's exactly; each is explained in the README.
 TOLERANCE = {"e3va": 0.01, "e3va_plus": 0.01, "e3va_plusplus": 0.01}
 
@@ -53,9 +48,9 @@ INTENDED = {
     "adapter": lambda n: "_insert." in n or n.startswith("trunk.norm"),
     "lora": lambda n: "_insert." in n or n.startswith("trunk.norm"),
     "adaptformer": lambda n: "_insert." in n or n.startswith("trunk.norm"),
-    "e3va": lambda n: n.startswith(("highway.", "trunk.norm")),
-    "e3va_plus": lambda n: n.startswith(("highway.", "trunk.norm")),
-    "e3va_plusplus": lambda n: n.startswith(("highway.", "trunk.norm")),
+    "e3va": lambda n: n.startswith(("side.", "trunk.norm")),
+    "e3va_plus": lambda n: n.startswith(("side.", "trunk.norm")),
+    "e3va_plusplus": lambda n: n.startswith(("side.", "trunk.norm")),
 }
 
 
@@ -116,9 +111,26 @@ def test_method_that_inserts_nothing_is_refused():
 
 
 def test_method_options_are_checked():
-    with pytest.raises(ValueError, match="width"):
-        build_tuning("lora", width=0)
+    with pytest.raises(ValueError, match="LoRATuning.rank"):
+        build_tuning("lora", rank=0)
+    with pytest.raises(ValueError, match="HoulsbyAdapterTuning.width"):
+        build_tuning("adapter", width=0)
     with pytest.raises(ValueError, match="last_blocks"):
         build_tuning("partial1", last_blocks=0)
     with pytest.raises(ValueError, match="trunk has"):
         TunedSwin(trunk=SwinTransformer(**TINY_SWIN), tuning=build_tuning("partial1", last_blocks=99))
+
+
+def test_registered_name_is_the_reported_name():
+    """Delta metadata and logs name the method as it is registered (``partial1`` reported
+    ``partial``, ``e3va_plus`` reported ``e3va``)."""
+    for name in TUNING_METHODS:
+        assert build_tuning(name).name == name
+    assert build_tuning("e3va", zero_init=True).name == "e3va"  # options beyond a preset
+    assert build_tuning("e3va_plus", zero_init=True).name == "e3va_plus"
+
+
+def test_lora_width_is_a_deprecated_alias_of_rank():
+    with pytest.warns(FutureWarning, match="rank"):
+        lora = build_tuning("lora", width=8)
+    assert lora.rank == 8 and lora.width is None and lora == build_tuning("lora", rank=8)

@@ -6,5 +6,5 @@ from e3va_d2.modeling.tuning import LoRATuning
 
 from ..common.ade20k_semantic_segmentation import dataloader, lr_multiplier, model, optimizer, train
 
-model.backbone.tuning = L(LoRATuning)(width=64)
+model.backbone.tuning = L(LoRATuning)(rank=64)
 train.output_dir = "./output/ade20k/upernet_swin_l_lora"

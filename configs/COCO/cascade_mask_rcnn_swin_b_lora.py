@@ -6,5 +6,5 @@ from e3va_d2.modeling.tuning import LoRATuning
 
 from ..common.coco_instance_segmentation import dataloader, lr_multiplier, model, optimizer, train
 
-model.backbone.bottom_up.tuning = L(LoRATuning)(width=64)
+model.backbone.bottom_up.tuning = L(LoRATuning)(rank=64)
 train.output_dir = "./output/coco/cascade_mask_rcnn_swin_b_lora"

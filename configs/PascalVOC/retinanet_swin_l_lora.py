@@ -7,5 +7,5 @@ from e3va_d2.modeling.tuning import LoRATuning
 
 from ..common.voc_detection import dataloader, lr_multiplier, model, optimizer, train
 
-model.backbone.bottom_up.tuning = L(LoRATuning)(width=64)
+model.backbone.bottom_up.tuning = L(LoRATuning)(rank=64)
 train.output_dir = "./output/voc/retinanet_swin_l_lora"

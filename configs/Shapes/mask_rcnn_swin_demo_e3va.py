@@ -16,8 +16,9 @@ from ..common.train import train
 from e3va_d2.model_zoo import GLYPHS_SWIN
 
 model.backbone.bottom_up.trunk.update(**GLYPHS_SWIN.trunk_kwargs(), drop_path_rate=0.0)
-# The shipped pre-trained trunk; train.init_checkpoint="" trains on a random one instead.
-train.init_checkpoint = GLYPHS_SWIN.url
+# The shipped pre-trained trunk, loaded as the model is built (so detectron2's stock tools
+# start from it too); model.backbone.bottom_up.weights="" trains on a random one instead.
+model.backbone.bottom_up.weights = GLYPHS_SWIN.url
 model.backbone.out_channels = 64
 model.proposal_generator.head.in_channels = 64
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]

@@ -5,7 +5,7 @@ The frozen trunk is the small Swin shipped with the project, pre-trained on the 
 pre-text task (e3va_d2.model_zoo), loaded as a user's ImageNet checkpoint would be.
 """
 from ..common.data.shapes_sem_seg import dataloader
-from ..common.models.upernet_swin import model, swin_feature_shapes
+from ..common.models.upernet_swin import model
 from ..common.optim import AdamW as optimizer
 from ..common.schedule import poly_schedule
 from ..common.train import train
@@ -13,11 +13,10 @@ from ..common.train import train
 from e3va_d2.model_zoo import GLYPHS_SWIN
 
 model.backbone.trunk.update(**GLYPHS_SWIN.trunk_kwargs(), drop_path_rate=0.0)
-# The shipped pre-trained trunk; train.init_checkpoint="" trains on a random one instead.
-train.init_checkpoint = GLYPHS_SWIN.url
-model.sem_seg_head.update(
-    input_shape=swin_feature_shapes(32), num_classes=4, channels=64, aux_channels=32
-)
+# The shipped pre-trained trunk, loaded as the model is built (so detectron2's stock tools
+# start from it too); model.backbone.weights="" trains on a random one instead.
+model.backbone.weights = GLYPHS_SWIN.url
+model.sem_seg_head.update(num_classes=4, channels=64, aux_channels=32)
 
 train.max_iter = 800
 lr_multiplier = poly_schedule(power=1.0, warmup_fraction=0.05)

@@ -1,10 +1,13 @@
-"""Trainer settings read by ``E3VATrainer`` (see its docstring for every key)."""
+"""Trainer settings read by ``E3VATrainer`` (see its docstring for every key); the keys of
+detectron2's ``configs/common/train.py`` mean the same, so its stock tools read them too."""
+import torch
+
 train = dict(
     output_dir="./output",
     init_checkpoint="",  # a Swin ImageNet checkpoint (official, timm or detectron2 layout)
     delta_checkpoint="",  # optional: trainable weights exported by a previous run
     max_iter=90000,
-    device="auto",  # cuda when available, else cpu
+    device="cuda" if torch.cuda.is_available() else "cpu",
     amp=dict(enabled=False, dtype=None),  # dtype None: float16 on CUDA, bfloat16 on CPU
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=3),
@@ -13,6 +16,9 @@ train = dict(
     # heads would be evaluated: AP ~0). True evaluates it anyway, for debugging.
     eval_untrained=False,
     log_period=20,
+    # The process count the batch size and lr are meant for; E3VATrainer.auto_scale_workers
+    # rescales them to the processes in use (detectron2's SOLVER.REFERENCE_WORLD_SIZE). 0: off.
+    reference_world_size=0,
     seed=-1,
     # TorchScript code (RetinaNet's focal loss) switches to an optimised plan after its first
     # calls, whose gradients differ in the last bits: a resumed process would then take other

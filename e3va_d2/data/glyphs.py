@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .shapes import _background, _paint
+from .shapes_render import background, paint_solid
 
 __all__ = ["GLYPH_CLASSES", "GLYPH_SPLITS", "render_glyph", "GlyphStream"]
 
@@ -156,7 +156,7 @@ def _paint_visible(rng: np.random.Generator, img: np.ndarray, cov: np.ndarray) -
     rows, cols = np.flatnonzero(cov.max(axis=1) >= 0.5), np.flatnonzero(cov.max(axis=0) >= 0.5)
     if rows.size:
         y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        _paint(rng, img, y0, x0, cov[y0:y1, x0:x1])
+        paint_solid(rng, img, y0, x0, cov[y0:y1, x0:x1])
 
 
 def render_glyph(seed: int, index: int, size: int = 112) -> Tuple[np.ndarray, int, np.ndarray]:
@@ -169,7 +169,7 @@ def render_glyph(seed: int, index: int, size: int = 112) -> Tuple[np.ndarray, in
     """
     rng = np.random.default_rng([seed, index])
     cls = int(rng.integers(len(GLYPH_CLASSES)))
-    img = _background(rng, size, size)
+    img = background(rng, size, size)
     marks = int(rng.integers(0, 4))
     under = int(rng.integers(0, marks + 1))
     for _ in range(under):

@@ -7,10 +7,13 @@ test,evaluator}``, which are instantiated as they are):
     train.device ("auto" | "cuda" | "cpu"), train.amp.enabled, train.amp.dtype (optional),
     train.ddp.{broadcast_buffers, find_unused_parameters, fp16_compression},
     train.checkpointer.{period, max_to_keep}, train.eval_period, train.log_period,
-    train.optimize_torchscript
+    train.optimize_torchscript, train.reference_world_size (optional, see auto_scale_workers)
+
+About 350 lines: one method per ``DefaultTrainer`` method it must keep honest, each short.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import os
@@ -21,7 +24,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.engine.defaults import default_writers
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -30,11 +33,12 @@ from detectron2.utils.registry import locate
 from ..checkpoint import E3VACheckpointer, PeriodicCheckpointer, export_delta, load_delta
 from ..compat import HAS_COMPILED_OPS, detectron2_build
 from ..layers import adapt_sync_batchnorm
+from ..modeling.backbone import TunedSwin
 from .params import trainable_parameter_table
 from .resume import GatherTrainingState, gathered_or_local, load_training_state, preserved_rng
 from .step import TrainStep, resolve_amp_dtype
 
-__all__ = ["E3VATrainer", "resolve_device"]
+__all__ = ["E3VATrainer", "resolve_device", "test_dataset_names"]
 
 logger = logging.getLogger("e3va_d2.trainer")
 
@@ -60,6 +64,21 @@ def _accepts(lazy_call, argument: str) -> bool:
         return False
 
 
+def test_dataset_names(cfg):
+    """The test datasets of a config, as a list (``cfg.DATASETS.TEST`` of yacs configs)."""
+    names = cfg.dataloader.test.dataset.names
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _dataloader_for(cfg, dataset_name):
+    """A copy of ``cfg.dataloader`` whose test split is ``dataset_name`` (if given); the
+    evaluator's ``${..test.dataset.names}`` follows it."""
+    dataloader = copy.deepcopy(cfg.dataloader)
+    if dataset_name is not None:
+        dataloader.test.dataset.names = dataset_name
+    return dataloader
+
+
 def _restart_data_iterator(step) -> None:
     """Make the next step draw from the loader's (just loaded) state."""
     if isinstance(getattr(type(step), "_data_loader_iter", None), property):
@@ -69,29 +88,35 @@ def _restart_data_iterator(step) -> None:
 
 
 class E3VATrainer(DefaultTrainer):
-    """Train a LazyConfig model: optimizer over trainable parameters only, AMP on CUDA and CPU,
-    periodic evaluation and atomic checkpoints, ``--resume`` as in detectron2."""
+    """detectron2's ``DefaultTrainer`` for a LazyConfig: every method it inherits or overrides
+    keeps detectron2's signature and meaning, reading the LazyConfig keys listed above where
+    detectron2 reads yacs ones (``cfg.dataloader.test.dataset.names`` for ``cfg.DATASETS.TEST``,
+    ``cfg.train.output_dir`` for ``cfg.OUTPUT_DIR``...). On top: the optimizer must hold exactly
+    the trainable parameters, AMP on CUDA and CPU, atomic checkpoints, exact ``--resume``.
+    """
 
     def __init__(self, cfg):
+        # DefaultTrainer.__init__ reads yacs keys (cfg.SOLVER, cfg.MODEL.WEIGHTS); this builds
+        # the same parts, in the same order, from the LazyConfig keys.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         if not logger.isEnabledFor(logging.INFO):
             setup_logger(cfg.train.output_dir, comm.get_rank(), name="e3va_d2")
         logger.info("Using %s", detectron2_build())
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
-        device = resolve_device(cfg.train.get("device", "auto"))
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
 
+        device_type = next(model.parameters()).device.type
         ddp_options = dict(cfg.train.get("ddp", {}))
-        if comm.get_world_size() > 1 and not device.startswith("cuda"):
+        if comm.get_world_size() > 1 and device_type != "cuda":
             ddp_options["device_ids"] = None  # CPU processes (gloo)
         model = create_ddp_model(model, **ddp_options)
 
         amp = cfg.train.get("amp", {})
-        device_type = "cuda" if device.startswith("cuda") else "cpu"
         self._trainer = TrainStep(
             model,
             data_loader,
@@ -110,6 +135,7 @@ class E3VATrainer(DefaultTrainer):
     # ---- builders (classmethods, as in DefaultTrainer, so tools can reuse them) ----
     @classmethod
     def build_model(cls, cfg):
+        """``instantiate(cfg.model)`` on ``train.device``, with its trainable set logged."""
         device = resolve_device(cfg.train.get("device", "auto"))
         model = instantiate(cfg.model)
         model.to(device)
@@ -123,7 +149,14 @@ class E3VATrainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         cfg.optimizer.params.model = model
-        optimizer = instantiate(cfg.optimizer)
+        # detectron2 0.6's get_default_optimizer_params adds "bias" to the overrides it is
+        # given, in place: the config would refuse to build a second optimizer.
+        overrides = copy.deepcopy(cfg.optimizer.params.get("overrides", None))
+        try:
+            optimizer = instantiate(cfg.optimizer)
+        finally:
+            if overrides is not None:
+                cfg.optimizer.params.overrides = overrides
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         trainable = {id(p) for p in model.parameters() if p.requires_grad}
         if in_optimizer != trainable:
@@ -140,7 +173,8 @@ class E3VATrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name=None):
-        return instantiate(cfg.dataloader.test)
+        """``cfg.dataloader.test``, on ``dataset_name`` instead of its own datasets if given."""
+        return instantiate(_dataloader_for(cfg, dataset_name).test)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -150,11 +184,22 @@ class E3VATrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name=None, output_folder=None):
-        evaluator_cfg = cfg.dataloader.evaluator
-        if "output_dir" in evaluator_cfg and evaluator_cfg.output_dir is None:
-            evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
+        """``cfg.dataloader.evaluator`` for ``dataset_name`` (default: the test datasets),
+        writing into ``output_folder`` (default: its ``output_dir``, else
+        ``<train.output_dir>/inference``). Raises ``NotImplementedError`` without an evaluator
+        in the config, as detectron2's does."""
+        dataloader = _dataloader_for(cfg, dataset_name)
+        if "evaluator" not in dataloader:
+            raise NotImplementedError("cfg.dataloader has no evaluator")
+        evaluator_cfg = dataloader.evaluator
+        if "output_dir" in evaluator_cfg or _accepts(evaluator_cfg, "output_dir"):
+            if output_folder is not None:
+                evaluator_cfg.output_dir = output_folder
+            elif evaluator_cfg.get("output_dir") is None:
+                evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
         if not HAS_COMPILED_OPS and _accepts(evaluator_cfg, "use_fast_impl"):
-            # COCOEvaluator's default (fast_eval_api) needs the compiled ops.
+            # COCOEvaluator's default (fast_eval_api) needs the compiled ops; configs from
+            # elsewhere may not say so.
             if evaluator_cfg.get("use_fast_impl", True):
                 logger.info("No compiled detectron2 ops: using the pure-Python COCO evaluation.")
             evaluator_cfg.use_fast_impl = False
@@ -162,17 +207,65 @@ class E3VATrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Evaluate on ``dataloader.test``; returns detectron2's ``{task: {metric: value}}``."""
-        if "evaluator" not in cfg.dataloader:
-            return {}
-        # The loader comes first: building it materialises generated datasets the evaluator
-        # reads (the synthetic shapes json).
-        loader = cls.build_test_loader(cfg)
-        evaluator = cls.build_evaluator(cfg)
-        results = inference_on_dataset(model, loader, evaluator)
-        if comm.is_main_process() and results:
-            print_csv_format(results)
-        return results
+        """Evaluate ``model`` on each test dataset, as ``DefaultTrainer.test`` does.
+
+        ``evaluators``: None (built by :meth:`build_evaluator`), one evaluator or one per test
+        dataset. Returns ``{task: {metric: value}}`` for one dataset, else that per dataset.
+        """
+        names = test_dataset_names(cfg)
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(names):
+            raise ValueError(f"{len(evaluators)} evaluators given for {len(names)} test "
+                             f"datasets {names}: pass one per dataset")
+        results = OrderedDict()
+        for i, name in enumerate(names):
+            # The loader comes first: building it materialises generated datasets the
+            # evaluator reads (the synthetic shapes json).
+            loader = cls.build_test_loader(cfg, name)
+            if evaluators is not None:
+                evaluator = evaluators[i]
+            else:
+                try:
+                    evaluator = cls.build_evaluator(cfg, name)
+                except NotImplementedError:
+                    logger.warning("No evaluator in cfg.dataloader: %s is not evaluated", name)
+                    results[name] = {}
+                    continue
+            results[name] = inference_on_dataset(model, loader, evaluator)
+            if comm.is_main_process() and results[name]:
+                logger.info("Evaluation results for %s in csv format:", name)
+                print_csv_format(results[name])
+        return next(iter(results.values())) if len(results) == 1 else results
+
+    @staticmethod
+    def auto_scale_workers(cfg, num_workers: int):
+        """detectron2's linear scaling rule on LazyConfig keys.
+
+        With ``train.reference_world_size`` = R > 0 processes in mind and ``num_workers`` = N
+        in use, returns a copy whose ``dataloader.train.total_batch_size`` and
+        ``optimizer.lr`` are x N/R, and ``train.max_iter``, ``eval_period`` and
+        ``checkpointer.period`` x R/N (the schedules here are relative to ``max_iter``, so
+        their steps and warmup follow). Unchanged (the same object) when R is 0 or N.
+        """
+        reference = cfg.train.get("reference_world_size", 0)
+        if reference in (0, num_workers):
+            return cfg
+        batch = cfg.dataloader.train.total_batch_size
+        if batch % reference:
+            raise ValueError(f"dataloader.train.total_batch_size={batch} is not a multiple of "
+                             f"train.reference_world_size={reference}")
+        cfg = copy.deepcopy(cfg)
+        scale = num_workers / reference
+        cfg.dataloader.train.total_batch_size = int(round(batch * scale))
+        cfg.optimizer.lr = cfg.optimizer.lr * scale
+        for key in ("max_iter", "eval_period"):
+            cfg.train[key] = int(round(cfg.train[key] / scale))
+        cfg.train.checkpointer.period = int(round(cfg.train.checkpointer.period / scale))
+        cfg.train.reference_world_size = num_workers  # the invariant detectron2 keeps
+        logger.info("Auto-scaled the config to total_batch_size=%d, lr=%g, max_iter=%d.",
+                    cfg.dataloader.train.total_batch_size, cfg.optimizer.lr, cfg.train.max_iter)
+        return cfg
 
     # ---- loop ----
     def build_hooks(self):
@@ -185,14 +278,18 @@ class E3VATrainer(DefaultTrainer):
             GatherTrainingState(ckpt.period, self.max_iter),
             PeriodicCheckpointer(self.checkpointer, ckpt.period, max_to_keep=ckpt.get(
                 "max_to_keep")) if main else None,
-            hooks.EvalHook(cfg.train.eval_period, self._eval_and_save),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, self.max_iter),
-                period=cfg.train.log_period,
-            ) if main else None,
+            hooks.EvalHook(cfg.train.eval_period, self._evaluate),
+            hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period)
+            if main else None,
         ]
 
-    def _eval_and_save(self):
+    def build_writers(self):
+        """detectron2's default writers (console, metrics.json, TensorBoard) into
+        ``train.output_dir``."""
+        return default_writers(self.cfg.train.output_dir, self.max_iter)
+
+    def _evaluate(self):
+        # Without touching the global RNGs: a resumed run draws what the uninterrupted one did.
         with preserved_rng():
             self._last_eval_results = self.test(self.cfg, self._trainer.model)
         return self._last_eval_results
@@ -201,10 +298,13 @@ class E3VATrainer(DefaultTrainer):
         """Resume from the last checkpoint of ``train.output_dir`` if asked and present, else
         load ``train.init_checkpoint`` (then ``train.delta_checkpoint``)."""
         init = self.cfg.train.get("init_checkpoint", "")
-        if not init and not (resume and self.checkpointer.has_checkpoint()):
+        built_from = [m.weights for m in self._trainer.model.modules()
+                      if isinstance(m, TunedSwin) and m.weights]
+        if not init and not built_from and not (resume and self.checkpointer.has_checkpoint()):
             logger.warning(
-                "train.init_checkpoint is empty: the Swin trunk keeps its RANDOM initialisation "
-                "(fine for the synthetic demo; set it to an ImageNet checkpoint for real use)."
+                "train.init_checkpoint and the backbone's weights are empty: the Swin trunk keeps "
+                "its RANDOM initialisation (fine for the synthetic demo; set either to an "
+                "ImageNet checkpoint for real use)."
             )
         self.checkpointer.resume_or_load(init, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
@@ -229,8 +329,8 @@ class E3VATrainer(DefaultTrainer):
     # through the trainer; here it always travels with the trainer (iteration, hooks, step),
     # with what an exact resume needs besides (engine/resume.py: data position, RNGs, EMAs).
     def state_dict(self):
-        ret = TrainerBase.state_dict(self)
-        ret["_trainer"] = self._trainer.state_dict()
+        ret = TrainerBase.state_dict(self)  # iteration, hooks
+        ret["_trainer"] = self._trainer.state_dict()  # optimizer, AMP scaler
         ret["resume"] = gathered_or_local(self)
         return ret
 

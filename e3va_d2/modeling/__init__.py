@@ -1,7 +1,9 @@
 """Swin trunk, E3VA highway, tuning methods, the backbone that combines them, and heads."""
+from . import builders  # noqa: F401  (registers the yacs backbone builders)
 from .backbone import TunedSwin, unreachable_trainable_parameters
 from .e3va import BlockAdapters, DualLowRankLinear, E3VAHighway, HighwayAdapter
-from .swin import SWIN_SIZES, SwinTransformer, swin_size
+from .side import SideNetwork
+from .swin import SWIN_SIZES, SwinTransformer, swin_output_shapes, swin_size, swin_stage_channels
 from .tuning import TUNING_METHODS, E3VATuning, FixedTuning, FullTuning, TuningMethod, build_tuning
 from .upernet import PyramidPoolingModule, UPerNetHead
 
@@ -9,7 +11,10 @@ __all__ = [
     "SWIN_SIZES",
     "SwinTransformer",
     "swin_size",
+    "swin_output_shapes",
+    "swin_stage_channels",
     "TunedSwin",
+    "SideNetwork",
     "unreachable_trainable_parameters",
     "DualLowRankLinear",
     "HighwayAdapter",

@@ -1,19 +1,19 @@
 """One detectron2 backbone for every tuning method: a Swin trunk plus the method's modules."""
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 import torch
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling import Backbone
 from torch import Tensor, nn
 
+from .side import SIDE_PREFIX, SideNetwork
 from .swin import SwinTransformer
 from .tuning import TuningMethod, build_tuning
 
 __all__ = ["TunedSwin", "unreachable_trainable_parameters"]
 
 
-@BACKBONE_REGISTRY.register()
 class TunedSwin(Backbone):
     """A Swin trunk tuned by one method (``"e3va"``, ``"full"``, ``"fixed"``, …).
 
@@ -25,6 +25,13 @@ class TunedSwin(Backbone):
     Args:
         trunk: the Swin trunk; its ``out_features`` are this backbone's outputs.
         tuning: a :class:`TuningMethod` or a registered name (see ``TUNING_METHODS``).
+        weights: a pre-trained Swin checkpoint (any layout :class:`E3VACheckpointer` reads, e.g.
+            the official ``swin_base_patch4_window7_224_22k.pth``) loaded into the trunk as the
+            model is built. So the model config alone says which trunk it starts from, and
+            tools that load ``train.init_checkpoint`` with a plain ``DetectionCheckpointer``
+            (detectron2's ``lazyconfig_train_net.py``, a yacs ``DefaultTrainer``) still start
+            from it. Empty: the trunk keeps its random initialisation, unless a later
+            ``train.init_checkpoint`` provides it.
         check_gradient_flow: refuse, at build time, trainable parameters that no output
             depends on (they would make DDP need ``find_unused_parameters``).
     """
@@ -34,14 +41,16 @@ class TunedSwin(Backbone):
         *,
         trunk: SwinTransformer,
         tuning: Union[str, TuningMethod] = "e3va",
+        weights: str = "",
         check_gradient_flow: bool = True,
     ):
         super().__init__()
         self.tuning = build_tuning(tuning)
         self.trunk = trunk
-        self.highway = self.tuning.attach(trunk)  # None for methods that only edit the trunk
+        # A SideNetwork (E3VA's highway), or None for methods that only edit the trunk.
+        self.side: Optional[SideNetwork] = self.tuning.attach(trunk)
         self.requires_grad_(False)
-        trainable = list(self.tuning.trainable_parameters(trunk, self.highway))
+        trainable = list(self.tuning.trainable_parameters(trunk, self.side))
         for _, param in trainable:
             param.requires_grad_(True)
         self.trainable_names = [name for name, _ in trainable]
@@ -57,6 +66,11 @@ class TunedSwin(Backbone):
                     f"backbone output depends on: {dead[:8]}{' ...' if len(dead) > 8 else ''}. "
                     "Drop them from the method or request the outputs that use them."
                 )
+        self.weights = weights
+        if weights:
+            from ..checkpoint import E3VACheckpointer  # which imports this module
+
+            E3VACheckpointer(self, save_to_disk=False).load(weights)
 
     @property
     def size_divisibility(self) -> int:
@@ -71,13 +85,11 @@ class TunedSwin(Backbone):
 
     def inherited_weights(self) -> Dict[str, str]:
         """Parameter name -> trunk parameter it copies at load time (relative to self)."""
-        if self.highway is None or not hasattr(self.highway, "inherited_weights"):
-            return {}
-        return self.highway.inherited_weights("trunk.", "highway.")
+        return {} if self.side is None else self.side.inherited_weights("trunk.", SIDE_PREFIX)
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        if self.highway is not None:
-            return self.highway(self.trunk, images)
+        if self.side is not None:
+            return self.side(self.trunk, images)
         if self.tuning.trunk_runs_without_grad:
             with torch.no_grad():
                 return self.trunk(images)

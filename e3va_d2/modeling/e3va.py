@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .side import SideNetwork
 from .swin import SwinTransformer, next_grid, tokens_to_map
 
 __all__ = [
@@ -167,7 +168,7 @@ class BlockAdapters(nn.Module):
         return f"structure={self.structure}"
 
 
-class E3VAHighway(nn.Module):
+class E3VAHighway(SideNetwork):
     """Adapters beside every block of a Swin trunk, plus (optionally) trainable copies of the
     trunk's patch merging layers.
 
@@ -217,12 +218,12 @@ class E3VAHighway(nn.Module):
             else None
         )
 
-    def inherited_weights(self, trunk_prefix: str, highway_prefix: str) -> Dict[str, str]:
+    def inherited_weights(self, trunk_prefix: str, side_prefix: str) -> Dict[str, str]:
         """Highway parameter name -> trunk parameter name it is initialised from."""
         if self.downsample is None:
             return {}
         return {
-            f"{highway_prefix}downsample.{i}.{name}": f"{trunk_prefix}layers.{i}.downsample.{name}"
+            f"{side_prefix}downsample.{i}.{name}": f"{trunk_prefix}layers.{i}.downsample.{name}"
             for i, merge in enumerate(self.downsample)
             for name, _ in merge.named_parameters()
         }

@@ -11,6 +11,9 @@ can read them without hooks, and the spatial size travels as an argument instead
 written into the blocks.
 
 Shape legend: B batch, H/W token grid, C channels, N tokens per window, nW windows.
+
+One file for the whole architecture (about 460 lines), as the reference implementation keeps
+it: its classes are only meaningful together, and checkpoint keys follow this module's tree.
 """
 from __future__ import annotations
 
@@ -19,13 +22,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "SWIN_SIZES",
     "swin_size",
+    "swin_output_shapes",
+    "swin_stage_channels",
     "DropPath",
     "WindowAttention",
     "SwinBlock",
@@ -333,7 +339,6 @@ def next_grid(hw: Tuple[int, int]) -> Tuple[int, int]:
     return ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
 
 
-@BACKBONE_REGISTRY.register()
 class SwinTransformer(Backbone):
     """Swin Transformer as a detectron2 backbone with outputs ``p0..p3`` (strides 4..32).
 
@@ -381,7 +386,7 @@ class SwinTransformer(Backbone):
         self.use_checkpoint = use_checkpoint
         # Stages after the last requested output would be computed for nothing.
         self.num_stages = max(names.index(f) for f in out_features) + 1
-        self.num_features = [embed_dim * 2**i for i in range(len(depths))]
+        self.num_features = [swin_stage_channels(embed_dim, i) for i in range(len(depths))]
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         total = sum(depths)
@@ -428,6 +433,19 @@ class SwinTransformer(Backbone):
                 outs[f"p{i}"] = tokens_to_map(getattr(self, f"norm{i}")(y), hw)
             hw = next_hw
         return outs
+
+
+def swin_stage_channels(embed_dim: int, stage: int) -> int:
+    """Channels of output ``p{stage}``: ``embed_dim`` doubles at every stage."""
+    return embed_dim * 2**stage
+
+
+def swin_output_shapes(embed_dim: int, num_stages: int = 4, patch_size: int = 4
+                       ) -> Dict[str, ShapeSpec]:
+    """The trunk's outputs ``p0..p{num_stages-1}`` (what ``output_shape()`` returns), for
+    configs that size a head from the trunk before it is built."""
+    return {f"p{i}": ShapeSpec(channels=swin_stage_channels(embed_dim, i),
+                               stride=patch_size * 2**i) for i in range(num_stages)}
 
 
 def tokens_to_map(x: Tensor, hw: Tuple[int, int]) -> Tensor:

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
@@ -116,7 +117,8 @@ class UPerNetHead(nn.Module):
     resizes them per image). Losses are pixel-wise cross entropy averaged over the labelled
     pixels (detectron2's convention; a crop with no labelled pixel gives 0, not NaN).
 
-    Built with keyword arguments (LazyConfig); registered so that it can be found by name.
+    Built with keyword arguments (LazyConfig), or from a yacs cfg by ``build_sem_seg_head``
+    (``MODEL.SEM_SEG_HEAD.NAME: UPerNetHead``, keys of ``add_e3va_config``).
 
     Args:
         input_shape: the backbone's output shapes (channels and strides are used).
@@ -135,6 +137,25 @@ class UPerNetHead(nn.Module):
         dropout: Dropout2d probability before each classifier.
     """
 
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        head, upernet = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.UPERNET
+        return dict(
+            input_shape=input_shape,
+            in_features=head.IN_FEATURES,
+            num_classes=head.NUM_CLASSES,
+            channels=head.CONVS_DIM,
+            pool_scales=upernet.POOL_SCALES,
+            norm=head.NORM,
+            ignore_value=head.IGNORE_VALUE,
+            loss_weight=head.LOSS_WEIGHT,
+            aux_in_feature=upernet.AUX_IN_FEATURE or None,
+            aux_channels=upernet.AUX_CHANNELS,
+            aux_weight=upernet.AUX_WEIGHT,
+            dropout=upernet.DROPOUT,
+        )
+
+    @configurable
     def __init__(
         self,
         *,

@@ -37,8 +37,8 @@ def parameter_group(name: str) -> str:
         return "backbone: output norms"
     if ".trunk." in name or name.startswith("trunk."):
         return "backbone: Swin trunk"
-    if ".highway." in name or name.startswith("highway."):
-        return "backbone: E3VA highway"
+    if ".side." in name or name.startswith("side."):
+        return "backbone: side network"
     head = name.split(".")[0]
     if head == "backbone":
         return "neck (FPN)"

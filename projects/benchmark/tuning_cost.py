@@ -14,7 +14,7 @@ Swin-B detectors within a 24 GB machine.
 Writes cost.md (Table 1-style costs + Table 4-style "which GPU fits"), cost.png and cost.json
 to --output, and prints the tables:
 
-    python projects/benchmark/tuning_cost.py \
+    python -m projects.benchmark.tuning_cost \
         --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py --methods all
 """
 from __future__ import annotations
@@ -25,28 +25,24 @@ import json
 import logging
 import os
 import platform
-import sys
 from typing import Dict, List
 
 import torch
 from detectron2.config import instantiate
 from omegaconf import OmegaConf
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.dirname(__file__))
-
-from report import cost_table, fit_table, plot  # noqa: E402
-
-from e3va_d2.config import load_config, set_tuning_method  # noqa: E402
-from e3va_d2.engine.params import trainable_parameter_table  # noqa: E402
-from e3va_d2.layers import adapt_sync_batchnorm  # noqa: E402
-from e3va_d2.modeling import TUNING_METHODS, build_tuning  # noqa: E402
-from e3va_d2.utils.cost import (  # noqa: E402
+from e3va_d2.config import load_config, set_tuning_method
+from e3va_d2.engine.params import trainable_parameter_table
+from e3va_d2.layers import adapt_sync_batchnorm
+from e3va_d2.modeling import TUNING_METHODS, build_tuning
+from e3va_d2.utils.cost import (
     TrainingStep,
     median,
     release_freed_memory,
     synthetic_detection_batch,
 )
+
+from .report import cost_table, fit_table, plot
 
 logger = logging.getLogger("e3va_d2.benchmark")
 

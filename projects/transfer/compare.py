@@ -75,7 +75,7 @@ def flat_metrics(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
 
 def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: str):
     """The config of one (row, seed) run: the shared recipe with this row's tuning method."""
-    from e3va_d2.config import apply_overrides, load_config, set_tuning_method
+    from e3va_d2.config import apply_overrides, load_config, set_tuning_method, tuned_swin_node
     from e3va_d2.modeling import build_tuning
 
     cfg = load_config(config_file, [f"train.output_dir={folder}", f"train.seed={seed}"])
@@ -83,8 +83,17 @@ def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: s
     # After the swap, so that options of the method (tuning.zero_init=True) apply to it.
     cfg = apply_overrides(cfg, list(opts))
     if row == FLOOR:
+        tuned_swin_node(cfg.model).weights = ""
         cfg.train.init_checkpoint = ""
     return cfg
+
+
+def trunk_source(cfg) -> str:
+    """Where a run's trunk comes from: the model's ``weights``, else ``train.init_checkpoint``."""
+    from e3va_d2.config import tuned_swin_node
+
+    return str(tuned_swin_node(cfg.model).get("weights", "") or cfg.train.init_checkpoint
+               or "random")
 
 
 def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: str,
@@ -111,7 +120,7 @@ def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: st
     _, totals = trainable_parameter_table(trainer._trainer.model)
     metrics = flat_metrics(trainer.train())
     result = dict(row=row, method=method, seed=seed, metrics=metrics,
-                  trunk="random" if row == FLOOR else str(cfg.train.init_checkpoint),
+                  trunk=trunk_source(cfg),
                   trainable_in_backbone=totals["trainable_in_backbone"],
                   trainable=totals["trainable"], minutes=(time.time() - start) / 60)
     atomic_write(os.path.join(folder, "result.json"),

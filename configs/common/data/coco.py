@@ -12,6 +12,7 @@ from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator
 
+from e3va_d2.compat import HAS_COMPILED_OPS
 from e3va_d2.data import build_resumable_train_loader, load_dataset_dicts
 
 dataloader = OmegaConf.create()
@@ -46,4 +47,7 @@ dataloader.test = L(build_detection_test_loader)(
 )
 
 # use_fast_impl needs compiled detectron2 ops; the trainer turns it off without them.
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", output_dir=None)
+# The fast COCO evaluation needs detectron2's compiled ops; the pure-Python build has none.
+dataloader.evaluator = L(COCOEvaluator)(
+    dataset_name="${..test.dataset.names}", output_dir=None, use_fast_impl=HAS_COMPILED_OPS
+)

@@ -10,7 +10,7 @@ from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
-from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin, swin_size
+from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin, swin_size, swin_stage_channels
 
 from .swin_fpn import pixel_normalization
 
@@ -27,7 +27,11 @@ model.backbone = L(FPN)(
     # FPN names its outputs by stride (p3-p5 here, then p6, p7), but looks top_block's
     # in_feature up among the *bottom-up* features first: "p3" is the trunk's stride-32 output
     # (C5), not FPN's stride-8 P3, so P6/P7 come from C5 as in detectron2's RetinaNet.
-    top_block=L(LastLevelP6P7)(in_channels=1536, out_channels="${..out_channels}", in_feature="p3"),
+    top_block=L(LastLevelP6P7)(
+        in_channels=L(swin_stage_channels)(embed_dim="${...bottom_up.trunk.embed_dim}", stage=3),
+        out_channels="${..out_channels}",
+        in_feature="p3",
+    ),
 )
 model.num_classes = 20
 model.head_in_features = ["p3", "p4", "p5", "p6", "p7"]

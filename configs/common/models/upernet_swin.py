@@ -3,20 +3,18 @@ semantic segmentation recipes: Swin-L, E3VA rank 8, 512-channel head with SyncBN
 head on stage 3 (loss x0.4), 150 ADE20K classes. Row configs change the tuning method.
 """
 from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import SemanticSegmentor
 
-from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin, UPerNetHead, swin_size
+from e3va_d2.modeling import (
+    E3VATuning,
+    SwinTransformer,
+    TunedSwin,
+    UPerNetHead,
+    swin_output_shapes,
+    swin_size,
+)
 
 from .swin_fpn import pixel_normalization
-
-
-def swin_feature_shapes(embed_dim: int, num_stages: int = 4) -> dict:
-    """The trunk's outputs p0..p3: channels double and strides (from 4) double per stage."""
-    return {
-        f"p{i}": L(ShapeSpec)(channels=embed_dim * 2**i, stride=4 * 2**i)
-        for i in range(num_stages)
-    }
 
 
 model = L(SemanticSegmentor)(
@@ -25,7 +23,8 @@ model = L(SemanticSegmentor)(
         tuning=L(E3VATuning)(rank=8),
     ),
     sem_seg_head=L(UPerNetHead)(
-        input_shape=swin_feature_shapes(swin_size("L")["embed_dim"]),
+        # Derived from the trunk: a config that changes the trunk changes nothing here.
+        input_shape=L(swin_output_shapes)(embed_dim="${...backbone.trunk.embed_dim}"),
         in_features=["p0", "p1", "p2", "p3"],
         num_classes=150,
         channels=512,

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..e3va import ADAPTER_KINDS, HIGHWAY_STRUCTURES, E3VAHighway
+from ..side import SIDE_PREFIX
 from .base import TuningMethod, check_positive_int, output_norm_parameters, register_tuning
 
 __all__ = ["E3VATuning"]
@@ -30,7 +31,6 @@ class E3VATuning(TuningMethod):
     train_output_norms: train the norms between highway and FPN (Table 7, "trainable").
     """
 
-    name = "e3va"
     trunk_runs_without_grad = True
 
     rank: int = 8
@@ -77,8 +77,8 @@ class E3VATuning(TuningMethod):
             trainable_downsampling=self.trainable_downsampling,
         )
 
-    def trainable_parameters(self, trunk, extra):
-        for name, param in extra.named_parameters():
-            yield "highway." + name, param
+    def trainable_parameters(self, trunk, side):
+        for name, param in side.named_parameters():
+            yield SIDE_PREFIX + name, param
         if self.train_output_norms:
             yield from output_norm_parameters(trunk)

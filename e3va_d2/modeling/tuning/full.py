@@ -13,9 +13,8 @@ __all__ = ["FullTuning", "FixedTuning"]
 class FullTuning(TuningMethod):
     """Every trunk parameter trains; backward runs through the whole trunk."""
 
-    name = "full"
 
-    def trainable_parameters(self, trunk, extra):
+    def trainable_parameters(self, trunk, side):
         for name, param in trunk.named_parameters():
             yield "trunk." + name, param
 
@@ -25,8 +24,7 @@ class FullTuning(TuningMethod):
 class FixedTuning(TuningMethod):
     """The trunk, output norms included, is frozen; only the neck and heads train."""
 
-    name = "fixed"
     trunk_runs_without_grad = True
 
-    def trainable_parameters(self, trunk, extra):
+    def trainable_parameters(self, trunk, side):
         return iter(())

@@ -16,8 +16,9 @@ module is token-wise, so windowing, shifting and padding commute with it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -113,13 +114,14 @@ def inserted_parameters(trunk: nn.Module):
 
 @dataclass
 class _InsertedTuning(TuningMethod):
-    width: int = 64
     train_output_norms: bool = True
+    size_option: ClassVar[str] = "width"  # the field that sizes every inserted module
 
     def __post_init__(self):
-        check_positive_int(f"{type(self).__name__}.width", self.width)
+        option = self.size_option
+        check_positive_int(f"{type(self).__name__}.{option}", getattr(self, option))
 
-    def trainable_parameters(self, trunk, extra):
+    def trainable_parameters(self, trunk, side):
         yield from inserted_parameters(trunk)
         if self.train_output_norms:
             yield from output_norm_parameters(trunk)
@@ -130,7 +132,8 @@ class _InsertedTuning(TuningMethod):
 class HoulsbyAdapterTuning(_InsertedTuning):
     """Bottleneck adapters (width 64) stacked after MSA and after MLP in every block."""
 
-    name = "adapter"
+    width: int = 64
+
 
     def attach(self, trunk):
         insert_into_blocks(trunk, lambda dim: StackedAdapter(Bottleneck(dim, self.width)))
@@ -139,17 +142,26 @@ class HoulsbyAdapterTuning(_InsertedTuning):
 @register_tuning("lora")
 @dataclass
 class LoRATuning(_InsertedTuning):
-    """A rank-``width`` linear pair (no bias) parallel to MSA and to MLP in every block;
-    ``scale`` is LoRA's alpha / rank."""
+    """A rank-``rank`` linear pair (no bias) parallel to MSA and to MLP in every block;
+    ``scale`` is LoRA's alpha / rank. ``width`` is a deprecated alias of ``rank``."""
 
-    name = "lora"
+    rank: int = 64
     scale: float = 1.0
+    width: Optional[int] = None
+    size_option: ClassVar[str] = "rank"
+
+    def __post_init__(self):
+        if self.width is not None:
+            warnings.warn("LoRATuning(width=...) is deprecated: it is the rank, pass rank=...",
+                          FutureWarning, stacklevel=3)
+            self.rank, self.width = self.width, None
+        super().__post_init__()
 
     def attach(self, trunk):
         insert_into_blocks(
             trunk,
             lambda dim: ParallelBranch(
-                Bottleneck(dim, self.width, activation=False, bias=False), self.scale
+                Bottleneck(dim, self.rank, activation=False, bias=False), self.scale
             ),
         )
 
@@ -159,7 +171,8 @@ class LoRATuning(_InsertedTuning):
 class AdaptFormerTuning(_InsertedTuning):
     """A GELU bottleneck (width 64) parallel to MSA and to MLP, scaled by a learned scalar."""
 
-    name = "adaptformer"
+    width: int = 64
+
     scale: float = 0.1
     learnable_scale: bool = True
 

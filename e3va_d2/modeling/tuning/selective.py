@@ -18,10 +18,9 @@ class BitFitTuning(TuningMethod):
     """Only the trunk's bias terms train (BitFit), the relative position bias tables included:
     that is how the paper counts 0.20M parameters for Swin-B (0.14M without the tables)."""
 
-    name = "bitfit"
     include_position_bias: bool = True
 
-    def trainable_parameters(self, trunk, extra):
+    def trainable_parameters(self, trunk, side):
         for name, param in trunk.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             if leaf == "bias" or (self.include_position_bias and leaf == "relative_position_bias_table"):
@@ -33,9 +32,8 @@ class BitFitTuning(TuningMethod):
 class NormTuning(TuningMethod):
     """Only the trunk's normalisation layers train (selected by module type, not by name)."""
 
-    name = "norm"
 
-    def trainable_parameters(self, trunk, extra):
+    def trainable_parameters(self, trunk, side):
         for module_name, module in trunk.named_modules():
             if isinstance(module, _NORMS):
                 for name, param in module.named_parameters(recurse=False):
@@ -48,13 +46,12 @@ class PartialTuning(TuningMethod):
     """Only the last ``last_blocks`` Swin blocks train. Earlier blocks get no autograd graph
     (their inputs and weights need no gradient), so they store nothing for backward."""
 
-    name = "partial"
     last_blocks: int = 1
 
     def __post_init__(self):
         check_positive_int("PartialTuning.last_blocks", self.last_blocks)
 
-    def trainable_parameters(self, trunk, extra):
+    def trainable_parameters(self, trunk, side):
         blocks = [(f"layers.{i}.blocks.{j}", b) for i, stage in enumerate(trunk.layers)
                   for j, b in enumerate(stage.blocks)]
         if self.last_blocks > len(blocks):

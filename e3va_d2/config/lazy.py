@@ -143,7 +143,7 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
 def tuned_swin_node(node):
     """The LazyCall of a model config's ``TunedSwin`` (under an FPN for detectors, the backbone
     itself for semantic segmentation), or None."""
-    from .modeling import TunedSwin
+    from ..modeling import TunedSwin
 
     if isinstance(node, DictConfig):
         target = node.get("_target_")
