@@ -2,8 +2,9 @@
 # project-local virtualenv $(VENV); stamp files under $(VENV)/ make reruns fast.
 #
 #   make setup       venv + torch + detectron2 + e3va_d2 (editable, with test extras)
-#   make demo        train the Shapes demo (CPU ok); DEMO_CONFIG=configs/Shapes/... picks
-#                    the RetinaNet/VOC or UPerNet demo instead of Mask R-CNN
+#   make demo        train the Shapes demo (CPU ok), then draw its predictions on 4 held-out
+#                    images; DEMO_CONFIG=configs/Shapes/... picks the RetinaNet/VOC or
+#                    UPerNet demo instead of Mask R-CNN
 #   make test        run the test suite, without the end-to-end runs marked slow
 #   make test-slow   run only those (stock detectron2 tools, yaml train_net, processes)
 #   make bench       tuning-cost benchmark
@@ -73,6 +74,7 @@ setup: $(PKG_STAMP)
 
 demo: setup
 	$(VPY) train_net.py --config-file $(DEMO_CONFIG) --num-gpus 1 $(DEMO_ARGS)
+	$(VPY) -m projects.demo.demo --config-file $(DEMO_CONFIG) --trained --opts $(DEMO_ARGS)
 
 test: setup
 	$(VPY) -m pytest $(PYTEST_ARGS) -m "not slow" $(TESTS)

@@ -1,0 +1,60 @@
+"""``Predictor``: detectron2's ``DefaultPredictor`` for a LazyConfig, with E3VA's checkpoints.
+
+One image in (numpy, H x W x 3, BGR as detectron2's or RGB: say which), one output dict out,
+with the test mapper's augmentations (resizing) and image format of ``cfg.dataloader.test``.
+Weights: ``train.init_checkpoint`` (a model trained here, or its base), then
+``train.delta_checkpoint`` if set; arguments override both.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+
+from ..checkpoint import E3VACheckpointer, load_delta
+from .trainer import resolve_device, test_dataset_names
+
+__all__ = ["Predictor"]
+
+FORMATS = ("BGR", "RGB")
+
+
+class Predictor:
+    def __init__(self, cfg, checkpoint: Optional[str] = None, delta: Optional[str] = None):
+        self.cfg = cfg
+        device = resolve_device(cfg.train.get("device", "auto"))
+        self.model = instantiate(cfg.model).to(device).eval()
+        checkpoint = cfg.train.get("init_checkpoint", "") if checkpoint is None else checkpoint
+        delta = cfg.train.get("delta_checkpoint", "") if delta is None else delta
+        if checkpoint:
+            E3VACheckpointer(self.model).load(checkpoint)
+        if delta:
+            load_delta(self.model, delta)
+        mapper = cfg.dataloader.test.mapper
+        self.augmentations = T.AugmentationList(
+            [instantiate(a) for a in mapper.get("augmentations", [])])
+        self.input_format = mapper.get("image_format", "BGR")
+        if self.input_format not in FORMATS:
+            raise ValueError(f"the test mapper's image_format={self.input_format!r}; the "
+                             f"predictor supports {FORMATS}")
+        self.metadata = MetadataCatalog.get(test_dataset_names(cfg)[0])
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, image_format: str = "BGR") -> dict:
+        """Predictions for one (H, W, 3) uint8 image in ``image_format`` channel order, in the
+        image's own resolution (detectron2's output dict: instances / sem_seg)."""
+        if image_format not in FORMATS:
+            raise ValueError(f"image_format={image_format!r}; expected one of {FORMATS}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+        if image_format != self.input_format:
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        aug = T.AugInput(np.ascontiguousarray(image))
+        self.augmentations(aug)
+        tensor = torch.as_tensor(aug.image.astype("float32").transpose(2, 0, 1))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Draw a config's predictions on images, like detectron2's ``demo/demo.py``.
+
+    python -m projects.demo.demo --config-file configs/Shapes/mask_rcnn_swin_demo_e3va.py \\
+        --input "photos/*.jpg" --output out/ \\
+        --opts train.init_checkpoint=output/shapes_demo_e3va/model_final.pth
+    python -m projects.demo.demo --config-file configs/Shapes/mask_rcnn_swin_demo_e3va.py --trained
+
+Writes one PNG per image: detectron2 ``Visualizer`` overlays of instances (boxes, masks) or of
+the semantic segmentation. Without ``--input``, draws the first ``--num-images`` images of
+``--dataset`` (default: the config's test dataset). ``--trained`` loads
+``<train.output_dir>/model_final.pth``; ``--output`` defaults to
+``<train.output_dir>/predictions``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+from typing import List
+
+import numpy as np
+import tqdm
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
+
+from e3va_d2.config import ConfigError, load_config
+from e3va_d2.engine.predictor import Predictor
+from e3va_d2.engine.trainer import test_dataset_names
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--input", nargs="+", default=[], help="image files or glob patterns")
+    p.add_argument("--dataset", help="without --input: draw the first --num-images images of this "
+                   "registered dataset (default: the config's test dataset)")
+    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--output", help="folder for the PNG files (default: "
+                   "<train.output_dir>/predictions)")
+    p.add_argument("--trained", action="store_true",
+                   help="load <train.output_dir>/model_final.pth (the config's training run)")
+    p.add_argument("--confidence-threshold", type=float, default=0.5)
+    p.add_argument("--scale", type=float, default=2.0, help="drawing scale (small images)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
+    return p.parse_args(argv)
+
+
+def input_paths(args, cfg) -> List[str]:
+    paths = sorted(p for pattern in args.input for p in (glob.glob(pattern) or [pattern]))
+    if args.dataset or not args.input:
+        dataset = args.dataset or test_dataset_names(cfg)[0]
+        paths += [d["file_name"] for d in DatasetCatalog.get(dataset)[: args.num_images]]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not paths or missing:
+        raise ConfigError(f"no images to draw: {missing or 'give --input or --dataset'}")
+    return paths
+
+
+def draw(image_rgb: np.ndarray, outputs: dict, metadata, threshold: float, scale: float):
+    visualizer = Visualizer(image_rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
+    if "instances" in outputs:
+        instances = outputs["instances"].to("cpu")
+        drawn = visualizer.draw_instance_predictions(instances[instances.scores >= threshold])
+    else:
+        drawn = visualizer.draw_sem_seg(outputs["sem_seg"].argmax(0).to("cpu"), alpha=0.5)
+    return drawn.get_image()
+
+
+def main(argv=None) -> List[str]:
+    args = parse_args(argv)
+    cfg = load_config(args.config_file, args.opts)
+    checkpoint = None
+    if args.trained:
+        checkpoint = os.path.join(cfg.train.output_dir, "model_final.pth")
+        if not os.path.isfile(checkpoint):
+            raise ConfigError(f"--trained: {checkpoint} does not exist; train the config first")
+    predictor = Predictor(cfg, checkpoint=checkpoint)
+    output = args.output or os.path.join(cfg.train.output_dir, "predictions")
+    os.makedirs(output, exist_ok=True)
+    written = []
+    for path in tqdm.tqdm(input_paths(args, cfg), desc="drawing", unit="image"):
+        image = read_image(path, format="RGB")
+        outputs = predictor(image, image_format="RGB")
+        picture = draw(image, outputs, predictor.metadata, args.confidence_threshold, args.scale)
+        target = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+        Image.fromarray(picture).save(target)
+        written.append(target)
+    print(f"Wrote {len(written)} pictures of predictions to {output}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The predictor and the drawing demo: both channel orders give the same predictions (and a wrong
+one different ones), and demo.py writes one picture per input for detection and segmentation."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+from PIL import Image
+
+from e3va_d2.config import load_config
+from e3va_d2.engine.predictor import Predictor
+from projects.demo import demo
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+UPERNET = os.path.join(ROOT, "configs/Shapes/upernet_swin_demo_e3va.py")
+MASK_RCNN = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
+
+
+def test_predictor_takes_either_channel_order():
+    predictor = Predictor(load_config(UPERNET, ["train.device=cpu"]), checkpoint="")
+    path = DatasetCatalog.get("shapes_sem_seg_mini_val")[0]["file_name"]
+    rgb = read_image(path, format="RGB")
+    from_rgb = predictor(rgb, image_format="RGB")["sem_seg"]
+    from_bgr = predictor(np.ascontiguousarray(rgb[:, :, ::-1]), image_format="BGR")["sem_seg"]
+    assert from_rgb.shape[-2:] == rgb.shape[:2]
+    assert torch.equal(from_rgb, from_bgr)
+    assert not torch.equal(from_rgb, predictor(rgb, image_format="BGR")["sem_seg"])
+    with pytest.raises(ValueError, match="image_format"):
+        predictor(rgb, image_format="rgb")
+
+
+@pytest.mark.parametrize("config,dataset", [(MASK_RCNN, "shapes_mini_val"),
+                                            (UPERNET, "shapes_sem_seg_mini_val")])
+def test_demo_writes_one_picture_per_input(config, dataset, tmp_path):
+    written = demo.main(["--config-file", config, "--dataset", dataset, "--num-images", "2",
+                         "--output", str(tmp_path), "--confidence-threshold", "0",
+                         "--opts", "train.device=cpu"])
+    assert len(written) == 2 and all(os.path.isfile(p) for p in written)
+    source = Image.open(DatasetCatalog.get(dataset)[0]["file_name"])
+    drawn = Image.open(written[0])
+    assert drawn.size == (2 * source.size[0], 2 * source.size[1])  # --scale 2 by default
