@@ -1,5 +1,7 @@
 """The predictor and the drawing demo: both channel orders give the same predictions (and a wrong
-one different ones), and demo.py writes one picture per input for detection and segmentation."""
+one different ones), demo.py writes one picture per input for detection and segmentation, and
+curves.py draws a metrics.json."""
+import json
 import os
 
 import numpy as np
@@ -11,7 +13,7 @@ from PIL import Image
 
 from e3va_d2.config import load_config
 from e3va_d2.engine.predictor import Predictor
-from projects.demo import demo
+from projects.demo import curves, demo
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 UPERNET = os.path.join(ROOT, "configs/Shapes/upernet_swin_demo_e3va.py")
@@ -41,3 +43,17 @@ def test_demo_writes_one_picture_per_input(config, dataset, tmp_path):
     source = Image.open(DatasetCatalog.get(dataset)[0]["file_name"])
     drawn = Image.open(written[0])
     assert drawn.size == (2 * source.size[0], 2 * source.size[1])  # --scale 2 by default
+
+
+def test_curves_overlay_runs(tmp_path):
+    for name, ap in (("full", 15.0), ("e3va", 9.0)):
+        folder = tmp_path / name / "seed0"
+        folder.mkdir(parents=True)
+        rows = [{"iteration": i, "total_loss": 2.0 - i / 100} for i in range(19, 100, 20)]
+        rows.append({"iteration": 100, "bbox/AP": ap, "bbox/APl": float("nan")})
+        (folder / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows))
+    path = curves.main([str(tmp_path / "full" / "seed0"), str(tmp_path / "e3va" / "seed0")])
+    assert path == str(tmp_path / "full" / "seed0" / "curves.png") and os.path.getsize(path) > 0
+    assert curves.label(str(tmp_path / "e3va" / "seed0")) == "e3va"
+    assert curves.series(curves.read_metrics(str(tmp_path / "e3va" / "seed0")), "bbox/AP") == (
+        [100], [9.0])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ __all__ = [
     "HighwayAdapter",
     "BlockAdapters",
     "E3VAHighway",
+    "TrunkTrace",
+    "trace_trunk",
     "ADAPTER_KINDS",
     "HIGHWAY_STRUCTURES",
 ]
@@ -229,27 +231,60 @@ class E3VAHighway(SideNetwork):
         }
 
     def forward(self, trunk: SwinTransformer, images: Tensor) -> Dict[str, Tensor]:
-        """Run the frozen trunk block by block without autograd and the highway beside it."""
-        with torch.no_grad():
-            trunk_x, hw = trunk.patch_embed(images)
-        e = trunk_x
+        """Run the frozen trunk without autograd, then the highway on its branch outputs.
+
+        With ``trace_source`` set (see :mod:`e3va_d2.engine.multitask`), the trunk's pass
+        comes from there: several tasks on one frozen trunk then share it.
+        """
+        source = getattr(self, "trace_source", None)
+        trace = source(trunk, images) if source is not None else trace_trunk(trunk, images)
+        return self.from_trace(trunk, trace)
+
+    def from_trace(self, trunk: SwinTransformer, trace: "TrunkTrace") -> Dict[str, Tensor]:
+        """The highway (the only autograd graph) on a recorded pass of the frozen trunk."""
+        e = trace.embedding
         outs = {}
-        for i, (stage, adapters) in enumerate(zip(trunk.layers, self.layers)):
-            mask = stage.shift_mask(hw, images.device)
-            for block, block_adapters in zip(stage.blocks, adapters["blocks"]):
-                with torch.no_grad():
-                    a1 = block.attention_branch(trunk_x, hw, mask)
-                    trunk_x = trunk_x + a1
-                    a2 = block.mlp_branch(trunk_x)
-                    trunk_x = trunk_x + a2
+        for i, (stage, adapters, branches) in enumerate(
+            zip(trunk.layers, self.layers, trace.branches)
+        ):
+            hw = trace.grids[i]
+            for block_adapters, (a1, a2) in zip(adapters["blocks"], branches):
                 e = block_adapters(e, a1, a2)
             if i in trunk.out_indices:
                 outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
             if stage.downsample is not None:
-                with torch.no_grad():
-                    trunk_x = stage.downsample(trunk_x, hw)
                 merge = stage.downsample if self.downsample is None else self.downsample[i]
                 e = merge(e, hw)
-                hw = next_grid(hw)
         return outs
 
+
+class TrunkTrace:
+    """What the highway reads from one pass of the frozen trunk: the patch embedding, each
+    stage's token grid, and every block's two branch outputs ``(a1, a2)``."""
+
+    def __init__(self, embedding: Tensor):
+        self.embedding = embedding
+        self.grids: List[Tuple[int, int]] = []
+        self.branches: List[List[Tuple[Tensor, Tensor]]] = []
+
+
+@torch.no_grad()
+def trace_trunk(trunk: SwinTransformer, images: Tensor) -> TrunkTrace:
+    """Run the frozen trunk block by block without autograd, recording its branch outputs."""
+    x, hw = trunk.patch_embed(images)
+    trace = TrunkTrace(x)
+    for stage in trunk.layers:
+        mask = stage.shift_mask(hw, images.device)
+        branches = []
+        for block in stage.blocks:
+            a1 = block.attention_branch(x, hw, mask)
+            x = x + a1
+            a2 = block.mlp_branch(x)
+            x = x + a2
+            branches.append((a1, a2))
+        trace.grids.append(hw)
+        trace.branches.append(branches)
+        if stage.downsample is not None:
+            x = stage.downsample(x, hw)
+            hw = next_grid(hw)
+    return trace

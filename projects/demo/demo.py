@@ -9,7 +9,8 @@
 Writes one PNG per image: detectron2 ``Visualizer`` overlays of instances (boxes, masks) or of
 the semantic segmentation. Without ``--input``, draws the first ``--num-images`` images of
 ``--dataset`` (default: the config's test dataset). ``--trained`` loads
-``<train.output_dir>/model_final.pth``; ``--output`` defaults to
+``<train.output_dir>/model_final.pth`` and also draws that run's training curves
+(``curves.png``, see :mod:`.curves`); ``--output`` defaults to
 ``<train.output_dir>/predictions``.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ from PIL import Image
 from e3va_d2.config import ConfigError, load_config
 from e3va_d2.engine.predictor import Predictor
 from e3va_d2.engine.trainer import test_dataset_names
+
+from . import curves
 
 
 def parse_args(argv=None):
@@ -89,6 +92,8 @@ def main(argv=None) -> List[str]:
         Image.fromarray(picture).save(target)
         written.append(target)
     print(f"Wrote {len(written)} pictures of predictions to {output}")
+    if args.trained and os.path.isfile(os.path.join(cfg.train.output_dir, "metrics.json")):
+        curves.main([cfg.train.output_dir])  # the training run's losses and metrics
     return written
 
 

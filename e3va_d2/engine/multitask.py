@@ -1,0 +1,122 @@
+"""One frozen trunk, many tasks: each E3VA task's highway, norms, neck and head run on one pass
+of the shared trunk.
+
+E3VA never changes the pre-trained Swin, so every task trained from the same base is that
+frozen trunk plus a delta (``model_final_delta.pth``). :class:`MultiTaskPredictor` keeps one
+copy of the trunk's weights (the tasks' frozen trunk tensors are tied to the first task's) and
+runs the trunk once per image (:class:`SharedTrunkPass`); the outputs equal each task's model
+run alone, bit for bit, because every task computes exactly what it computes alone, on the same
+tensors.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..modeling.backbone import TunedSwin
+from ..modeling.e3va import E3VAHighway, TrunkTrace, trace_trunk
+from ..modeling.swin_weights import trunk_architecture
+from .predictor import Predictor
+
+__all__ = ["MultiTaskPredictor", "SharedTrunkPass", "TaskMismatchError"]
+
+
+class TaskMismatchError(ValueError):
+    """Tasks that cannot share one trunk (another method, architecture or base)."""
+
+
+class SharedTrunkPass:
+    """The trace of the last images the trunk ran on, handed to every task whose (normalised,
+    padded) images are the same; other images run the trunk again."""
+
+    def __init__(self):
+        self.images: Optional[Tensor] = None
+        self.trace: Optional[TrunkTrace] = None
+        self.runs = 0  # trunk passes since the last clear()
+
+    def clear(self) -> None:
+        self.images, self.trace, self.runs = None, None, 0
+
+    def __call__(self, trunk: nn.Module, images: Tensor) -> TrunkTrace:
+        cached = self.images
+        if cached is None or cached.shape != images.shape or not torch.equal(cached, images):
+            self.images, self.trace = images, trace_trunk(trunk, images)
+            self.runs += 1
+        return self.trace
+
+
+def _tuned_swin(model: nn.Module, task: str) -> TunedSwin:
+    found = [m for m in model.modules() if isinstance(m, TunedSwin)]
+    if len(found) != 1 or not isinstance(found[0].side, E3VAHighway):
+        raise TaskMismatchError(
+            f"task {task!r}: only models with one E3VA-tuned Swin can share a frozen trunk "
+            "(other methods change the trunk's computation)")
+    return found[0]
+
+
+def _frozen_trunk_tensors(trunk: nn.Module) -> Dict[str, Tensor]:
+    return {n: p for n, p in trunk.named_parameters() if not p.requires_grad}
+
+
+class MultiTaskPredictor:
+    """``{task: (config, delta)}`` trained from the same base -> ``{task: outputs}`` per image.
+
+    Args:
+        tasks: task name -> (LazyConfig, delta path or None). Each config's model starts from
+            its ``train.init_checkpoint`` / backbone ``weights`` (the base), then its delta.
+        base: a checkpoint loaded into every task before its delta (overrides the configs').
+    """
+
+    def __init__(self, tasks: Mapping[str, Tuple[object, Optional[str]]],
+                 base: Optional[str] = None):
+        if not tasks:
+            raise ValueError("no tasks given")
+        self.predictors: "OrderedDict[str, Predictor]" = OrderedDict(
+            (name, Predictor(cfg, checkpoint=base, delta=delta or ""))
+            for name, (cfg, delta) in tasks.items())
+        self.trunk_pass = SharedTrunkPass()
+        swins = {name: _tuned_swin(p.model, name) for name, p in self.predictors.items()}
+        first_name, first = next(iter(swins.items()))
+        shared = _frozen_trunk_tensors(first.trunk)
+        for name, swin in swins.items():
+            self._check_same_trunk(first_name, first, name, swin, shared)
+            self._tie(swin.trunk, shared)
+            swin.side.trace_source = self.trunk_pass
+
+    @staticmethod
+    def _check_same_trunk(first_name, first, name, swin, shared) -> None:
+        ours, theirs = trunk_architecture(first.trunk), trunk_architecture(swin.trunk)
+        ours.pop("out_features", None), theirs.pop("out_features", None)
+        if ours != theirs or first.trunk.num_stages != swin.trunk.num_stages:
+            raise TaskMismatchError(f"task {name!r} has another trunk ({theirs}) than "
+                                    f"{first_name!r} ({ours})")
+        frozen = _frozen_trunk_tensors(swin.trunk)
+        differ = sorted(k for k in shared if k not in frozen or not torch.equal(frozen[k],
+                                                                                shared[k]))
+        if differ or set(frozen) != set(shared):
+            raise TaskMismatchError(
+                f"task {name!r} was built on another base than {first_name!r}: frozen trunk "
+                f"tensors differ ({(differ or sorted(set(frozen) ^ set(shared)))[:3]}...); "
+                "load the same base checkpoint for every task")
+
+    @staticmethod
+    def _tie(trunk: nn.Module, shared: Dict[str, Tensor]) -> None:
+        """Point the trunk's frozen parameters at the shared tensors (one copy in memory)."""
+        for name, tensor in shared.items():
+            module_name, _, attr = name.rpartition(".")
+            module = trunk.get_submodule(module_name) if module_name else trunk
+            if getattr(module, attr) is not tensor:
+                setattr(module, attr, tensor)
+
+    def __call__(self, image: np.ndarray, image_format: str = "BGR") -> Dict[str, dict]:
+        """Every task's detectron2 outputs for one image; the trunk runs once."""
+        self.trunk_pass.clear()
+        try:
+            return OrderedDict((name, predictor(image, image_format))
+                               for name, predictor in self.predictors.items())
+        finally:
+            self.trunk_pass.images = self.trunk_pass.trace = None  # free the activations
