@@ -105,3 +105,20 @@ def test_other_tuning_methods_cannot_share(tasks):
                     "e3va_d2.modeling.tuning.LoRATuning", "model.backbone.bottom_up.tuning.rank=4")
     with pytest.raises(TaskMismatchError, match="E3VA"):
         MultiTaskPredictor({"instances": (lora, None), "semantic": tasks["semantic"]})
+
+
+@pytest.mark.slow
+def test_benchmark_script_writes_its_table(tmp_path):
+    from projects.benchmark import multitask
+
+    rows = multitask.main(["--output", str(tmp_path), "--images", "2",
+                           "--dataset", "shapes_mini_val"])
+    assert [r["tasks"] for r in rows] == [1, 2, 3]
+    trunk = instantiate(task_cfg("instances").model).backbone.bottom_up.trunk
+    trunk_mb = sum(p.numel() * p.element_size() for p in trunk.parameters()
+                   if not p.requires_grad) / 2**20
+    # One trunk in memory however many tasks: three separate models hold two more.
+    assert rows[0]["shared_weights_mb"] == pytest.approx(rows[0]["separate_weights_mb"])
+    saved = rows[2]["separate_weights_mb"] - rows[2]["shared_weights_mb"]
+    assert saved == pytest.approx(2 * trunk_mb, rel=0.02)
+    assert (tmp_path / "multitask.md").is_file() and (tmp_path / "multitask.json").is_file()

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Shared-trunk inference against separate models: time per image and weight memory for 1, 2
+and 3 tasks, measured side by side in one process on the same images.
+
+The tasks are the three shapes demos (Mask R-CNN instances, RetinaNet boxes, UPerNet semantic
+segmentation) on the shipped trunk, each with its own delta (their random trainable weights:
+inference cost does not depend on training). Shared and separate runs alternate, image by
+image, so machine noise hits both alike. Writes ``multitask.md`` and ``multitask.json``.
+
+    python -m projects.benchmark.multitask --output output/multitask
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Dict, List
+
+import torch
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+
+from e3va_d2.checkpoint import export_delta
+from e3va_d2.config import load_config
+from e3va_d2.engine.multitask import MultiTaskPredictor
+from e3va_d2.engine.predictor import Predictor
+
+TASKS = {
+    "instances (Mask R-CNN)": "configs/Shapes/mask_rcnn_swin_demo_e3va.py",
+    "boxes (RetinaNet)": "configs/Shapes/retinanet_swin_demo_e3va.py",
+    "semantic (UPerNet)": "configs/Shapes/upernet_swin_demo_e3va.py",
+}
+
+
+def weight_bytes(models: List[torch.nn.Module]) -> int:
+    """Bytes of every parameter and buffer, each storage counted once."""
+    seen: Dict[int, int] = {}
+    for model in models:
+        for t in list(model.parameters()) + list(model.buffers()):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def main(argv=None) -> List[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default="output/multitask")
+    p.add_argument("--images", type=int, default=16, help="shapes_val images, each timed")
+    p.add_argument("--dataset", default="shapes_val")
+    args = p.parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+    torch.set_grad_enabled(False)
+    tasks = {}
+    for i, (name, config) in enumerate(TASKS.items()):
+        cfg = load_config(config, ["train.device=cpu"])
+        torch.manual_seed(i)
+        delta = os.path.join(args.output, f"delta{i}.pth")
+        export_delta(instantiate(cfg.model), delta)
+        tasks[name] = (cfg, delta)
+    images = [read_image(d["file_name"], format="RGB")
+              for d in DatasetCatalog.get(args.dataset)[: args.images]]
+    rows = []
+    for k in range(1, len(tasks) + 1):
+        chosen = dict(list(tasks.items())[:k])
+        shared = MultiTaskPredictor(chosen)
+        separate = [Predictor(cfg, checkpoint="", delta=delta) for cfg, delta in chosen.values()]
+        shared(images[0], "RGB"), [s(images[0], "RGB") for s in separate]  # warm-up
+        times = {"shared": [], "separate": []}
+        for image in images:  # interleaved
+            start = time.perf_counter()
+            shared(image, "RGB")
+            times["shared"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for predictor in separate:
+                predictor(image, "RGB")
+            times["separate"].append(time.perf_counter() - start)
+        rows.append(dict(
+            tasks=k,
+            shared_ms=1000 * statistics.median(times["shared"]),
+            separate_ms=1000 * statistics.median(times["separate"]),
+            shared_weights_mb=weight_bytes([q.model for q in shared.predictors.values()]) / 2**20,
+            separate_weights_mb=weight_bytes([q.model for q in separate]) / 2**20,
+        ))
+    one = rows[0]["shared_ms"]
+    lines = ["| tasks | shared trunk: ms / image | separate models: ms / image | shared / 1 task "
+             "| weights, shared | weights, separate |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tasks']} | {r['shared_ms']:.0f} | {r['separate_ms']:.0f} | "
+                     f"{r['shared_ms'] / one:.2f}x | {r['shared_weights_mb']:.1f} MB | "
+                     f"{r['separate_weights_mb']:.1f} MB |")
+    text = "\n".join(lines)
+    setup = (f"{len(images)} {args.dataset} images, median per image, {torch.get_num_threads()} "
+             f"threads, torch {torch.__version__}; tasks in order: {', '.join(tasks)}")
+    with open(os.path.join(args.output, "multitask.md"), "w") as f:
+        f.write(text + "\n\n" + setup + "\n")
+    with open(os.path.join(args.output, "multitask.json"), "w") as f:
+        json.dump(dict(setup=setup, rows=rows), f, indent=2)
+    print(text + "\n\n" + setup)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
