@@ -7,10 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from PIL import Image
 
+from e3va_d2.checkpoint import export_delta
 from e3va_d2.config import load_config
 from e3va_d2.engine.predictor import Predictor
 from projects.demo import curves, demo
@@ -57,3 +59,18 @@ def test_curves_overlay_runs(tmp_path):
     assert curves.label(str(tmp_path / "e3va" / "seed0")) == "e3va"
     assert curves.series(curves.read_metrics(str(tmp_path / "e3va" / "seed0")), "bbox/AP") == (
         [100], [9.0])
+
+
+def test_demo_draws_several_tasks_on_one_trunk(tmp_path):
+    """--tasks: one picture per image with a panel per task, from the tasks' deltas."""
+    deltas = []
+    for i, config in enumerate((MASK_RCNN, UPERNET)):
+        torch.manual_seed(i)
+        deltas.append(str(tmp_path / f"delta{i}.pth"))
+        export_delta(instantiate(load_config(config, ["train.device=cpu"]).model), deltas[-1])
+    (written,) = demo.main(["--config-file", MASK_RCNN, "--delta", deltas[0],
+                            "--tasks", f"{UPERNET}={deltas[1]}", "--dataset", "shapes_mini_val",
+                            "--num-images", "1", "--output", str(tmp_path / "out"),
+                            "--opts", "train.device=cpu"])
+    source = Image.open(DatasetCatalog.get("shapes_mini_val")[0]["file_name"])
+    assert Image.open(written).size == (2 * 2 * source.size[0], 2 * source.size[1])

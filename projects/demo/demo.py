@@ -28,6 +28,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from e3va_d2.config import ConfigError, load_config
+from e3va_d2.engine.multitask import MultiTaskPredictor
 from e3va_d2.engine.predictor import Predictor
 from e3va_d2.engine.trainer import test_dataset_names
 
@@ -45,6 +46,11 @@ def parse_args(argv=None):
                    "<train.output_dir>/predictions)")
     p.add_argument("--trained", action="store_true",
                    help="load <train.output_dir>/model_final.pth (the config's training run)")
+    p.add_argument("--tasks", nargs="+", default=[], metavar="CONFIG[=DELTA]",
+                   help="more trained E3VA configs on the same trunk: their deltas (default "
+                   "<train.output_dir>/model_final_delta.pth) and --config-file's run on one "
+                   "trunk pass (MultiTaskPredictor); one picture per image, a panel per task")
+    p.add_argument("--delta", help="with --tasks: --config-file's delta (default: its run's)")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
     p.add_argument("--scale", type=float, default=2.0, help="drawing scale (small images)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
@@ -72,22 +78,49 @@ def draw(image_rgb: np.ndarray, outputs: dict, metadata, threshold: float, scale
     return drawn.get_image()
 
 
+def trained_file(cfg, name: str) -> str:
+    path = os.path.join(cfg.train.output_dir, name)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} does not exist; train the config first")
+    return path
+
+
+def multi_task_predictor(args, cfg) -> MultiTaskPredictor:
+    """--config-file and --tasks, each from its own training run's delta, on one trunk."""
+    tasks = {}
+    entries = [(args.config_file, args.delta)] + [
+        (t.split("=", 1)[0], t.split("=", 1)[1] if "=" in t else None) for t in args.tasks]
+    for i, (config, delta) in enumerate(entries):
+        task_cfg = cfg if i == 0 else load_config(config, args.opts)
+        tasks[os.path.splitext(os.path.basename(config))[0]] = (
+            task_cfg, delta or trained_file(task_cfg, "model_final_delta.pth"))
+    return MultiTaskPredictor(tasks)
+
+
 def main(argv=None) -> List[str]:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
-    checkpoint = None
-    if args.trained:
-        checkpoint = os.path.join(cfg.train.output_dir, "model_final.pth")
-        if not os.path.isfile(checkpoint):
-            raise ConfigError(f"--trained: {checkpoint} does not exist; train the config first")
-    predictor = Predictor(cfg, checkpoint=checkpoint)
+    if args.tasks:
+        multi = multi_task_predictor(args, cfg)
+
+        def predict(image):
+            outputs = multi(image, image_format="RGB")
+            panels = [draw(image, outputs[name], p.metadata, args.confidence_threshold,
+                           args.scale) for name, p in multi.predictors.items()]
+            return np.concatenate(panels, axis=1)
+    else:
+        checkpoint = trained_file(cfg, "model_final.pth") if args.trained else None
+        predictor = Predictor(cfg, checkpoint=checkpoint)
+
+        def predict(image):
+            outputs = predictor(image, image_format="RGB")
+            return draw(image, outputs, predictor.metadata, args.confidence_threshold,
+                        args.scale)
     output = args.output or os.path.join(cfg.train.output_dir, "predictions")
     os.makedirs(output, exist_ok=True)
     written = []
     for path in tqdm.tqdm(input_paths(args, cfg), desc="drawing", unit="image"):
-        image = read_image(path, format="RGB")
-        outputs = predictor(image, image_format="RGB")
-        picture = draw(image, outputs, predictor.metadata, args.confidence_threshold, args.scale)
+        picture = predict(read_image(path, format="RGB"))
         target = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
         Image.fromarray(picture).save(target)
         written.append(target)
