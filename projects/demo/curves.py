@@ -49,10 +49,11 @@ def plot_curves(runs: Dict[str, List[dict]], path: str) -> str:
     metric = next((m for m in METRICS if any(series(rows, m)[0] for rows in runs.values())), None)
     fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 6, 4),
                              squeeze=False)
-    for name, rows in runs.items():
-        axes[0, 0].plot(*series(rows, LOSS), label=name, linewidth=1)
+    colors = plt.cm.tab20.colors if len(runs) > 10 else plt.cm.tab10.colors
+    for (name, rows), color in zip(runs.items(), colors * (len(runs) // len(colors) + 1)):
+        axes[0, 0].plot(*series(rows, LOSS), label=name, linewidth=1, color=color)
         if metric:
-            axes[0, 1].plot(*series(rows, metric), marker="o", label=name)
+            axes[0, 1].plot(*series(rows, metric), marker="o", label=name, color=color)
     axes[0, 0].set(xlabel="iteration", ylabel=LOSS, title="training loss")
     if metric:
         axes[0, 1].set(xlabel="iteration", ylabel=metric, title=f"evaluation: {metric}")

@@ -13,8 +13,9 @@ size, run alone before any training so that its times are not disturbed.
 
 Every run trains in its own process into ``<output>/runs/<row>/seed<k>/`` and ends by writing
 ``result.json``; a restarted comparison skips the runs that have one. Writes
-``<output>/results.json``, ``results.md`` (the table) and ``accuracy_vs_memory.png`` (the
-paper's Figure 1: accuracy against training memory).
+``<output>/results.json``, ``results.md`` (the table), ``accuracy_vs_memory.png`` (the
+paper's Figure 1: accuracy against training memory) and ``curves.png`` (every row's training
+curves, first seed).
 """
 from __future__ import annotations
 
@@ -261,6 +262,17 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def overlay_curves(args) -> Optional[str]:
+    """Every row's training loss (first seed) in one plot: ``<output>/curves.png``."""
+    from projects.demo.curves import plot_curves, read_metrics
+
+    seed = int(args.seeds.split(",")[0])
+    runs = {row: run_folder(args.output, row, seed) for row in rows(args)}
+    runs = {row: read_metrics(folder) for row, folder in runs.items()
+            if os.path.isfile(os.path.join(folder, "metrics.json"))}
+    return plot_curves(runs, os.path.join(args.output, "curves.png")) if runs else None
+
+
 def main(argv=None) -> Dict[str, dict]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     args = parse_args(argv)
@@ -281,6 +293,7 @@ def main(argv=None) -> Dict[str, dict]:
 
     held_out = load_config(args.config_file, list(args.opts)).dataloader.test.dataset.names
     plot(summary, os.path.join(args.output, "accuracy_vs_memory.png"), setup, held_out)
+    overlay_curves(args)
     print(text)
     return summary
 
