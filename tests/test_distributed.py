@@ -2,6 +2,7 @@
 on two halves of a batch equals one step on the whole batch in one process; and train_net.py
 runs a detector with --num-gpus 2 on a machine without GPUs, saving and resuming both ranks'
 training state (data position, RNGs)."""
+import json
 import os
 import socket
 import subprocess
@@ -127,3 +128,17 @@ def test_two_machines_on_loopback_train_identically(tmp_path):
     run_steps(single)
     for a, b in zip(torch.load(single), rank0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_benchmark_all_reduces_exactly_the_trainable_gradients(tmp_path):
+    """projects/benchmark/ddp.py with 2 gloo processes: each step all-reduces the fp32 gradients
+    of the trainable parameters and nothing else (E3VA: a few % of full fine-tuning's)."""
+    from projects.benchmark import ddp
+
+    ddp.main(["--methods", "full,e3va", "--steps", "1", "--size", "96",
+              "--output", str(tmp_path)])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "ddp.json").read_text())["rows"]}
+    for row in rows.values():
+        assert row["bytes_per_step"] == 4 * row["trainable"]
+    assert rows["e3va"]["bytes_per_step"] < 0.5 * rows["full"]["bytes_per_step"]
