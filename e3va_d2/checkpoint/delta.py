@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 import e3va_d2
 
-from ..modeling.backbone import TunedSwin
+from ..modeling.backbone import tuned_swins
 from ..utils.state import unwrap_ddp
 from .files import atomic_save
 
@@ -86,7 +86,7 @@ def base_fingerprint(model: nn.Module) -> str:
 
 
 def _delta_metadata(model: nn.Module, trainable: List[str], state: Mapping[str, Tensor]) -> dict:
-    tuned = [m for m in model.modules() if isinstance(m, TunedSwin)]
+    tuned = tuned_swins(model)
     tuning = tuned[0].tuning if tuned else None
     options = dataclasses.asdict(tuning) if dataclasses.is_dataclass(tuning) else {}
     return {

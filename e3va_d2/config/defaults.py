@@ -3,7 +3,7 @@ detectron2's yacs projects (PointRend's ``add_pointrend_config``) do::
 
     cfg = get_cfg()
     add_e3va_config(cfg)
-    cfg.merge_from_file("configs/Shapes/yacs/mask_rcnn_swin_demo_e3va.yaml")
+    cfg.merge_from_file("configs/Shapes/mask_rcnn_swin_demo_e3va.yaml")
 
 ``MODEL.BACKBONE.NAME`` then picks one of the builders of :mod:`e3va_d2.modeling.builders`.
 ``MODEL.TUNING`` holds the method's name and one key per option of any registered method

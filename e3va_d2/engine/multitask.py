@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..modeling.backbone import TunedSwin
+from ..modeling.backbone import TunedSwin, tuned_swins
 from ..modeling.e3va import E3VAHighway, TrunkTrace, trace_trunk
 from ..modeling.swin_weights import trunk_architecture
 from .predictor import Predictor
@@ -50,7 +50,7 @@ class SharedTrunkPass:
 
 
 def _tuned_swin(model: nn.Module, task: str) -> TunedSwin:
-    found = [m for m in model.modules() if isinstance(m, TunedSwin)]
+    found = tuned_swins(model)
     if len(found) != 1 or not isinstance(found[0].side, E3VAHighway):
         raise TaskMismatchError(
             f"task {task!r}: only models with one E3VA-tuned Swin can share a frozen trunk "
@@ -90,7 +90,6 @@ class MultiTaskPredictor:
     @staticmethod
     def _check_same_trunk(first_name, first, name, swin, shared) -> None:
         ours, theirs = trunk_architecture(first.trunk), trunk_architecture(swin.trunk)
-        ours.pop("out_features", None), theirs.pop("out_features", None)
         if ours != theirs or first.trunk.num_stages != swin.trunk.num_stages:
             raise TaskMismatchError(f"task {name!r} has another trunk ({theirs}) than "
                                     f"{first_name!r} ({ours})")

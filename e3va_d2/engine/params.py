@@ -7,14 +7,14 @@ from typing import Dict, Iterable, List, Tuple
 from tabulate import tabulate
 from torch import nn
 
-from ..modeling.backbone import TunedSwin
+from ..modeling.backbone import tuned_swins
 from ..utils.state import parameter_group, strip_ddp_prefix
 
 __all__ = ["trainable_parameter_table", "parameters_without_grad"]
 
 
 def _backbone_size(model: nn.Module) -> int:
-    tuned = [m for m in model.modules() if isinstance(m, TunedSwin)]
+    tuned = tuned_swins(model)
     return sum(p.numel() for m in tuned for p in m.trunk.parameters())
 
 

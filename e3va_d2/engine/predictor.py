@@ -16,7 +16,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
 from ..checkpoint import E3VACheckpointer, load_delta
-from .trainer import resolve_device, test_dataset_names
+from .trainer import E3VATrainer, test_dataset_names
 
 __all__ = ["Predictor"]
 
@@ -26,8 +26,7 @@ FORMATS = ("BGR", "RGB")
 class Predictor:
     def __init__(self, cfg, checkpoint: Optional[str] = None, delta: Optional[str] = None):
         self.cfg = cfg
-        device = resolve_device(cfg.train.get("device", "auto"))
-        self.model = instantiate(cfg.model).to(device).eval()
+        self.model = E3VATrainer.build_model(cfg).eval()  # device, SyncBN as in training
         checkpoint = cfg.train.get("init_checkpoint", "") if checkpoint is None else checkpoint
         delta = cfg.train.get("delta_checkpoint", "") if delta is None else delta
         if checkpoint:

@@ -33,7 +33,7 @@ from detectron2.utils.registry import locate
 from ..checkpoint import E3VACheckpointer, PeriodicCheckpointer, export_delta, load_delta
 from ..compat import HAS_COMPILED_OPS, detectron2_build
 from ..layers import adapt_sync_batchnorm
-from ..modeling.backbone import TunedSwin
+from ..modeling.backbone import tuned_swins
 from .params import trainable_parameter_table
 from .resume import GatherTrainingState, gathered_or_local, load_training_state, preserved_rng
 from .step import TrainStep, resolve_amp_dtype
@@ -298,8 +298,7 @@ class E3VATrainer(DefaultTrainer):
         """Resume from the last checkpoint of ``train.output_dir`` if asked and present, else
         load ``train.init_checkpoint`` (then ``train.delta_checkpoint``)."""
         init = self.cfg.train.get("init_checkpoint", "")
-        built_from = [m.weights for m in self._trainer.model.modules()
-                      if isinstance(m, TunedSwin) and m.weights]
+        built_from = [m.weights for m in tuned_swins(self._trainer.model) if m.weights]
         if not init and not built_from and not (resume and self.checkpointer.has_checkpoint()):
             logger.warning(
                 "train.init_checkpoint and the backbone's weights are empty: the Swin trunk keeps "

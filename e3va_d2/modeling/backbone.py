@@ -11,7 +11,7 @@ from .side import SIDE_PREFIX, SideNetwork
 from .swin import SwinTransformer
 from .tuning import TuningMethod, build_tuning
 
-__all__ = ["TunedSwin", "unreachable_trainable_parameters"]
+__all__ = ["TunedSwin", "tuned_swins", "unreachable_trainable_parameters"]
 
 
 class TunedSwin(Backbone):
@@ -94,6 +94,11 @@ class TunedSwin(Backbone):
             with torch.no_grad():
                 return self.trunk(images)
         return self.trunk(images)
+
+
+def tuned_swins(model: nn.Module) -> List[TunedSwin]:
+    """The :class:`TunedSwin` backbones inside ``model`` (one for every shipped model)."""
+    return [m for m in model.modules() if isinstance(m, TunedSwin)]
 
 
 def unreachable_trainable_parameters(backbone: nn.Module, image_size: int = 64) -> List[str]:
