@@ -14,6 +14,7 @@ from e3va_d2.modeling import (
     swin_size,
 )
 from e3va_d2.modeling.tuning import TuningMethod
+from e3va_d2.utils import cost
 
 from .conftest import TINY_SWIN
 
@@ -113,41 +114,23 @@ def test_gradients_reach_only_the_highway_and_output_norms():
 
 
 def saved_bytes_by_module(model, images):
-    """Bytes saved for backward (each storage once, parameters excluded), attributed to the
+    """Bytes saved for backward by one forward (each storage once, parameters excluded), per
     innermost module running when autograd saved them."""
-    stack, saved, seen = ["<outside>"], {}, set()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    handles = []
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: stack.append(n)))
-        handles.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params and ptr not in seen:
-            seen.add(ptr)
-            saved[stack[-1]] = saved.get(stack[-1], 0) + t.untyped_storage().nbytes()
-        return t
-
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            outputs = model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return saved, outputs
+    return cost.saved_bytes_by_module(lambda: model(images), model)
 
 
 def test_frozen_trunk_saves_nothing_for_backward():
     torch.manual_seed(0)
     model = tiny("e3va").train()
-    saved, _ = saved_bytes_by_module(model, torch.randn(2, 3, 96, 96))
+    saved = saved_bytes_by_module(model, torch.randn(2, 3, 96, 96))
     in_trunk = {m: b for m, b in saved.items() if m.startswith("trunk.")}
-    # Only what e itself goes through may save: the output norms and the patch merging
-    # layers applied to the highway (frozen weights, but gradients flow through them).
-    allowed = ("trunk.norm", "trunk.layers.0.downsample", "trunk.layers.1.downsample",
-               "trunk.layers.2.downsample")
-    assert in_trunk and all(m.startswith(allowed) for m in in_trunk), sorted(in_trunk)
+    # Only what e itself goes through may save: the output norms (frozen patch merging keeps
+    # nothing of its own: its norm is recomputed from e, which the output norms keep).
+    assert sorted(in_trunk) == [f"trunk.norm{i}" for i in range(4)], sorted(in_trunk)
+    for i, nbytes in in_trunk.items():
+        stage = int(i[-1])
+        tokens, channels = (24 // 2**stage) ** 2, 32 * 2**stage
+        assert nbytes == 2 * tokens * (channels + 2) * 4, i  # e, and a mean and rstd per token
     # Each adapter keeps exactly its input (B * tokens * C floats) and recomputes the rest.
     adapters = {m: b for m, b in saved.items() if m.endswith("_adapter")}
     assert len(adapters) == 16
@@ -157,15 +140,16 @@ def test_frozen_trunk_saves_nothing_for_backward():
         assert nbytes == 2 * grid * grid * channels * 4, name
     # Same model, full fine-tuning: the blocks save their activations.
     full = tiny("full").train()
-    saved_full, _ = saved_bytes_by_module(full, torch.randn(2, 3, 96, 96))
+    saved_full = saved_bytes_by_module(full, torch.randn(2, 3, 96, 96))
     in_blocks = sum(b for m, b in saved_full.items() if m.startswith("trunk.layers") and ".blocks." in m)
     assert in_blocks > 5 * sum(saved.values())
 
 
-def test_recomputed_adapters_give_the_same_gradients():
+@pytest.mark.parametrize("trainable_downsampling", [False, True])
+def test_recomputed_adapters_give_the_same_gradients(trainable_downsampling):
     torch.manual_seed(0)
-    a = tiny(E3VATuning(recompute_adapters=True)).train()
-    b = tiny(E3VATuning(recompute_adapters=False)).train()
+    a = tiny(E3VATuning(recompute_adapters=True, trainable_downsampling=trainable_downsampling)).train()
+    b = tiny(E3VATuning(recompute_adapters=False, trainable_downsampling=trainable_downsampling)).train()
     b.load_state_dict(a.state_dict())
     images = torch.randn(2, 3, 64, 80)
     for model in (a, b):
@@ -173,6 +157,42 @@ def test_recomputed_adapters_give_the_same_gradients():
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         if p.requires_grad:
             torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_narrow_saved_inputs_halve_what_adapters_keep_and_only_round_backward():
+    torch.manual_seed(0)
+    wide = tiny(E3VATuning(rank=4)).train()
+    narrow = tiny(E3VATuning(rank=4, saved_input_dtype="bfloat16"))
+    narrow.load_state_dict(wide.state_dict())
+    narrow.train()
+    images = torch.randn(2, 3, 96, 96)
+    saved_wide, saved_narrow = (saved_bytes_by_module(m, images) for m in (wide, narrow))
+    assert saved_wide.keys() == saved_narrow.keys()
+    for name, nbytes in saved_wide.items():
+        if name.endswith("_adapter"):  # only the input, now as a bfloat16 copy: half
+            assert saved_narrow[name] * 2 == nbytes, name
+        else:
+            assert saved_narrow[name] == nbytes, name
+    outs_wide, outs_narrow = wide(images), narrow(images)
+    for k in outs_wide:  # the forward pass is bit for bit the same
+        assert torch.equal(outs_wide[k], outs_narrow[k]), k
+    for outs in (outs_wide, outs_narrow):
+        sum(o.square().mean() for o in outs.values()).backward()
+    grads = {n: p.grad for n, p in wide.named_parameters() if p.requires_grad}
+    differ = 0
+    for name, p in narrow.named_parameters():
+        if p.requires_grad:
+            scale = grads[name].abs().max().item()
+            torch.testing.assert_close(p.grad, grads[name], rtol=0.05, atol=0.02 * scale, msg=name)
+            differ += not torch.equal(p.grad, grads[name])
+    assert differ  # the rounding reached the weight gradients: the option is not a no-op
+
+
+def test_narrow_saved_inputs_option_is_validated():
+    with pytest.raises(ValueError, match="saved_input_dtype='int8'"):
+        E3VATuning(saved_input_dtype="int8")
+    with pytest.raises(ValueError, match="needs recompute_adapters=True"):
+        E3VATuning(saved_input_dtype="bfloat16", recompute_adapters=False)
 
 
 def test_trainable_downsampling_trains_copies_and_keeps_trunk_frozen():

@@ -94,10 +94,10 @@ def test_inserted_methods_backpropagate_through_the_frozen_trunk():
     """The cost E3VA avoids: with LoRA the frozen blocks keep activations for backward."""
     from .test_e3va import saved_bytes_by_module
 
-    saved, _ = saved_bytes_by_module(tiny("lora").train(), torch.randn(1, 3, 64, 64))
+    saved = saved_bytes_by_module(tiny("lora").train(), torch.randn(1, 3, 64, 64))
     frozen_modules = [m for m in saved if ".blocks." in m and "_insert" not in m]
     assert {"trunk.layers.0.blocks.1.attn", "trunk.layers.0.blocks.0.mlp.act"} <= set(frozen_modules)
-    saved, _ = saved_bytes_by_module(tiny("partial1").train(), torch.randn(1, 3, 64, 64))
+    saved = saved_bytes_by_module(tiny("partial1").train(), torch.randn(1, 3, 64, 64))
     assert not any(m.startswith(("trunk.layers.0", "trunk.layers.1", "trunk.layers.2")) for m in saved)
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers.bottleneck import recomputed_bottleneck
 from .side import SideNetwork
 from .swin import SwinTransformer, next_grid, tokens_to_map
 
@@ -75,12 +76,26 @@ class DualLowRankLinear(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
+        (t, _), (s, bias) = self.linear_layers()
+        return F.linear(F.linear(x, t), s, bias)  # through B, L, 2r
+
+    def linear_layers(self) -> List[Tuple[Tensor, Optional[Tensor]]]:
+        """The layer as two plain linear layers, ``[(t, None), (s, bias)]`` (views of the
+        parameters), the form ``recomputed_bottleneck`` takes."""
         r2 = 2 * self.rank
-        h = F.linear(x, self.input_factors.reshape(r2, self.in_features))  # B, L, 2r
-        return F.linear(h, self.output_factors.reshape(self.out_features, r2), self.bias)
+        return [(self.input_factors.reshape(r2, self.in_features), None),
+                (self.output_factors.reshape(self.out_features, r2), self.bias)]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def linear_layers(layer: nn.Module) -> List[Tuple[Tensor, Optional[Tensor]]]:
+    """An adapter projection (``nn.Linear`` or :class:`DualLowRankLinear`) as plain linear
+    layers ``[(weight, bias), ...]``, applied in order."""
+    if isinstance(layer, nn.Linear):
+        return [(layer.weight, layer.bias)]
+    return layer.linear_layers()
 
 
 class HighwayAdapter(nn.Module):
@@ -95,6 +110,10 @@ class HighwayAdapter(nn.Module):
         zero_init: zero the up projection so that ``A(x) == x`` at the start of training.
         recompute: keep only the adapter's input for backward and recompute its (cheap,
             low-rank) internals there, instead of storing four more activations per token.
+        saved_dtype: with ``recompute``, keep the input for backward (the down projection's
+            weight gradient, and the recomputation) as a copy in this dtype when it is
+            narrower, e.g. ``torch.bfloat16``. The forward pass is unchanged; backward sees
+            the input rounded. None keeps the input as computed.
     """
 
     def __init__(
@@ -106,9 +125,14 @@ class HighwayAdapter(nn.Module):
         rank: int = 8,
         zero_init: bool = False,
         recompute: bool = True,
+        saved_dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        if saved_dtype is not None and not recompute:
+            raise ValueError("saved_dtype needs recompute=True: without recomputation backward "
+                             "keeps the adapter's internals too, at full width")
         self.recompute = recompute
+        self.saved_dtype = saved_dtype
         if kind == "dual_low_rank":
             self.down = DualLowRankLinear(dim, hidden_dim, rank)
             self.up = DualLowRankLinear(hidden_dim, dim, rank)
@@ -135,7 +159,9 @@ class HighwayAdapter(nn.Module):
     def branch(self, x: Tensor) -> Tensor:
         """The adaptation ``U(GELU(D(x)))`` alone (exactly zero when zero-initialised)."""
         if self.recompute and torch.is_grad_enabled():
-            return checkpoint(self._branch, x, use_reentrant=False, preserve_rng_state=False)
+            layers = linear_layers(self.down)
+            return recomputed_bottleneck(x, layers + linear_layers(self.up), gelu_at=len(layers),
+                                         saved_dtype=self.saved_dtype)
         return self._branch(x)
 
     def _branch(self, x: Tensor) -> Tensor:
@@ -189,9 +215,11 @@ class E3VAHighway(SideNetwork):
         structure: str = "parallel",
         zero_init: bool = False,
         recompute: bool = True,
+        saved_dtype: Optional[torch.dtype] = None,
         trainable_downsampling: bool = False,
     ):
         super().__init__()
+        self.recompute = recompute
         self.layers = nn.ModuleList()
         for i, stage in enumerate(trunk.layers):
             dim, width = trunk.num_features[i], hidden_dims[i]
@@ -204,6 +232,7 @@ class E3VAHighway(SideNetwork):
                     rank=rank,
                     zero_init=zero_init,
                     recompute=recompute,
+                    saved_dtype=saved_dtype,
                 )
                 for _ in stage.blocks
             )
@@ -237,25 +266,47 @@ class E3VAHighway(SideNetwork):
         comes from there: several tasks on one frozen trunk then share it.
         """
         source = getattr(self, "trace_source", None)
-        trace = source(trunk, images) if source is not None else trace_trunk(trunk, images)
-        return self.from_trace(trunk, trace)
+        if source is not None:
+            return self.from_trace(trunk, source(trunk, images))
+        return self.from_trace(trunk, trace_trunk(trunk, images), consume=True)
 
-    def from_trace(self, trunk: SwinTransformer, trace: "TrunkTrace") -> Dict[str, Tensor]:
-        """The highway (the only autograd graph) on a recorded pass of the frozen trunk."""
+    def from_trace(
+        self, trunk: SwinTransformer, trace: "TrunkTrace", consume: bool = False
+    ) -> Dict[str, Tensor]:
+        """The highway (the only autograd graph) on a recorded pass of the frozen trunk.
+
+        ``consume``: drop each branch output from ``trace`` once its adapters have read it, so
+        that what backward keeps (possibly a narrower copy) does not coexist with the whole
+        recorded pass. Only for a trace nothing else reads.
+        """
         e = trace.embedding
         outs = {}
         for i, (stage, adapters, branches) in enumerate(
             zip(trunk.layers, self.layers, trace.branches)
         ):
             hw = trace.grids[i]
-            for block_adapters, (a1, a2) in zip(adapters["blocks"], branches):
+            for j, block_adapters in enumerate(adapters["blocks"]):
+                a1, a2 = branches[j]
+                if consume:
+                    branches[j] = None
                 e = block_adapters(e, a1, a2)
+            del a1, a2
             if i in trunk.out_indices:
                 outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
             if stage.downsample is not None:
-                merge = stage.downsample if self.downsample is None else self.downsample[i]
-                e = merge(e, hw)
+                e = self._merge(stage.downsample if self.downsample is None else self.downsample[i],
+                                e, hw)
         return outs
+
+    def _merge(self, merge: nn.Module, e: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """Patch merging of the highway. With ``recompute``, its norm is recomputed in backward
+        from ``e``, which the output norm keeps anyway, instead of keeping the norm's input,
+        a rearranged second copy of ``e``. Its reduction needs no activation for backward
+        while frozen: the gradient of its input needs its weight only."""
+        if not self.recompute or not torch.is_grad_enabled():
+            return merge(e, hw)
+        normed = checkpoint(merge.merged_norm, e, hw, use_reentrant=False, preserve_rng_state=False)
+        return merge.reduction(normed)
 
 
 class TrunkTrace:

@@ -241,6 +241,14 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         """(B, H*W, C) -> (B, ceil(H/2)*ceil(W/2), 2C)."""
+        return self.reduction(self.merged_norm(x, hw))
+
+    def merged_norm(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """The concatenated 2x2 neighbourhoods, normalised: (B, H*W, C) -> (B, H*W/4, 4C).
+
+        A separate step so that the E3VA highway can recompute it in backward: the norm
+        would otherwise keep the concatenation, a second copy of the highway's tokens.
+        """
         H, W = hw
         B, _, C = x.shape
         x = x.view(B, H, W, C)
@@ -248,7 +256,7 @@ class PatchMerging(nn.Module):
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         # Channel order (row, col) offsets (0,0), (1,0), (0,1), (1,1), as in the checkpoints.
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return self.reduction(self.norm(x.view(B, -1, 4 * C)))
+        return self.norm(x.view(B, -1, 4 * C))
 
 
 class PatchEmbed(nn.Module):

@@ -4,11 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
 from ..e3va import ADAPTER_KINDS, HIGHWAY_STRUCTURES, E3VAHighway
 from ..side import SIDE_PREFIX
 from .base import TuningMethod, check_positive_int, output_norm_parameters, register_tuning
 
 __all__ = ["E3VATuning"]
+
+SAVED_INPUT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @register_tuning("e3va", rank=8)
@@ -26,7 +30,13 @@ class E3VATuning(TuningMethod):
     zero_init: start with ``A(x) == x`` so training starts exactly at the frozen model
         (the paper initialises every adapter weight with Kaiming normal instead).
     recompute_adapters: store only each adapter's input for backward and recompute its
-        low-rank internals (a few % of the highway's FLOPs) instead of storing them.
+        low-rank internals (a few % of the highway's FLOPs) instead of storing them; also
+        recompute the patch merging norms on the highway, whose input would be a second
+        copy of the tokens the output norms keep.
+    saved_input_dtype: None, or "bfloat16" / "float16": keep each adapter's copy of its
+        input (the trunk's branch output, the bulk of what E3VA saves for backward) in that
+        dtype, halving it in fp32 training. The forward pass is unchanged; the adapters'
+        weight gradients see the rounded input. Under bf16 AMP the inputs already are bf16.
     trainable_downsampling: train copies of the patch merging layers (Table 7, "trainable").
     train_output_norms: train the norms between highway and FPN (Table 7, "trainable").
     """
@@ -40,6 +50,7 @@ class E3VATuning(TuningMethod):
     structure: str = "parallel"
     zero_init: bool = False
     recompute_adapters: bool = True
+    saved_input_dtype: Optional[str] = None
     trainable_downsampling: bool = False
     train_output_norms: bool = True
 
@@ -48,6 +59,12 @@ class E3VATuning(TuningMethod):
             raise ValueError(f"adapter_kind={self.adapter_kind!r}; expected one of {ADAPTER_KINDS}")
         if self.structure not in HIGHWAY_STRUCTURES:
             raise ValueError(f"structure={self.structure!r}; expected one of {HIGHWAY_STRUCTURES}")
+        if self.saved_input_dtype not in SAVED_INPUT_DTYPES:
+            raise ValueError(f"E3VATuning.saved_input_dtype={self.saved_input_dtype!r}; expected "
+                             f"one of {sorted(SAVED_INPUT_DTYPES, key=str)}")
+        if self.saved_input_dtype is not None and not self.recompute_adapters:
+            raise ValueError("E3VATuning.saved_input_dtype needs recompute_adapters=True (without "
+                             "it backward keeps the adapters' internals too, at full width)")
         check_positive_int("E3VATuning.rank", self.rank)
         if self.hidden_dim is not None:
             check_positive_int("E3VATuning.hidden_dim", self.hidden_dim)
@@ -74,6 +91,7 @@ class E3VATuning(TuningMethod):
             structure=self.structure,
             zero_init=self.zero_init,
             recompute=self.recompute_adapters,
+            saved_dtype=SAVED_INPUT_DTYPES[self.saved_input_dtype],
             trainable_downsampling=self.trainable_downsampling,
         )
 

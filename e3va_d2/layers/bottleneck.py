@@ -1,0 +1,85 @@
+"""A chain of linear layers with one GELU that keeps only its input for backward.
+
+An E3VA adapter's branch is ``U(GELU(D(x)))``, four thin linear layers for dual low-rank D and
+U. Autograd would keep every intermediate (four activations per token); ``torch.utils.checkpoint``
+keeps only ``x`` but reruns the whole chain in backward, the last, widest layer included, whose
+output backward never reads, and pays its bookkeeping 48 times per Swin-B step. This function
+recomputes exactly the inputs the weight gradients need, and can keep ``x`` as a narrower copy
+(``saved_dtype``) when the caller accepts rounded weight gradients.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["recomputed_bottleneck"]
+
+Layer = Tuple[Tensor, Optional[Tensor]]  # (weight (out, in), bias (out,) or None)
+
+
+def _inputs_of_layers(x: Tensor, layers: Sequence[Layer], gelu_at: int):
+    """Each layer's input, and GELU's input, for ``x`` (the last layer's output is not made)."""
+    inputs, h, pre_gelu = [], x, None
+    for i, (weight, bias) in enumerate(layers):
+        if i == gelu_at:
+            pre_gelu, h = h, F.gelu(h)
+        inputs.append(h)
+        if i + 1 < len(layers):
+            h = F.linear(h, weight, bias)
+    return inputs, pre_gelu
+
+
+class _RecomputedBottleneck(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, saved_dtype, gelu_at, *flat):
+        layers = list(zip(flat[0::2], flat[1::2]))
+        inputs, _ = _inputs_of_layers(x, layers, gelu_at)
+        weight, bias = layers[-1]
+        out = F.linear(inputs[-1], weight, bias)
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.x_dtype, ctx.gelu_at, ctx.num_layers = x.dtype, gelu_at, len(layers)
+        narrow = saved_dtype is not None and x.is_floating_point() and x.itemsize > saved_dtype.itemsize
+        ctx.save_for_backward(x.to(saved_dtype) if narrow else x, *flat)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, *flat = ctx.saved_tensors
+        layers = list(zip(flat[0::2], flat[1::2]))
+        device, enabled, dtype = ctx.autocast
+        # The recomputation and the gradient products run under the forward's autocast, so
+        # they round as the forward did; gradients are returned in their parameter's dtype.
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            inputs, pre_gelu = _inputs_of_layers(x.to(ctx.x_dtype), layers, ctx.gelu_at)
+            grads: List[Optional[Tensor]] = [None] * (2 * len(layers))
+            grad = grad_out
+            for i in reversed(range(len(layers))):
+                weight, bias = layers[i]
+                rows, cols = grad.reshape(-1, grad.shape[-1]), inputs[i].reshape(-1, inputs[i].shape[-1])
+                grads[2 * i] = (rows.t() @ cols).to(weight.dtype)
+                if bias is not None:
+                    grads[2 * i + 1] = rows.sum(0).to(bias.dtype)
+                if i == 0 and not ctx.needs_input_grad[0]:
+                    break
+                grad = grad @ weight.to(grad.dtype)
+                if i == ctx.gelu_at:
+                    grad = torch.ops.aten.gelu_backward(grad, pre_gelu.to(grad.dtype))
+        grad_x = grad.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        return (grad_x, None, None, *grads)
+
+
+def recomputed_bottleneck(x: Tensor, layers: Sequence[Layer], gelu_at: int,
+                          saved_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``linear_n(... GELU(... linear_1(x)))``, GELU applied to the input of ``layers[gelu_at]``.
+
+    Same values as the plain chain; backward keeps only ``x`` (as ``saved_dtype`` if that is
+    narrower) and the weights, and recomputes the inputs of the layers from it.
+    """
+    if not 0 < gelu_at < len(layers):
+        raise ValueError(f"gelu_at={gelu_at} must name one of layers 1..{len(layers) - 1}")
+    flat = [t for layer in layers for t in layer]
+    return _RecomputedBottleneck.apply(x, saved_dtype, gelu_at, *flat)

@@ -1,0 +1,67 @@
+"""recomputed_bottleneck: the values of the plain layer chain, its gradients (inputs included,
+under autocast too), and only the input kept for backward."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from e3va_d2.layers import recomputed_bottleneck
+from e3va_d2.utils.cost import saved_activation_bytes
+
+
+def chain(x, layers, gelu_at):
+    for i, (weight, bias) in enumerate(layers):
+        x = F.linear(F.gelu(x) if i == gelu_at else x, weight, bias)
+    return x
+
+
+def dual_low_rank_layers(dim=12, hidden=6, r2=4, dtype=torch.float64):
+    shapes = [((r2, dim), None), ((hidden, r2), hidden), ((r2, hidden), None), ((dim, r2), dim)]
+    return [(torch.randn(*w, dtype=dtype, requires_grad=True),
+             None if b is None else torch.randn(b, dtype=dtype, requires_grad=True))
+            for w, b in shapes]
+
+
+@pytest.mark.parametrize("input_needs_grad", [False, True])
+def test_gradients_match_autograd_of_the_plain_chain(input_needs_grad):
+    torch.manual_seed(0)
+    layers = dual_low_rank_layers()
+    x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=input_needs_grad)
+    params = [t for layer in layers for t in layer if t is not None]
+    inputs = [x] * input_needs_grad + params
+    assert torch.equal(recomputed_bottleneck(x, layers, 2), chain(x, layers, 2))
+    torch.autograd.gradcheck(lambda *_: recomputed_bottleneck(x, layers, 2), inputs)
+    standard = [(torch.randn(6, 12, dtype=torch.float64, requires_grad=True),
+                 torch.randn(6, dtype=torch.float64, requires_grad=True)),
+                (torch.randn(12, 6, dtype=torch.float64, requires_grad=True), None)]
+    torch.autograd.gradcheck(lambda *_: recomputed_bottleneck(x, standard, 1),
+                             [x] * input_needs_grad + [t for layer in standard for t in layer if t is not None])
+
+
+def test_under_bf16_autocast_it_matches_the_plain_chain():
+    torch.manual_seed(0)
+    layers = dual_low_rank_layers(64, 32, 16, torch.float32)
+    x = torch.randn(4, 50, 64)
+    grads = []
+    for fn in (recomputed_bottleneck, chain):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(x, layers, 2)
+        assert out.dtype == torch.bfloat16
+        grads.append(torch.autograd.grad(out.float().square().sum(), [layers[0][0], layers[3][1]]))
+    for ours, reference in zip(*grads):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, reference, rtol=0.03, atol=0.03 * reference.abs().max().item())
+
+
+def test_keeps_only_the_input_and_optionally_a_narrow_copy():
+    layers = dual_low_rank_layers(64, 32, 16, torch.float32)
+    x = torch.randn(4, 50, 64)
+    params = torch.nn.ParameterList([torch.nn.Parameter(t) for layer in layers for t in layer if t is not None])
+    model = torch.nn.Module()
+    model.params = params  # so the counter skips the weights
+    # The plain chain also keeps both rank-16 products and the two 32-wide activations.
+    assert saved_activation_bytes(lambda: chain(x, layers, 2), model) == x.nbytes * (1 + 2 * 16 / 64 + 2 * 32 / 64)
+    assert saved_activation_bytes(lambda: recomputed_bottleneck(x, layers, 2), model) == x.nbytes
+    assert saved_activation_bytes(
+        lambda: recomputed_bottleneck(x, layers, 2, saved_dtype=torch.bfloat16), model) == x.nbytes // 2
+    with pytest.raises(ValueError, match="gelu_at=0"):
+        recomputed_bottleneck(x, layers, 0)
