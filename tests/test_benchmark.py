@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from e3va_d2.utils.cost import saved_activation_bytes
+from e3va_d2.utils.cost import saved_activation_bytes, saved_bytes_by_module, saved_kind
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -97,5 +97,87 @@ def test_methods_share_one_copy_of_common_weights():
 
 
 def test_unknown_method_is_refused():
-    with pytest.raises(SystemExit, match="Unknown methods"):
+    with pytest.raises(SystemExit, match="Unknown method 'lorra'"):
         load_script().method_names("full,lorra")
+
+
+def test_method_specs_carry_options_and_bad_ones_are_refused():
+    script = load_script()
+    assert script.method_options("e3va:saved_input_dtype=bfloat16:rank=4") == (
+        "e3va", {"saved_input_dtype": "bfloat16", "rank": 4})
+    assert script.method_options("lora") == ("lora", {})
+    with pytest.raises(SystemExit, match="saved_input_dtype='int8'"):
+        script.method_names("e3va:saved_input_dtype=int8")
+    with pytest.raises(SystemExit, match="expected key=value"):
+        script.method_names("e3va:rank")
+    with pytest.raises(SystemExit, match="Bad options"):
+        script.method_names("lora:zero_init=True")
+
+
+def test_saved_bytes_are_attributed_to_the_innermost_module():
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Sequential(torch.nn.GELU()))
+    x = torch.randn(4, 32)
+    by_module = saved_bytes_by_module(lambda: model(x).exp().sum(), model)
+    # Linear keeps x, GELU its input (the Linear's output), exp (outside any module) its output.
+    assert by_module == {"0": 4 * 32 * 4, "1.0": 4 * 32 * 4, "": 4 * 32 * 4}
+    assert sum(by_module.values()) == saved_activation_bytes(lambda: model(x).exp().sum(), model)
+    assert saved_kind("backbone.bottom_up.side.layers.0.blocks.1.mlp_adapter") == "highway adapters' inputs"
+    assert saved_kind("backbone.bottom_up.trunk.layers.2.downsample.norm") == "patch merging"
+    assert saved_kind("backbone.fpn_lateral3") == "neck (FPN)"
+    assert saved_kind("roi_heads.box_head.0.fc1") == "ROI heads"
+
+
+def test_benchmark_breakdown_amp_and_narrow_saved_inputs(tmp_path):
+    """One process: E3VA with its adapters' inputs kept in bf16 saves exactly half of what they
+    keep in fp32 and nothing else changes; under AMP (bf16 on CPU) those inputs are bf16 already,
+    so the option changes nothing."""
+    script = load_script()
+    config = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
+    methods = "full,fixed,e3va,e3va:saved_input_dtype=bfloat16"
+    common = ["--config-file", config, "--methods", methods, "--size", "96", "--steps", "1",
+              "--warmup", "1", "--fit-batches", "1"]
+    fp32 = script.main(common + ["--output", str(tmp_path / "fp32")])
+    amp = script.main(common + ["--output", str(tmp_path / "amp"), "--amp"])
+    table = (tmp_path / "fp32" / "cost.md").read_text()
+    assert "| saved by | full | fixed | e3va | e3va:saved_input_dtype=bfloat16 |" in table
+    assert "AMP (bfloat16)" in (tmp_path / "amp" / "cost.md").read_text()
+    adapters = "highway adapters' inputs"
+    wide, narrow = (fp32[m]["saved_bytes_by_kind"] for m in ("e3va", "e3va:saved_input_dtype=bfloat16"))
+    assert wide[adapters] == 2 * narrow[adapters] > 0
+    assert {k: v for k, v in wide.items() if k != adapters} == {k: v for k, v in narrow.items() if k != adapters}
+    for results in (fp32, amp):
+        for r in results.values():
+            assert sum(r["saved_bytes_by_kind"].values()) == r["saved_bytes"]
+    # Under AMP the trunk's branch outputs, which the adapters keep, are bf16 already.
+    assert amp["e3va"]["saved_bytes_by_kind"][adapters] == narrow[adapters]
+    assert amp["e3va"]["saved_bytes_by_kind"] == amp["e3va:saved_input_dtype=bfloat16"]["saved_bytes_by_kind"]
+    assert amp["e3va"]["step_seconds"] > 0
+
+
+def test_power_law_fit_recovers_the_exponent():
+    from projects.benchmark.sweep import power_law, predict
+
+    pixels = [1e5, 2e5, 4e5, 8e5]
+    fit = power_law(pixels, [3.0 * p**1.25 for p in pixels])
+    assert fit[0] == pytest.approx(1.25) and predict(fit, 1.6e6) == pytest.approx(3.0 * 1.6e6**1.25)
+
+
+def test_sweep_script_measures_fits_and_extrapolates(tmp_path):
+    from projects.benchmark import sweep
+
+    result = sweep.main([
+        "--config-file", os.path.join(ROOT, "configs/Shapes/upernet_swin_demo_e3va.py"),
+        "--methods", "fixed,e3va", "--sizes", "64,96", "--batches", "1,2", "--steps", "1",
+        "--extrapolate", "192x128x2", "--output", str(tmp_path),
+    ])
+    points = result["points"]["e3va"]
+    assert [(p["size"], p["batch"]) for p in points] == [(64, 1), (64, 2), (96, 1), (96, 2)]
+    assert all(p["saved_bytes"] > 0 and p["step_seconds"] > 0 for p in points)
+    # A segmenter's activations are all per pixel: doubling the batch doubles them.
+    assert points[1]["saved_bytes"] == pytest.approx(2 * points[0]["saved_bytes"], rel=0.1)
+    text = (tmp_path / "sweep.md").read_text()
+    assert "| 96x96 x 2 | 0.02M |" in text and "(extrapolated)" in text
+    slope = sweep.fits(result["points"], "saved_bytes")["e3va"][0]
+    assert 0.8 < slope < 1.2
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+

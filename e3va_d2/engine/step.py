@@ -16,7 +16,7 @@ from detectron2.utils.events import get_event_storage
 
 from .params import parameters_without_grad
 
-__all__ = ["TrainStep", "resolve_amp_dtype"]
+__all__ = ["TrainStep", "make_grad_scaler", "resolve_amp_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def resolve_amp_dtype(enabled: bool, device_type: str, dtype: Optional[str] = No
     return resolved
 
 
-def _grad_scaler(device_type: str):
+def make_grad_scaler(device_type: str):
+    """A dynamic loss scaler for fp16 autocast on ``device_type``."""
     if hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler(device_type)
     return torch.cuda.amp.GradScaler()
@@ -62,7 +63,7 @@ class TrainStep(SimpleTrainer):
         super().__init__(model, data_loader, optimizer)
         self.device_type = device_type
         self.amp_dtype = amp_dtype
-        self.grad_scaler = _grad_scaler(device_type) if amp_dtype == torch.float16 else None
+        self.grad_scaler = make_grad_scaler(device_type) if amp_dtype == torch.float16 else None
         self.skipped_steps = 0
         self._gradients_checked = not check_gradients
         if amp_dtype is None:

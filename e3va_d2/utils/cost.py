@@ -19,7 +19,12 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+from ..engine.step import make_grad_scaler
+
 __all__ = [
+    "SAVED_KINDS",
+    "saved_kind",
+    "saved_bytes_by_module",
     "saved_activation_bytes",
     "synthetic_detection_batch",
     "TrainingStep",
@@ -33,24 +38,72 @@ def _state_storages(model: nn.Module) -> set:
     return {t.untyped_storage().data_ptr() for t in tensors}
 
 
-def saved_activation_bytes(forward: Callable[[], object], model: nn.Module) -> int:
-    """Bytes autograd keeps for backward during ``forward()`` (each storage once)."""
+# Where saved activations come from, for the benchmark's breakdown: the first fragment found in
+# the name of the innermost module that saved a tensor names its kind (LoRA's and the
+# adapter baselines' modules live inside trunk blocks, so they count as trunk blocks).
+SAVED_KINDS = (
+    ("_adapter", "highway adapters' inputs"),
+    ("side.", "highway, other"),
+    ("downsample", "patch merging"),
+    ("trunk.norm", "output norms"),
+    ("patch_embed", "patch embedding"),
+    ("trunk.", "trunk blocks"),
+    ("backbone", "neck (FPN)"),
+    ("proposal_generator", "RPN"),
+    ("roi_heads", "ROI heads"),
+    ("sem_seg_head", "segmentation head"),
+    ("head", "heads"),
+)
+
+
+def saved_kind(module_name: str) -> str:
+    """The :data:`SAVED_KINDS` label of a module name ("other" when none matches)."""
+    return next((kind for fragment, kind in SAVED_KINDS if fragment in module_name), "other")
+
+
+def saved_bytes_by_module(forward: Callable[[], object], model: nn.Module) -> Dict[str, int]:
+    """Bytes autograd keeps for backward during ``forward()``, each storage once, attributed to
+    the innermost module of ``model`` that was running when autograd saved it (``""``: the
+    model itself, or code outside any module)."""
     state = _state_storages(model)
-    seen: Dict[int, int] = {}
+    names = {module: name for name, module in model.named_modules()}
+    running: List[str] = [""]
+    seen: set = set()
+    saved: Dict[str, int] = {}
 
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in state and ptr not in seen:
-            seen[ptr] = storage.nbytes()
+            seen.add(ptr)
+            saved[running[-1]] = saved.get(running[-1], 0) + storage.nbytes()
         # Detached: a saved output would otherwise point back at its own grad_fn, a reference
         # cycle that keeps the whole graph alive until the garbage collector happens to run.
         return t.detach()
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
-    del out
-    return sum(seen.values())
+    def enter(module, args) -> None:
+        running.append(names.get(module, running[-1]))
+
+    def leave(module, args, output) -> None:
+        running.pop()
+
+    handles = [
+        torch.nn.modules.module.register_module_forward_pre_hook(enter),
+        torch.nn.modules.module.register_module_forward_hook(leave),
+    ]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = forward()
+        del out
+    finally:
+        for handle in handles:
+            handle.remove()
+    return saved
+
+
+def saved_activation_bytes(forward: Callable[[], object], model: nn.Module) -> int:
+    """Bytes autograd keeps for backward during ``forward()`` (each storage once)."""
+    return sum(saved_bytes_by_module(forward, model).values())
 
 
 def synthetic_detection_batch(
@@ -97,25 +150,34 @@ class TrainingStep:
     ``backbone_only``: the loss is the mean square of the backbone's (FPN's) outputs, which
     measures the tuned backbone alone, without the heads.
 
+    ``amp_dtype``: run the forward under the trainer's autocast (``train.amp``); float16
+    steps through a grad scaler, as the trainer's do.
+
     With one image, BatchNorm layers use their running statistics: batch statistics of a single
     value per channel (UPerNet's 1x1 pyramid pooling, RetinaNet's smallest levels) are refused
     by PyTorch. Same for every method; the compute is that of a training-mode BN.
     """
 
     def __init__(self, model: nn.Module, batch: Sequence[dict], device: torch.device, lr=0.0,
-                 backbone_only: bool = False, optimizer: Optional[torch.optim.Optimizer] = None):
+                 backbone_only: bool = False, optimizer: Optional[torch.optim.Optimizer] = None,
+                 amp_dtype: Optional[torch.dtype] = None):
         self.model = model
         self.batch = list(batch)
         self.device = torch.device(device)
         self.backbone_only = backbone_only
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = optimizer or torch.optim.AdamW(params, lr=lr)
+        self.amp_dtype = amp_dtype
+        self.grad_scaler = make_grad_scaler(self.device.type) if amp_dtype == torch.float16 else None
         self.times: List[float] = []
 
     def _loss(self) -> torch.Tensor:
-        if not self.backbone_only:
-            return _loss(self.model, self.batch)
-        return sum(f.float().square().mean() for f in self.model.backbone(self._images()).values())
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            if not self.backbone_only:
+                return _loss(self.model, self.batch)
+            features = self.model.backbone(self._images()).values()
+            return sum(f.float().square().mean() for f in features)
 
     def _images(self) -> torch.Tensor:
         """The backbone's input as the meta-architecture would build it (normalised, padded)."""
@@ -145,8 +207,12 @@ class TrainingStep:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._loss()
             if loss.requires_grad:  # not so for a frozen backbone without a trainable neck
-                loss.backward()
-            self.optimizer.step()
+                (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+            if self.grad_scaler is None:
+                self.optimizer.step()
+            else:
+                self.grad_scaler.step(self.optimizer)
+                self.grad_scaler.update()
             self._sync()
             elapsed = time.perf_counter() - start
             self.optimizer.zero_grad(set_to_none=True)  # gradients need not outlive the step
@@ -155,10 +221,14 @@ class TrainingStep:
         return elapsed
 
     def saved_bytes(self, seed: int = 0) -> int:
+        return sum(self.saved_bytes_by_module(seed).values())
+
+    def saved_bytes_by_module(self, seed: int = 0) -> Dict[str, int]:
+        """Saved activations of one step's forward, per innermost module (``model``'s names)."""
         self._train_mode()
         torch.manual_seed(seed)
         with EventStorage():
-            return saved_activation_bytes(self._loss, self.model)
+            return saved_bytes_by_module(self._loss, self.model)
 
     def cuda_peak_bytes(self, seed: int = 0) -> int:
         """Peak CUDA memory of one full step (weights, gradients, optimizer state and

@@ -43,6 +43,23 @@ def cost_table(results: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def breakdown_table(results: Dict[str, dict]) -> str:
+    """Saved activations per tensor kind (rows) and method (columns), in MiB."""
+    from e3va_d2.utils.cost import SAVED_KINDS
+
+    methods = [m for m, r in results.items() if "saved_bytes_by_kind" in r]
+    order = [kind for _, kind in SAVED_KINDS] + ["other"]
+    present = {k for m in methods for k, v in results[m]["saved_bytes_by_kind"].items() if v}
+    kinds = [k for k in dict.fromkeys(order) if k in present]
+    lines = ["| saved by | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    for kind in kinds:
+        cells = [results[m]["saved_bytes_by_kind"].get(kind, 0) / MIB for m in methods]
+        lines.append(f"| {kind} | " + " | ".join(f"{c:,.1f}" for c in cells) + " |")
+    totals = [results[m]["saved_bytes"] / MIB for m in methods]
+    lines.append("| **total** | " + " | ".join(f"**{t:,.1f}**" for t in totals) + " |")
+    return "\n".join(lines)
+
+
 def training_memory(r: dict, batch: int) -> tuple:
     """(bytes, measured?) needed to train at ``batch``: the measured CUDA peak when there is
     one, else an estimate: weights + gradients + AdamW's two moments + saved activations."""

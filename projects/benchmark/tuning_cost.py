@@ -11,15 +11,19 @@ every tensor the models have in common: trunk, neck, heads) and steps with lr=0,
 sample the same proposals everywhere and costs differ by method only. Sharing also keeps eleven
 Swin-B detectors within a 24 GB machine.
 
-Writes cost.md (Table 1-style costs + Table 4-style "which GPU fits"), cost.png and cost.json
-to --output, and prints the tables:
+Writes cost.md (Table 1-style costs, where the saved activations come from, and Table 4-style
+"which GPU fits"), cost.png and cost.json to --output, and prints the tables:
 
     python -m projects.benchmark.tuning_cost \
         --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py --methods all
+
+A method may carry options, ``e3va:saved_input_dtype=bfloat16``, to compare variants side by
+side; ``--amp`` runs every method under the trainer's autocast.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import logging
@@ -32,6 +36,7 @@ from detectron2.config import instantiate
 from omegaconf import OmegaConf
 
 from e3va_d2.config import load_config, set_tuning_method
+from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.engine.params import trainable_parameter_table
 from e3va_d2.layers import adapt_sync_batchnorm
 from e3va_d2.modeling import TUNING_METHODS, build_tuning
@@ -39,10 +44,11 @@ from e3va_d2.utils.cost import (
     TrainingStep,
     median,
     release_freed_memory,
+    saved_kind,
     synthetic_detection_batch,
 )
 
-from .report import cost_table, fit_table, plot
+from .report import breakdown_table, cost_table, fit_table, plot
 
 logger = logging.getLogger("e3va_d2.benchmark")
 
@@ -51,13 +57,17 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default="configs/COCO/cascade_mask_rcnn_swin_b_e3va.py")
     parser.add_argument("--methods", default="full,fixed,e3va",
-                        help="comma-separated registered tuning methods, or 'all'")
+                        help="comma-separated registered tuning methods, or 'all'; options as "
+                             "name:key=value[:key=value], e.g. e3va:saved_input_dtype=bfloat16")
     parser.add_argument("--size", type=int, default=512, help="square input side, pixels")
     parser.add_argument("--batch", type=int, default=1, help="images per timed step")
     parser.add_argument("--fit-batches", default="1,2", help="batches for the GPU-fit table")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--amp", action="store_true",
+                        help="autocast as train.amp.enabled=True does: fp16 + grad scaler on "
+                             "CUDA, bf16 on CPU")
     parser.add_argument("--output", default="output/benchmark", help="folder for the results")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser.parse_args(argv)
@@ -73,10 +83,31 @@ def method_names(spec: str) -> List[str]:
         return [m for m in PAPER_ORDER if m in TUNING_METHODS] + sorted(
             m for m in TUNING_METHODS if m not in PAPER_ORDER)
     names = [m.strip() for m in spec.split(",") if m.strip()]
-    unknown = [m for m in names if m not in TUNING_METHODS]
-    if unknown:
-        raise SystemExit(f"Unknown methods {unknown}; registered: {sorted(TUNING_METHODS)}")
+    for name in names:
+        method_options(name)  # fails early, naming the bad method or option
     return names
+
+
+def method_options(spec: str):
+    """``"e3va:saved_input_dtype=bfloat16"`` -> ``("e3va", {"saved_input_dtype": "bfloat16"})``;
+    values are Python literals where they parse as one, else strings."""
+    name, *pairs = spec.split(":")
+    if name not in TUNING_METHODS:
+        raise SystemExit(f"Unknown method {name!r} in {spec!r}; registered: {sorted(TUNING_METHODS)}")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"Bad option {pair!r} in {spec!r}; expected key=value")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    try:
+        build_tuning(name, **options)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"Bad options in {spec!r}: {e}") from None
+    return name, options
 
 
 def num_classes(cfg) -> int:
@@ -88,10 +119,12 @@ def num_classes(cfg) -> int:
 
 
 def build_model(cfg, method: str, seed: int):
-    """The config's model with its tuning method replaced, adapters zero-initialised so that it
-    computes the frozen model's function. Methods draw different random numbers while building,
-    so weights match across methods only once ``share_common_tensors`` has run (``Bench``)."""
-    tuning = build_tuning(method)
+    """The config's model with its tuning method (a ``method_names`` spec) replaced, adapters
+    zero-initialised so that it computes the frozen model's function. Methods draw different
+    random numbers while building, so weights match across methods only once
+    ``share_common_tensors`` has run (``Bench``)."""
+    name, options = method_options(method)
+    tuning = build_tuning(name, **options)
     if getattr(tuning, "zero_init", None) is False:
         tuning = dataclasses.replace(tuning, zero_init=True)
     set_tuning_method(cfg.model, tuning)
@@ -120,9 +153,14 @@ def share_common_tensors(model: torch.nn.Module, reference: Dict[str, torch.Tens
 
 
 class Bench:
-    """The models of all methods, each measured with one model on the device at a time."""
+    """The models of all methods, each measured with one model on the device at a time.
 
-    def __init__(self, cfg, methods: List[str], device: torch.device, batches: Dict[int, list]):
+    ``batches``: label -> model input; ``steps[method][f"{kind}{label}"]`` is a training step
+    of each of ``kinds`` ("model": the whole detector, "backbone": the backbone alone).
+    """
+
+    def __init__(self, cfg, methods: List[str], device: torch.device, batches: Dict[str, list],
+                 amp_dtype=None, kinds=("model", "backbone")):
         self.device, self.methods = device, methods
         self.steps: Dict[str, Dict[str, TrainingStep]] = {}
         self.results: Dict[str, dict] = {}
@@ -144,8 +182,8 @@ class Bench:
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
             self.steps[method] = {
                 f"{kind}{b}": TrainingStep(model, batches[b], device, optimizer=optimizer,
-                                           backbone_only=kind == "backbone")
-                for b in batches for kind in ("model", "backbone")
+                                           backbone_only=kind == "backbone", amp_dtype=amp_dtype)
+                for b in batches for kind in kinds
             }
             logger.info("built %s: %s trainable in the backbone", method,
                         f"{totals['trainable_in_backbone']:,}")
@@ -171,7 +209,8 @@ def run(args) -> Dict[str, dict]:
     classes = num_classes(cfg)
     fit_batches = sorted({int(b) for b in args.fit_batches.split(",")} | {args.batch})
     batches = {b: synthetic_detection_batch(b, args.size, classes, seed=0) for b in fit_batches}
-    bench = Bench(cfg, method_names(args.methods), device, batches)
+    amp_dtype = resolve_amp_dtype(args.amp, device.type)
+    bench = Bench(cfg, method_names(args.methods), device, batches, amp_dtype=amp_dtype)
     timed, timed_backbone = f"model{args.batch}", f"backbone{args.batch}"
 
     for method in bench.methods:  # warm up and measure memory, one model on the device
@@ -180,8 +219,14 @@ def run(args) -> Dict[str, dict]:
         for i in range(args.warmup):
             steps[timed].run(seed=i, record=False)
             steps[timed_backbone].run(seed=i, record=False)
-        r["saved_bytes_by_batch"] = {str(b): steps[f"model{b}"].saved_bytes() for b in batches}
-        r["saved_bytes"] = r["saved_bytes_by_batch"][str(args.batch)]
+        r["saved_bytes_by_batch"] = {str(b): steps[f"model{b}"].saved_bytes() for b in batches
+                                     if b != args.batch}
+        r["saved_bytes_by_module"] = steps[timed].saved_bytes_by_module()
+        r["saved_bytes"] = sum(r["saved_bytes_by_module"].values())
+        r["saved_bytes_by_batch"][str(args.batch)] = r["saved_bytes"]
+        r["saved_bytes_by_kind"] = kinds = {}
+        for module, nbytes in r["saved_bytes_by_module"].items():
+            kinds[saved_kind(module)] = kinds.get(saved_kind(module), 0) + nbytes
         if device.type == "cuda":
             r["cuda_peak_by_batch"] = {str(b): steps[f"model{b}"].cuda_peak_bytes() for b in batches}
             r["cuda_peak_bytes"] = r["cuda_peak_by_batch"][str(args.batch)]
@@ -204,8 +249,11 @@ def run(args) -> Dict[str, dict]:
 
 
 def describe(args, device: str) -> str:
+    precision = "AMP (" + str(resolve_amp_dtype(True, device[:4])).replace("torch.", "") + ")" \
+        if args.amp else "fp32"
     return (
         f"{os.path.basename(args.config_file)}, {args.batch} image(s) of {args.size}x{args.size}, "
+        f"{precision}, "
         f"median of {args.steps} interleaved steps after {args.warmup} warm-up, on {device} "
         f"({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
     )
@@ -223,6 +271,8 @@ def main(argv=None):
         setup + ". 'above fixed': saved bytes beyond the frozen-backbone model, as a share of "
         "full fine-tuning's. 'backbone step': the loss on the backbone's outputs only (FPN included, "
         "heads excluded).",
+        "Where the saved activations come from (MiB, by the innermost module that saved them):",
+        breakdown_table(results),
         fit_table(results, [int(b) for b in args.fit_batches.split(",")]),
     ])
     print(text)

@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""How training cost grows with image size and batch, per tuning method, side by side.
+
+For every (size, batch) point, every method's activations saved for backward and (unless
+``--no-time``) the median time of a whole training step, measured as ``tuning_cost.py`` does
+(same models sharing every common tensor, lr=0, interleaved). A power law is fitted per method
+on a log-log scale (``cost = a * (pixels x batch) ** slope``) and extrapolated to a point the
+machine cannot run (``--extrapolate``, default the paper's COCO resolution 1333x800, padded to
+1344x800, batch 2), with the GPUs of the paper's Table 4 it would fit.
+
+    python -m projects.benchmark.sweep --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py \\
+        --methods full,fixed,lora,e3va --sizes 384,512,768,1024 --batches 1,2
+
+Writes sweep.md, sweep.json and sweep.png to --output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from e3va_d2.config import load_config
+from e3va_d2.engine.step import resolve_amp_dtype
+from e3va_d2.utils.cost import median, release_freed_memory, synthetic_detection_batch
+
+from .report import GPUS, MIB, training_memory
+from .tuning_cost import Bench, method_names, num_classes
+
+logger = logging.getLogger("e3va_d2.benchmark")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", default="configs/COCO/cascade_mask_rcnn_swin_b_e3va.py")
+    parser.add_argument("--methods", default="full,fixed,lora,e3va",
+                        help="as tuning_cost.py's --methods")
+    parser.add_argument("--sizes", default="384,512,768,1024", help="square input sides, pixels")
+    parser.add_argument("--batches", default="1,2", help="images per step")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per method and point")
+    parser.add_argument("--no-time", action="store_true", help="saved activations only")
+    parser.add_argument("--amp", action="store_true", help="as tuning_cost.py's --amp")
+    parser.add_argument("--max-saved-gib", type=float, default=12.0,
+                        help="skip a point where a method's saved activations, predicted from "
+                             "its smaller points, would exceed this (the machine's RAM)")
+    parser.add_argument("--extrapolate", default="1344x800x2",
+                        help="WIDTHxHEIGHTxBATCH to extrapolate the fits to")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--output", default="output/benchmark_sweep", help="folder for the results")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    return parser.parse_args(argv)
+
+
+def power_law(pixels: List[float], values: List[float]) -> Tuple[float, float]:
+    """(slope, log-intercept) of ``log(value) = slope * log(pixels) + intercept``."""
+    slope, intercept = np.polyfit(np.log(pixels), np.log(values), 1)
+    return float(slope), float(intercept)
+
+
+def predict(fit: Tuple[float, float], pixels: float) -> float:
+    return float(np.exp(fit[1]) * pixels ** fit[0])
+
+
+def run(args) -> dict:
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    cfg = load_config(args.config_file, args.opts)
+    classes = num_classes(cfg)
+    points = sorted(((int(s), int(b)) for s in args.sizes.split(",") for b in args.batches.split(",")),
+                    key=lambda p: (p[0] ** 2 * p[1], p[1]))
+    batches = {f"{s}x{b}": synthetic_detection_batch(b, s, classes, seed=0) for s, b in points}
+    amp_dtype = resolve_amp_dtype(args.amp, device.type)
+    bench = Bench(cfg, method_names(args.methods), device, batches, amp_dtype=amp_dtype,
+                  kinds=("model",))
+    measured: Dict[str, List[dict]] = {m: [] for m in bench.methods}
+    for size, batch in points:
+        label, pixels = f"{size}x{batch}", size * size * batch
+        running = []
+        for method in bench.methods:
+            done = measured[method]
+            if done and done[-1]["saved_bytes"] * pixels / done[-1]["pixels"] > args.max_saved_gib * 2**30:
+                logger.info("%s at %s: skipped, it would save more than %.0f GiB", method, label,
+                            args.max_saved_gib)
+                continue
+            step = bench.steps[method][f"model{label}"]
+            bench.on_device(method, device)
+            if not args.no_time:
+                step.run(seed=0, record=False)
+            point = dict(size=size, batch=batch, pixels=pixels, saved_bytes=step.saved_bytes())
+            if device.type == "cuda":
+                point["cuda_peak_bytes"] = step.cuda_peak_bytes()
+            bench.on_device(method, torch.device("cpu"))
+            done.append(point)
+            running.append(method)
+            release_freed_memory()
+            logger.info("%s at %s: %.1f MiB saved", method, label, point["saved_bytes"] / MIB)
+        if args.no_time:
+            continue
+        for i in range(args.steps):  # interleaved
+            for method in running:
+                bench.on_device(method, device)
+                bench.steps[method][f"model{label}"].run(seed=100 + i)
+                bench.on_device(method, torch.device("cpu"))
+        for method in running:
+            step = bench.steps[method][f"model{label}"]
+            measured[method][-1]["step_seconds"] = median(step.times)
+            step.times.clear()
+            logger.info("%s at %s: %.2f s per step", method, label, measured[method][-1]["step_seconds"])
+        release_freed_memory()
+    return dict(points=measured, models=bench.results)
+
+
+def fits(points: Dict[str, List[dict]], key: str) -> Dict[str, Tuple[float, float]]:
+    return {m: power_law([p["pixels"] for p in pts], [p[key] for p in pts])
+            for m, pts in points.items() if len(pts) >= 2 and all(key in p for p in pts)}
+
+
+def sweep_table(points: Dict[str, List[dict]]) -> str:
+    methods = list(points)
+    labels = sorted({(p["size"], p["batch"]) for pts in points.values() for p in pts},
+                    key=lambda sb: (sb[0] ** 2 * sb[1], sb[1]))
+    timed = any("step_seconds" in p for pts in points.values() for p in pts)
+    header = ["size x batch", "pixels x batch"] + [f"{m} saved" for m in methods]
+    header += [f"{m} step (s)" for m in methods] if timed else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for size, batch in labels:
+        found = {m: next((p for p in points[m] if (p["size"], p["batch"]) == (size, batch)), None)
+                 for m in methods}
+        row = [f"{size}x{size} x {batch}", f"{size * size * batch / 1e6:.2f}M"]
+        row += [f"{p['saved_bytes'] / MIB:,.0f} MiB" if p else "skipped" for p in found.values()]
+        if timed:
+            row += [f"{p['step_seconds']:.2f}" if p and "step_seconds" in p else "" for p in found.values()]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def extrapolation_table(result: dict, target: Tuple[int, int, int]) -> str:
+    """Each method's fitted saved bytes at ``target`` and the training memory that implies."""
+    width, height, batch = target
+    pixels = width * height * batch
+    saved, times = fits(result["points"], "saved_bytes"), fits(result["points"], "step_seconds")
+    header = ["method", "saved-bytes slope", "step-time slope", f"saved at {width}x{height} x {batch}",
+              "training memory"] + [f"{name} {gb}GB" for name, gb in GPUS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, fit in saved.items():
+        bytes_at = predict(fit, pixels)
+        model = dict(result["models"][method], saved_bytes_by_batch={str(batch): bytes_at})
+        need, _ = training_memory(model, batch)
+        row = [method, f"{fit[0]:.3f}", f"{times[method][0]:.3f}" if method in times else "",
+               f"{bytes_at / 2**30:.1f} GiB (extrapolated)", f"{need / 2**30:.1f} GiB (est.)"]
+        row += ["yes" if need <= gb * 2**30 else "no" for _, gb in GPUS]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("saved_bytes", "activations saved for backward (MiB)", MIB)]
+    if any("step_seconds" in p for pts in result["points"].values() for p in pts):
+        keys.append(("step_seconds", "training step (s)", 1.0))
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    for ax, (key, label, unit) in zip(axes[0], keys):
+        for method, fit in fits(result["points"], key).items():
+            pts = [p for p in result["points"][method] if key in p]
+            x = np.array([p["pixels"] for p in pts], dtype=float)
+            line, = ax.loglog(x, [p[key] / unit for p in pts], "o", label=f"{method} (slope {fit[0]:.2f})")
+            grid = np.geomspace(x.min(), x.max(), 20)
+            ax.loglog(grid, [predict(fit, g) / unit for g in grid], "-", color=line.get_color())
+        ax.set_xlabel("pixels x batch")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse_args(argv)
+    result = run(args)
+    target = tuple(int(v) for v in args.extrapolate.lower().split("x"))
+    setup = (f"{os.path.basename(args.config_file)}, {'AMP' if args.amp else 'fp32'}, "
+             f"median of {args.steps} interleaved steps per point, {torch.get_num_threads()} threads")
+    text = "\n\n".join([sweep_table(result["points"]), setup,
+                        extrapolation_table(result, target)])
+    print(text)
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "sweep.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.output, "sweep.json"), "w") as f:
+        json.dump(dict(args=vars(args), **result), f, indent=2)
+    plot(result, os.path.join(args.output, "sweep.png"), setup)
+    return result
+
+
+if __name__ == "__main__":
+    main()
