@@ -181,3 +181,27 @@ def test_sweep_script_measures_fits_and_extrapolates(tmp_path):
     assert 0.8 < slope < 1.2
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
+
+
+def test_highway_time_separates_gradient_path_from_adapters(tmp_path):
+    from projects.benchmark import highway_time
+
+    result = highway_time.main([
+        "--config-file", os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py"),
+        "--size", "64", "--steps", "1", "--output", str(tmp_path),
+    ])
+    flops = result["flops"]
+    # Sending gradients below the FPN costs FLOPs (its input gradients, the merges' backward);
+    # the adapters add their own on top.
+    assert flops["fixed"] < flops["gradient path"] < flops["e3va"]
+    steps = highway_time.build_steps(
+        highway_time.load_config(os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")),
+        highway_time.synthetic_detection_batch(1, 64, 3), torch.device("cpu"))
+    model = steps["gradient path"].model
+    highway = model.backbone.bottom_up.side
+    traces, source = [], highway.trace_source
+    highway.trace_source = lambda trunk, images: traces.append(source(trunk, images)) or traces[-1]
+    sum(f.sum() for f in model.backbone(torch.randn(1, 3, 64, 64)).values()).backward()
+    assert traces[0].embedding.grad is not None  # the gradient crossed every merge
+    assert not any(p.grad is not None for n, p in model.named_parameters() if "_adapter" in n)
+    assert "| gradient path |" in (tmp_path / "highway_time.md").read_text()

@@ -63,5 +63,18 @@ def test_keeps_only_the_input_and_optionally_a_narrow_copy():
     assert saved_activation_bytes(lambda: recomputed_bottleneck(x, layers, 2), model) == x.nbytes
     assert saved_activation_bytes(
         lambda: recomputed_bottleneck(x, layers, 2, saved_dtype=torch.bfloat16), model) == x.nbytes // 2
+    assert saved_activation_bytes(
+        lambda: recomputed_bottleneck(x, layers, 2, saved_dtype=torch.float8_e4m3fn), model) == x.nbytes // 4
     with pytest.raises(ValueError, match="gelu_at=0"):
         recomputed_bottleneck(x, layers, 0)
+
+
+def test_float8_copy_is_scaled_to_the_formats_range():
+    """Unscaled, activations of magnitude 1e-3 would mostly round to float8's subnormals or 0."""
+    from e3va_d2.layers.bottleneck import _narrow, _widen
+
+    x = torch.randn(1000) * 1e-3
+    kept, scale = _narrow(x, torch.float8_e4m3fn)
+    assert kept.dtype == torch.float8_e4m3fn and kept.float().abs().max() == 448
+    torch.testing.assert_close(_widen(kept, scale, torch.float32), x, rtol=0.07, atol=0)
+    assert _narrow(x.bfloat16(), torch.bfloat16)[0].dtype == torch.bfloat16  # never widened

@@ -5,7 +5,9 @@ U. Autograd would keep every intermediate (four activations per token); ``torch.
 keeps only ``x`` but reruns the whole chain in backward, the last, widest layer included, whose
 output backward never reads, and pays its bookkeeping 48 times per Swin-B step. This function
 recomputes exactly the inputs the weight gradients need, and can keep ``x`` as a narrower copy
-(``saved_dtype``) when the caller accepts rounded weight gradients.
+(``saved_dtype``) when the caller accepts rounded weight gradients: bfloat16 / float16, or an
+8-bit float scaled per tensor so that its largest magnitude maps to the format's largest value
+(float8 has too little range to hold activations unscaled).
 """
 from __future__ import annotations
 
@@ -18,6 +20,30 @@ from torch import Tensor
 __all__ = ["recomputed_bottleneck"]
 
 Layer = Tuple[Tensor, Optional[Tensor]]  # (weight (out, in), bias (out,) or None)
+
+
+def _autocast_state(device: str) -> Tuple[bool, torch.dtype]:
+    """Whether autocast is on for ``device`` and its dtype (torch < 2.4 has per-device calls)."""
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+    if device == "cuda":
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+
+
+def _narrow(x: Tensor, dtype: Optional[torch.dtype]) -> Tuple[Tensor, Optional[Tensor]]:
+    """``x`` as kept for backward, and the scale to multiply it by when widening it again."""
+    if dtype is None or not x.is_floating_point() or x.itemsize <= dtype.itemsize:
+        return x, None
+    if dtype.itemsize > 1:
+        return x.to(dtype), None
+    scale = x.detach().abs().amax().float().clamp(min=1e-30) / torch.finfo(dtype).max
+    return (x / scale).to(dtype), scale
+
+
+def _widen(kept: Tensor, scale: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    x = kept.to(dtype)
+    return x if scale is None else x * scale.to(dtype)
 
 
 def _inputs_of_layers(x: Tensor, layers: Sequence[Layer], gelu_at: int):
@@ -40,10 +66,10 @@ class _RecomputedBottleneck(torch.autograd.Function):
         weight, bias = layers[-1]
         out = F.linear(inputs[-1], weight, bias)
         device = x.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.autocast = (device, *_autocast_state(device))
         ctx.x_dtype, ctx.gelu_at, ctx.num_layers = x.dtype, gelu_at, len(layers)
-        narrow = saved_dtype is not None and x.is_floating_point() and x.itemsize > saved_dtype.itemsize
-        ctx.save_for_backward(x.to(saved_dtype) if narrow else x, *flat)
+        kept, ctx.scale = _narrow(x, saved_dtype)
+        ctx.save_for_backward(kept, *flat)
         return out
 
     @staticmethod
@@ -54,7 +80,7 @@ class _RecomputedBottleneck(torch.autograd.Function):
         # The recomputation and the gradient products run under the forward's autocast, so
         # they round as the forward did; gradients are returned in their parameter's dtype.
         with torch.autocast(device, dtype=dtype, enabled=enabled):
-            inputs, pre_gelu = _inputs_of_layers(x.to(ctx.x_dtype), layers, ctx.gelu_at)
+            inputs, pre_gelu = _inputs_of_layers(_widen(x, ctx.scale, ctx.x_dtype), layers, ctx.gelu_at)
             grads: List[Optional[Tensor]] = [None] * (2 * len(layers))
             grad = grad_out
             for i in reversed(range(len(layers))):

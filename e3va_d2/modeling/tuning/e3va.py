@@ -12,7 +12,8 @@ from .base import TuningMethod, check_positive_int, output_norm_parameters, regi
 
 __all__ = ["E3VATuning"]
 
-SAVED_INPUT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SAVED_INPUT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                      "float8_e4m3fn": torch.float8_e4m3fn}
 
 
 @register_tuning("e3va", rank=8)
@@ -33,10 +34,12 @@ class E3VATuning(TuningMethod):
         low-rank internals (a few % of the highway's FLOPs) instead of storing them; also
         recompute the patch merging norms on the highway, whose input would be a second
         copy of the tokens the output norms keep.
-    saved_input_dtype: None, or "bfloat16" / "float16": keep each adapter's copy of its
-        input (the trunk's branch output, the bulk of what E3VA saves for backward) in that
-        dtype, halving it in fp32 training. The forward pass is unchanged; the adapters'
-        weight gradients see the rounded input. Under bf16 AMP the inputs already are bf16.
+    saved_input_dtype: None, "bfloat16", "float16" or "float8_e4m3fn": keep each adapter's
+        copy of its input (the trunk's branch output, the bulk of what E3VA saves for
+        backward) in that dtype: half of fp32 for the 16-bit ones, a quarter for float8
+        (scaled per tensor). The forward pass is unchanged; the adapters' weight gradients
+        see the rounded input. Under AMP the inputs already are 16-bit, so only float8
+        narrows them further.
     trainable_downsampling: train copies of the patch merging layers (Table 7, "trainable").
     train_output_norms: train the norms between highway and FPN (Table 7, "trainable").
     """

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Where E3VA's backbone step spends more than the frozen backbone's ("fixed"), measured.
+
+Three backbone steps (loss on the FPN outputs, as tuning_cost.py's "backbone step") on the same
+weights, interleaved in one process:
+
+- fixed: frozen trunk, trainable FPN;
+- gradient path: E3VA's highway with every adapter removed (``e_{i+1} = e_i + a1 + a2``) and
+  gradients still flowing from the FPN through the output norms, the patch merging and the
+  highway's additions down to the patch embedding;
+- e3va: the same plus the adapters.
+
+So "gradient path - fixed" is what any method pays to send gradients below the FPN (the FPN's
+input gradients, the merges' and norms' backward), and "e3va - gradient path" is the adapters'
+own cost. Each step's matmul/conv FLOPs (forward and backward, ``FlopCounterMode``) are counted
+alongside its time:
+
+    python -m projects.benchmark.highway_time --steps 10
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import types
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from e3va_d2.config import load_config
+from e3va_d2.modeling.e3va import BlockAdapters, E3VAHighway, trace_trunk
+from e3va_d2.utils.cost import TrainingStep, median, synthetic_detection_batch
+
+from .tuning_cost import build_model, num_classes, share_common_tensors
+
+VARIANTS = ("fixed", "gradient path", "e3va")
+
+
+def _without_adapters(model: torch.nn.Module) -> None:
+    """Remove every adapter of ``model``'s highway; keep gradients flowing through it."""
+    def plain_step(self, e, a1, a2):
+        return e + a1 + a2
+
+    def trace_with_trainable_embedding(trunk, images):
+        trace = trace_trunk(trunk, images)
+        trace.embedding.requires_grad_(True)
+        return trace
+
+    for module in model.modules():
+        if isinstance(module, BlockAdapters):
+            module.forward = types.MethodType(plain_step, module)
+        if isinstance(module, E3VAHighway):
+            module.trace_source = trace_with_trainable_embedding
+
+
+def build_steps(cfg, batch, device):
+    steps, reference = {}, None
+    for variant in VARIANTS:
+        model = build_model(cfg, "fixed" if variant == "fixed" else "e3va", seed=0)
+        if reference is None:
+            reference = model.state_dict()
+        else:
+            share_common_tensors(model, reference)
+        if variant == "gradient path":
+            _without_adapters(model)
+        steps[variant] = TrainingStep(model, batch, device, backbone_only=True)
+    return steps
+
+
+def flops(step: TrainingStep) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step.run(seed=0, record=False)
+    return counter.get_total_flops()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", default="configs/COCO/cascade_mask_rcnn_swin_b_e3va.py")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--output", default="output/benchmark_highway_time")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config_file, args.opts)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch = synthetic_detection_batch(1, args.size, num_classes(cfg), seed=0)
+    steps = build_steps(cfg, batch, device)
+    counted = {v: flops(s) for v, s in steps.items()}  # also the warm-up step
+    for i in range(args.steps):
+        for step in steps.values():
+            step.run(seed=100 + i)
+    seconds = {v: median(s.times) for v, s in steps.items()}
+    base_s, base_f = seconds["fixed"], counted["fixed"]
+    lines = ["| backbone step | time (s) | / fixed | GFLOPs | / fixed |", "|---|---|---|---|---|"]
+    for v in VARIANTS:
+        lines.append(f"| {v} | {seconds[v]:.3f} | {seconds[v] / base_s:.3f}x | "
+                     f"{counted[v] / 1e9:.1f} | {counted[v] / base_f:.3f}x |")
+    path, e3va = seconds["gradient path"] - base_s, seconds["e3va"] - seconds["gradient path"]
+    lines += ["", f"{os.path.basename(args.config_file)}, 1 image of {args.size}x{args.size}, median "
+              f"of {args.steps} interleaved steps, {torch.get_num_threads()} threads on {device.type}. "
+              f"Extra time over fixed: gradient path {100 * path / base_s:+.1f}% of fixed's step, "
+              f"adapters {100 * e3va / base_s:+.1f}%; extra FLOPs: gradient path "
+              f"{100 * (counted['gradient path'] - base_f) / base_f:+.1f}%, adapters "
+              f"{100 * (counted['e3va'] - counted['gradient path']) / base_f:+.1f}%."]
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "highway_time.md"), "w") as f:
+        f.write(text + "\n")
+    return dict(seconds=seconds, flops=counted)
+
+
+if __name__ == "__main__":
+    main()
