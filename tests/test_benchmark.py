@@ -154,12 +154,16 @@ def test_benchmark_breakdown_amp_and_narrow_saved_inputs(tmp_path):
     assert amp["e3va"]["step_seconds"] > 0
 
 
-def test_power_law_fit_recovers_the_exponent():
-    from projects.benchmark.sweep import power_law, predict
+def test_fits_recover_exponent_and_per_pixel_and_per_image_costs():
+    from projects.benchmark.sweep import per_pixel_and_image, power_law, predict
 
     pixels = [1e5, 2e5, 4e5, 8e5]
     fit = power_law(pixels, [3.0 * p**1.25 for p in pixels])
     assert fit[0] == pytest.approx(1.25) and predict(fit, 1.6e6) == pytest.approx(3.0 * 1.6e6**1.25)
+    # A detector: 40 bytes per pixel in the backbone, 5 MB per image in the heads.
+    points = [dict(pixels=s * s * b, batch=b, saved_bytes=40 * s * s * b + 5e6 * b)
+              for s in (384, 512, 768) for b in (1, 2)]
+    assert per_pixel_and_image(points, "saved_bytes") == pytest.approx((40, 5e6))
 
 
 def test_sweep_script_measures_fits_and_extrapolates(tmp_path):
@@ -177,8 +181,15 @@ def test_sweep_script_measures_fits_and_extrapolates(tmp_path):
     assert points[1]["saved_bytes"] == pytest.approx(2 * points[0]["saved_bytes"], rel=0.1)
     text = (tmp_path / "sweep.md").read_text()
     assert "| 96x96 x 2 | 0.02M |" in text and "(extrapolated)" in text
-    slope = sweep.fits(result["points"], "saved_bytes")["e3va"][0]
-    assert 0.8 < slope < 1.2
+    assert 0.8 < sweep.slopes(result["points"], "saved_bytes")["e3va"][1][0] < 1.2
+    # The per-pixel / per-image fit reproduces the measured points it was fitted on.
+    per_pixel, per_image = sweep.per_pixel_and_image(points, "saved_bytes")
+    for p in points:
+        assert per_pixel * p["pixels"] + per_image * p["batch"] == pytest.approx(p["saved_bytes"], rel=0.1)
+    redrawn = sweep.main(["--from-json", str(tmp_path / "sweep.json"), "--output", str(tmp_path / "again"),
+                          "--extrapolate", "192x128x2"])
+    assert redrawn["points"] == json.loads(json.dumps(result["points"]))
+    assert (tmp_path / "again" / "sweep.md").read_text() == text
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
 

@@ -15,7 +15,7 @@ input gradients, the merges' and norms' backward), and "e3va - gradient path" is
 own cost. Each step's matmul/conv FLOPs (forward and backward, ``FlopCounterMode``) are counted
 alongside its time:
 
-    python -m projects.benchmark.highway_time --steps 10
+    python -m projects.benchmark.highway_time --steps 10 [--amp]
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from e3va_d2.config import load_config
+from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.modeling.e3va import BlockAdapters, E3VAHighway, trace_trunk
 from e3va_d2.utils.cost import TrainingStep, median, synthetic_detection_batch
 
@@ -52,7 +53,7 @@ def _without_adapters(model: torch.nn.Module) -> None:
             module.trace_source = trace_with_trainable_embedding
 
 
-def build_steps(cfg, batch, device):
+def build_steps(cfg, batch, device, amp_dtype=None):
     steps, reference = {}, None
     for variant in VARIANTS:
         model = build_model(cfg, "fixed" if variant == "fixed" else "e3va", seed=0)
@@ -62,7 +63,7 @@ def build_steps(cfg, batch, device):
             share_common_tensors(model, reference)
         if variant == "gradient path":
             _without_adapters(model)
-        steps[variant] = TrainingStep(model, batch, device, backbone_only=True)
+        steps[variant] = TrainingStep(model, batch, device, backbone_only=True, amp_dtype=amp_dtype)
     return steps
 
 
@@ -77,13 +78,14 @@ def main(argv=None):
     parser.add_argument("--config-file", default="configs/COCO/cascade_mask_rcnn_swin_b_e3va.py")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--amp", action="store_true", help="as tuning_cost.py's --amp")
     parser.add_argument("--output", default="output/benchmark_highway_time")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = synthetic_detection_batch(1, args.size, num_classes(cfg), seed=0)
-    steps = build_steps(cfg, batch, device)
+    steps = build_steps(cfg, batch, device, resolve_amp_dtype(args.amp, device.type))
     counted = {v: flops(s) for v, s in steps.items()}  # also the warm-up step
     for i in range(args.steps):
         for step in steps.values():
@@ -95,7 +97,8 @@ def main(argv=None):
         lines.append(f"| {v} | {seconds[v]:.3f} | {seconds[v] / base_s:.3f}x | "
                      f"{counted[v] / 1e9:.1f} | {counted[v] / base_f:.3f}x |")
     path, e3va = seconds["gradient path"] - base_s, seconds["e3va"] - seconds["gradient path"]
-    lines += ["", f"{os.path.basename(args.config_file)}, 1 image of {args.size}x{args.size}, median "
+    lines += ["", f"{os.path.basename(args.config_file)}, 1 image of {args.size}x{args.size}, "
+              f"{'AMP' if args.amp else 'fp32'}, median "
               f"of {args.steps} interleaved steps, {torch.get_num_threads()} threads on {device.type}. "
               f"Extra time over fixed: gradient path {100 * path / base_s:+.1f}% of fixed's step, "
               f"adapters {100 * e3va / base_s:+.1f}%; extra FLOPs: gradient path "

@@ -3,15 +3,21 @@
 
 For every (size, batch) point, every method's activations saved for backward and (unless
 ``--no-time``) the median time of a whole training step, measured as ``tuning_cost.py`` does
-(same models sharing every common tensor, lr=0, interleaved). A power law is fitted per method
-on a log-log scale (``cost = a * (pixels x batch) ** slope``) and extrapolated to a point the
-machine cannot run (``--extrapolate``, default the paper's COCO resolution 1333x800, padded to
-1344x800, batch 2), with the GPUs of the paper's Table 4 it would fit.
+(same models sharing every common tensor, lr=0, interleaved). Two fits per method:
+
+- the log-log slope of cost against pixels x batch, per batch (how cost grows with image size);
+- ``cost = per_pixel * pixels * batch + per_image * batch``, over all points: a detector's
+  backbone costs per pixel, its ROI heads per image (a fixed number of sampled proposals), so
+  the log-log slope of a detector is below 1 and no power law extrapolates it. This fit is
+  extrapolated to a point the machine cannot run (``--extrapolate``, default the paper's COCO
+  resolution 1333x800, padded to 1344x800, batch 2), with the GPUs of the paper's Table 4 it
+  would fit.
 
     python -m projects.benchmark.sweep --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py \\
         --methods full,fixed,lora,e3va --sizes 384,512,768,1024 --batches 1,2
 
-Writes sweep.md, sweep.json and sweep.png to --output.
+Writes sweep.md, sweep.json and sweep.png to --output; ``--from-json`` redraws them from an
+earlier sweep.json without measuring.
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ def parse_args(argv=None):
                         help="WIDTHxHEIGHTxBATCH to extrapolate the fits to")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--output", default="output/benchmark_sweep", help="folder for the results")
+    parser.add_argument("--from-json", default="", help="redraw from this sweep.json")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser.parse_args(argv)
 
@@ -63,6 +70,28 @@ def power_law(pixels: List[float], values: List[float]) -> Tuple[float, float]:
 
 def predict(fit: Tuple[float, float], pixels: float) -> float:
     return float(np.exp(fit[1]) * pixels ** fit[0])
+
+
+def slopes(points: Dict[str, List[dict]], key: str) -> Dict[str, Dict[int, Tuple[float, float]]]:
+    """Method -> batch -> power-law fit of ``key`` against pixels x batch, over image sizes."""
+    out: Dict[str, Dict[int, Tuple[float, float]]] = {}
+    for method, pts in points.items():
+        for batch in sorted({p["batch"] for p in pts}):
+            row = [p for p in pts if p["batch"] == batch and key in p]
+            if len(row) >= 2:
+                out.setdefault(method, {})[batch] = power_law(
+                    [p["pixels"] for p in row], [p[key] for p in row])
+    return out
+
+
+def per_pixel_and_image(points: List[dict], key: str) -> Tuple[float, float]:
+    """Least-squares ``(per_pixel, per_image)`` of ``key = per_pixel * pixels * batch +
+    per_image * batch``, each point weighted by 1/value (relative errors)."""
+    rows = [p for p in points if key in p]
+    a = np.array([[p["pixels"], p["batch"]] for p in rows], dtype=float)
+    y = np.array([p[key] for p in rows], dtype=float)
+    (per_pixel, per_image), *_ = np.linalg.lstsq(a / y[:, None], np.ones(len(y)), rcond=None)
+    return float(per_pixel), float(per_image)
 
 
 def run(args) -> dict:
@@ -114,11 +143,6 @@ def run(args) -> dict:
     return dict(points=measured, models=bench.results)
 
 
-def fits(points: Dict[str, List[dict]], key: str) -> Dict[str, Tuple[float, float]]:
-    return {m: power_law([p["pixels"] for p in pts], [p[key] for p in pts])
-            for m, pts in points.items() if len(pts) >= 2 and all(key in p for p in pts)}
-
-
 def sweep_table(points: Dict[str, List[dict]]) -> str:
     methods = list(points)
     labels = sorted({(p["size"], p["batch"]) for pts in points.values() for p in pts},
@@ -139,19 +163,27 @@ def sweep_table(points: Dict[str, List[dict]]) -> str:
 
 
 def extrapolation_table(result: dict, target: Tuple[int, int, int]) -> str:
-    """Each method's fitted saved bytes at ``target`` and the training memory that implies."""
+    """Per method: the log-log slopes, the per-pixel / per-image fit, and what it predicts at
+    ``target`` (saved activations, and the training memory that implies on Table 4's GPUs)."""
     width, height, batch = target
-    pixels = width * height * batch
-    saved, times = fits(result["points"], "saved_bytes"), fits(result["points"], "step_seconds")
-    header = ["method", "saved-bytes slope", "step-time slope", f"saved at {width}x{height} x {batch}",
-              "training memory"] + [f"{name} {gb}GB" for name, gb in GPUS]
+    points, timed = result["points"], any("step_seconds" in p for pts in result["points"].values() for p in pts)
+    saved_slopes, time_slopes = slopes(points, "saved_bytes"), slopes(points, "step_seconds")
+    header = ["method", "saved-bytes slope (batch 1, 2)"] + (["step-time slope"] if timed else [])
+    header += ["saved per megapixel", "saved per image", f"saved at {width}x{height} x {batch}",
+               "training memory"] + [f"{name} {gb}GB" for name, gb in GPUS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, fit in saved.items():
-        bytes_at = predict(fit, pixels)
+    for method, pts in points.items():
+        if len(pts) < 2:
+            continue
+        per_pixel, per_image = per_pixel_and_image(pts, "saved_bytes")
+        bytes_at = per_pixel * width * height * batch + per_image * batch
         model = dict(result["models"][method], saved_bytes_by_batch={str(batch): bytes_at})
         need, _ = training_memory(model, batch)
-        row = [method, f"{fit[0]:.3f}", f"{times[method][0]:.3f}" if method in times else "",
-               f"{bytes_at / 2**30:.1f} GiB (extrapolated)", f"{need / 2**30:.1f} GiB (est.)"]
+        row = [method, ", ".join(f"{f[0]:.2f}" for f in saved_slopes.get(method, {}).values())]
+        if timed:
+            row.append(", ".join(f"{f[0]:.2f}" for f in time_slopes.get(method, {}).values()))
+        row += [f"{per_pixel * 1e6 / MIB:,.0f} MiB", f"{per_image / MIB:,.0f} MiB",
+                f"{bytes_at / 2**30:.1f} GiB (extrapolated)", f"{need / 2**30:.1f} GiB (est.)"]
         row += ["yes" if need <= gb * 2**30 else "no" for _, gb in GPUS]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -166,18 +198,22 @@ def plot(result: dict, path: str, title: str) -> None:
     keys = [("saved_bytes", "activations saved for backward (MiB)", MIB)]
     if any("step_seconds" in p for pts in result["points"].values() for p in pts):
         keys.append(("step_seconds", "training step (s)", 1.0))
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.8), squeeze=False)
     for ax, (key, label, unit) in zip(axes[0], keys):
-        for method, fit in fits(result["points"], key).items():
-            pts = [p for p in result["points"][method] if key in p]
-            x = np.array([p["pixels"] for p in pts], dtype=float)
-            line, = ax.loglog(x, [p[key] / unit for p in pts], "o", label=f"{method} (slope {fit[0]:.2f})")
-            grid = np.geomspace(x.min(), x.max(), 20)
-            ax.loglog(grid, [predict(fit, g) / unit for g in grid], "-", color=line.get_color())
+        for k, (method, by_batch) in enumerate(slopes(result["points"], key).items()):
+            color = f"C{k}"
+            for batch, fit in by_batch.items():
+                pts = [p for p in result["points"][method] if p["batch"] == batch and key in p]
+                x = np.array([p["pixels"] for p in pts], dtype=float)
+                marker, style = ("o", "-") if batch == 1 else ("s", "--")
+                ax.loglog(x, [p[key] / unit for p in pts], marker, color=color,
+                          label=f"{method}, batch {batch} (slope {fit[0]:.2f})")
+                grid = np.geomspace(x.min(), x.max(), 20)
+                ax.loglog(grid, [predict(fit, g) / unit for g in grid], style, color=color)
         ax.set_xlabel("pixels x batch")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -187,7 +223,14 @@ def plot(result: dict, path: str, title: str) -> None:
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
-    result = run(args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        for key in ("config_file", "amp", "steps"):
+            setattr(args, key, saved["args"][key])
+        result = dict(points=saved["points"], models=saved["models"])
+    else:
+        result = run(args)
     target = tuple(int(v) for v in args.extrapolate.lower().split("x"))
     setup = (f"{os.path.basename(args.config_file)}, {'AMP' if args.amp else 'fp32'}, "
              f"median of {args.steps} interleaved steps per point, {torch.get_num_threads()} threads")
@@ -198,7 +241,7 @@ def main(argv=None):
     with open(os.path.join(args.output, "sweep.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.output, "sweep.json"), "w") as f:
-        json.dump(dict(args=vars(args), **result), f, indent=2)
+        json.dump(dict(args=vars(args), **result), f, indent=2)  # over --from-json: the same
     plot(result, os.path.join(args.output, "sweep.png"), setup)
     return result
 
