@@ -232,8 +232,10 @@ def main(argv=None):
     else:
         result = run(args)
     target = tuple(int(v) for v in args.extrapolate.lower().split("x"))
-    setup = (f"{os.path.basename(args.config_file)}, {'AMP' if args.amp else 'fp32'}, "
-             f"median of {args.steps} interleaved steps per point, {torch.get_num_threads()} threads")
+    timing = ("saved activations only" if not any("step_seconds" in p for pts in result["points"].values()
+                                                  for p in pts)
+              else f"median of {args.steps} interleaved steps per point, {torch.get_num_threads()} threads")
+    setup = f"{os.path.basename(args.config_file)}, {'AMP' if args.amp else 'fp32'}, {timing}"
     text = "\n\n".join([sweep_table(result["points"]), setup,
                         extrapolation_table(result, target)])
     print(text)
