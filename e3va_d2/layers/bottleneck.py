@@ -11,6 +11,7 @@ recomputes exactly the inputs the weight gradients need, and can keep ``x`` as a
 """
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -23,9 +24,13 @@ Layer = Tuple[Tensor, Optional[Tensor]]  # (weight (out, in), bias (out,) or Non
 
 
 def _autocast_state(device: str) -> Tuple[bool, torch.dtype]:
-    """Whether autocast is on for ``device`` and its dtype (torch < 2.4 has per-device calls)."""
+    """Whether autocast is on for ``device`` and its dtype (torch < 2.4 has per-device calls;
+    devices without autocast, e.g. "meta" for building a model, report it off)."""
     if hasattr(torch, "get_autocast_dtype"):
-        return torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        try:
+            return torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        except RuntimeError:
+            return False, torch.float32
     if device == "cuda":
         return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
     return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
@@ -79,7 +84,7 @@ class _RecomputedBottleneck(torch.autograd.Function):
         device, enabled, dtype = ctx.autocast
         # The recomputation and the gradient products run under the forward's autocast, so
         # they round as the forward did; gradients are returned in their parameter's dtype.
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
+        with torch.autocast(device, dtype=dtype) if enabled else contextlib.nullcontext():
             inputs, pre_gelu = _inputs_of_layers(_widen(x, ctx.scale, ctx.x_dtype), layers, ctx.gelu_at)
             grads: List[Optional[Tensor]] = [None] * (2 * len(layers))
             grad = grad_out
