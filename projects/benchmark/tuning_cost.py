@@ -36,8 +36,8 @@ from detectron2.config import instantiate
 from omegaconf import OmegaConf
 
 from e3va_d2.config import load_config, set_tuning_method
-from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.engine.params import trainable_parameter_table
+from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.layers import adapt_sync_batchnorm
 from e3va_d2.modeling import TUNING_METHODS, build_tuning
 from e3va_d2.utils.cost import (
