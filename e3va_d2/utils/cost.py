@@ -206,13 +206,15 @@ class TrainingStep:
             start = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._loss()
-            if loss.requires_grad:  # not so for a frozen backbone without a trainable neck
-                (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
-            if self.grad_scaler is None:
-                self.optimizer.step()
-            else:
+            # A frozen backbone without a trainable neck has no gradient to scale or step.
+            scaled = self.grad_scaler is not None and loss.requires_grad
+            if loss.requires_grad:
+                (self.grad_scaler.scale(loss) if scaled else loss).backward()
+            if scaled:
                 self.grad_scaler.step(self.optimizer)
                 self.grad_scaler.update()
+            else:
+                self.optimizer.step()
             self._sync()
             elapsed = time.perf_counter() - start
             self.optimizer.zero_grad(set_to_none=True)  # gradients need not outlive the step
