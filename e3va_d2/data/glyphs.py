@@ -20,7 +20,8 @@ import numpy as np
 
 from .shapes_render import background, paint_solid
 
-__all__ = ["GLYPH_CLASSES", "GLYPH_SPLITS", "render_glyph", "GlyphStream"]
+__all__ = ["GLYPH_CLASSES", "GLYPH_SPLITS", "glyph_parts", "place_parts", "regular_polygon",
+           "render_glyph", "GlyphStream"]
 
 GLYPH_CLASSES: Tuple[str, ...] = (
     "pentagon",
@@ -47,7 +48,7 @@ _SUPERSAMPLE = 2
 Polygon = List[Tuple[float, float]]
 
 
-def _regular(n: int, r: float, phase: float = 0.0) -> Polygon:
+def regular_polygon(n: int, r: float, phase: float = 0.0) -> Polygon:
     return [(r * math.cos(phase + 2 * math.pi * i / n), r * math.sin(phase + 2 * math.pi * i / n))
             for i in range(n)]
 
@@ -61,23 +62,22 @@ def _star(n: int, r: float, inner: float) -> Polygon:
     return pts
 
 
-def _glyph(rng: np.random.Generator, cls: int, r: float) -> List[Tuple[Polygon, bool]]:
-    """Polygons (local coordinates, radius ~``r``) as (points, filled) in drawing order; an
-    unfilled polygon cuts a hole into what was drawn before."""
-    name = GLYPH_CLASSES[cls]
+def glyph_parts(rng: np.random.Generator, name: str, r: float) -> List[Tuple[Polygon, bool]]:
+    """Polygons of glyph ``name`` (local coordinates, radius ~``r``) as (points, filled) in
+    drawing order; an unfilled polygon cuts a hole into what was drawn before."""
     t = r * rng.uniform(0.28, 0.42)  # stroke width of line-like glyphs
     if name in ("pentagon", "hexagon", "octagon"):
-        return [(_regular({"pentagon": 5, "hexagon": 6, "octagon": 8}[name], r), True)]
+        return [(regular_polygon({"pentagon": 5, "hexagon": 6, "octagon": 8}[name], r), True)]
     if name == "star5":
         return [(_star(5, r, rng.uniform(0.38, 0.5)), True)]
     if name == "star7":
         return [(_star(7, r, rng.uniform(0.5, 0.62)), True)]
     if name == "ring":
-        return [(_regular(40, r), True), (_regular(40, r * rng.uniform(0.45, 0.65)), False)]
+        return [(regular_polygon(40, r), True), (regular_polygon(40, r * rng.uniform(0.45, 0.65)), False)]
     if name == "crescent":
         off = r * rng.uniform(0.35, 0.55)
-        inner = [(x + off, y) for x, y in _regular(40, r * rng.uniform(0.8, 0.95))]
-        return [(_regular(40, r), True), (inner, False)]
+        inner = [(x + off, y) for x, y in regular_polygon(40, r * rng.uniform(0.8, 0.95))]
+        return [(regular_polygon(40, r), True), (inner, False)]
     if name == "plus":
         a = t / 2
         return [([(-r, -a), (r, -a), (r, a), (-r, a)], True),
@@ -116,13 +116,16 @@ def _glyph(rng: np.random.Generator, cls: int, r: float) -> List[Tuple[Polygon, 
             rad = r if (i // 2) % 2 == 0 else r * 0.75
             a = 2 * math.pi * i / (teeth * 4)
             pts.append((rad * math.cos(a), rad * math.sin(a)))
-        return [(pts, True), (_regular(24, r * 0.3), False)]
-    raise ValueError(f"unknown glyph class {cls}")
+        return [(pts, True), (regular_polygon(24, r * 0.3), False)]
+    raise ValueError(f"unknown glyph {name!r}")
 
 
-def _place(poly: Polygon, cx: float, cy: float, angle: float, sx: float, sy: float) -> Polygon:
+def place_parts(parts: Sequence[Tuple[Polygon, bool]], cx: float, cy: float, angle: float,
+                sx: float, sy: float) -> List[Tuple[Polygon, bool]]:
+    """Parts scaled by (sx, sy), rotated by ``angle`` and moved to (cx, cy)."""
     ca, sa = math.cos(angle), math.sin(angle)
-    return [(cx + (x * sx) * ca - (y * sy) * sa, cy + (x * sx) * sa + (y * sy) * ca) for x, y in poly]
+    return [([(cx + (x * sx) * ca - (y * sy) * sa, cy + (x * sx) * sa + (y * sy) * ca)
+              for x, y in points], filled) for points, filled in parts]
 
 
 def _coverage(parts: Sequence[Tuple[Polygon, bool]], size: int) -> np.ndarray:
@@ -148,7 +151,7 @@ def _clutter(rng: np.random.Generator, size: int) -> List[Tuple[Polygon, bool]]:
         return [([(x0 + nx, y0 + ny), (x1 + nx, y1 + ny), (x1 - nx, y1 - ny), (x0 - nx, y0 - ny)],
                  True)]
     cx, cy = rng.uniform(0, size, size=2)
-    return [([(cx + x, cy + y) for x, y in _regular(10, rng.uniform(1.5, 4.0))], True)]
+    return [([(cx + x, cy + y) for x, y in regular_polygon(10, rng.uniform(1.5, 4.0))], True)]
 
 
 def _paint_visible(rng: np.random.Generator, img: np.ndarray, cov: np.ndarray) -> None:
@@ -177,8 +180,8 @@ def render_glyph(seed: int, index: int, size: int = 112) -> Tuple[np.ndarray, in
     r = rng.uniform(0.25, 0.45) * size
     aspect = math.exp(rng.uniform(-0.29, 0.29))
     cx, cy = rng.uniform(r, size - r, size=2) if r < size / 2 else (size / 2, size / 2)
-    parts = [(_place(p, cx, cy, rng.uniform(0, 2 * math.pi), aspect, 1 / aspect), filled)
-             for p, filled in _glyph(rng, cls, r)]
+    parts = place_parts(glyph_parts(rng, GLYPH_CLASSES[cls], r), cx, cy,
+                        rng.uniform(0, 2 * math.pi), aspect, 1 / aspect)
     glyph = _coverage(parts, size)
     _paint_visible(rng, img, glyph)
     for _ in range(marks - under):
