@@ -6,8 +6,11 @@ import torch
 
 # One share of the cores per xdist worker: with 2 workers on 2 cores, two intra-op threads each
 # slow a tiny model's many small ops down by an order of magnitude (measured: 10 s -> 200 s).
+# OMP_NUM_THREADS, when set, wins: with other jobs on the cores, even two threads per worker
+# oversubscribe them (measured: a 0.5 s training step took 17 s).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0))
+                      or max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 TINY_SWIN = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)
 

@@ -49,12 +49,35 @@ def test_dual_low_rank_linear_is_sum_of_two_rank_r_products_in_one_matmul_per_fa
     assert sum(p.numel() for p in layer.parameters()) == 2 * 4 * (48 + 24) + 24
 
 
-def test_dual_low_rank_init_is_kaiming_normal_per_branch_factor():
+def test_dual_low_rank_init_readings():
     torch.manual_seed(0)
-    layer = DualLowRankLinear(512, 256, rank=16)
+    # The paper-literal reading: Kaiming normal over each factor's own fan-in, zero bias.
+    layer = DualLowRankLinear(512, 256, rank=16, init="kaiming_fan_in")
     assert layer.input_factors.std().item() == pytest.approx((2 / 512) ** 0.5, rel=0.05)
     assert layer.output_factors.std().item() == pytest.approx((2 / 16) ** 0.5, rel=0.05)
     assert torch.count_nonzero(layer.bias) == 0
+    # The default follows LoRand's code: kaiming_uniform_(a=sqrt(5)) over (in, r) and (r, out)
+    # factors (bounds 1/sqrt(r) and 1/sqrt(out)), nn.Linear's bias.
+    layer = DualLowRankLinear(512, 256, rank=16)
+    assert layer.init == "lorand"
+    for factor, bound in ((layer.input_factors, 16 ** -0.5), (layer.output_factors, 256 ** -0.5),
+                          (layer.bias, 512 ** -0.5)):
+        assert factor.abs().max().item() <= bound
+        assert factor.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+    layer = DualLowRankLinear(512, 256, rank=16, init="trunc_normal")
+    assert layer.input_factors.std().item() == pytest.approx(0.02, rel=0.15)
+    with pytest.raises(ValueError, match="init="):
+        DualLowRankLinear(8, 8, rank=2, init="xavier")
+
+
+def test_default_adapter_starts_near_a_tenth_of_its_input_the_literal_reading_far_above():
+    """What the default is for: a random term small against the branch it adapts."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 49, 128)
+    ratios = {init: (HighwayAdapter(128, 64, rank=8, init=init).branch(x).norm() / x.norm()).item()
+              for init in ("lorand", "kaiming_fan_in")}
+    assert 0.03 < ratios["lorand"] < 0.5, ratios
+    assert ratios["kaiming_fan_in"] > 2, ratios
 
 
 @pytest.mark.parametrize("kind", ["dual_low_rank", "standard"])

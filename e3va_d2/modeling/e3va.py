@@ -34,6 +34,7 @@ __all__ = [
     "E3VAHighway",
     "TrunkTrace",
     "trace_trunk",
+    "ADAPTER_INITS",
     "ADAPTER_KINDS",
     "HIGHWAY_STRUCTURES",
 ]
@@ -42,29 +43,60 @@ ADAPTER_KINDS = ("dual_low_rank", "standard")
 HIGHWAY_STRUCTURES = ("parallel", "stacked")
 
 
+ADAPTER_INITS = ("lorand", "kaiming_fan_in", "trunc_normal")
+
+
 class DualLowRankLinear(nn.Module):
     """``y = x (s1 t1 + s2 t2)^T + b`` with ``s_k: (out, r)`` and ``t_k: (r, in)``.
 
     The two rank-r products are stored side by side so that both branches run as one
     rank-2r matmul per factor (``s1 t1 + s2 t2 == [s1 s2] [t1; t2]``). They are still two
-    branches for initialisation: each factor is Kaiming-normal over its own fan-in.
-    Parameters: ``2 r (in + out) + out``.
+    branches for initialisation. Parameters: ``2 r (in + out) + out``.
+
+    ``init`` reads the paper's "randomly initialized by Kaiming Norm" (see ``reset_parameters``):
+
+    - ``"lorand"`` (default): as the same lab's released dual/multi low-rank adapter does
+      (LoRand, ``DongshuoYin/CoLin``, ``swin_lorand.py``, ``Lorand_Multi.__init__`` and
+      ``reset_parameters``): each factor stored as (in, r) / (r, out) and drawn by
+      ``kaiming_uniform_(a=sqrt(5))``, whose fan-in is then the factor's second dimension
+      (r for ``t``, out for ``s``); the bias uniform in +-1/sqrt(in), as ``nn.Linear``'s.
+      An adapter then starts at about a tenth of its input.
+    - ``"kaiming_fan_in"``: Kaiming normal (ReLU gain) over each factor's own fan-in (in for
+      ``t``, r for ``s``), zero bias. Every adapter then adds a random term several times
+      larger than its input: the highway starts far from the pre-trained features.
+    - ``"trunc_normal"``: truncated normal, std 0.02, on every factor, zero bias (Mona's
+      projections, ``Leiyi-Hu/mona``); the low-rank product is then nearly zero.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 init: str = "lorand"):
         super().__init__()
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        if init not in ADAPTER_INITS:
+            raise ValueError(f"init={init!r}; expected one of {ADAPTER_INITS}")
+        self.in_features, self.out_features, self.rank, self.init = in_features, out_features, rank, init
         self.input_factors = nn.Parameter(torch.empty(2, rank, in_features))  # [t1; t2]
         self.output_factors = nn.Parameter(torch.empty(out_features, 2, rank))  # [s1 s2]
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Kaiming normal (fan-in, ReLU gain) of each factor of each branch, as in the paper.
-        nn.init.normal_(self.input_factors, std=math.sqrt(2.0 / self.in_features))
-        nn.init.normal_(self.output_factors, std=math.sqrt(2.0 / self.rank))
+        if self.init == "lorand":
+            # kaiming_uniform_(a=sqrt(5)) of an (in, r) and an (r, out) factor: bounds
+            # 1/sqrt(r) and 1/sqrt(out) (gain sqrt(1/3) times sqrt(3 / fan-in)).
+            nn.init.uniform_(self.input_factors, -self.rank ** -0.5, self.rank ** -0.5)
+            nn.init.uniform_(self.output_factors, -self.out_features ** -0.5,
+                             self.out_features ** -0.5)
+            if self.bias is not None:
+                nn.init.uniform_(self.bias, -self.in_features ** -0.5, self.in_features ** -0.5)
+            return
+        if self.init == "kaiming_fan_in":
+            nn.init.normal_(self.input_factors, std=math.sqrt(2.0 / self.in_features))
+            nn.init.normal_(self.output_factors, std=math.sqrt(2.0 / self.rank))
+        else:
+            for factor in (self.input_factors, self.output_factors):
+                nn.init.trunc_normal_(factor, std=0.02, a=-0.04, b=0.04)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -87,7 +119,8 @@ class DualLowRankLinear(nn.Module):
                 (self.output_factors.reshape(self.out_features, r2), self.bias)]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, init={self.init}")
 
 
 def linear_layers(layer: nn.Module) -> List[Tuple[Tensor, Optional[Tensor]]]:
@@ -107,6 +140,7 @@ class HighwayAdapter(nn.Module):
             for the "standard" ablation of Table 5).
         kind: ``"dual_low_rank"`` (E3VA) or ``"standard"`` (dense ``nn.Linear`` projections).
         rank: rank of each of the two branches (``kind="dual_low_rank"`` only).
+        init: how the dual low-rank factors are drawn (see :class:`DualLowRankLinear`).
         zero_init: zero the up projection so that ``A(x) == x`` at the start of training.
         recompute: keep only the adapter's input for backward and recompute its (cheap,
             low-rank) internals there, instead of storing four more activations per token.
@@ -123,6 +157,7 @@ class HighwayAdapter(nn.Module):
         *,
         kind: str = "dual_low_rank",
         rank: int = 8,
+        init: str = "lorand",
         zero_init: bool = False,
         recompute: bool = True,
         saved_dtype: Optional[torch.dtype] = None,
@@ -134,8 +169,8 @@ class HighwayAdapter(nn.Module):
         self.recompute = recompute
         self.saved_dtype = saved_dtype
         if kind == "dual_low_rank":
-            self.down = DualLowRankLinear(dim, hidden_dim, rank)
-            self.up = DualLowRankLinear(hidden_dim, dim, rank)
+            self.down = DualLowRankLinear(dim, hidden_dim, rank, init=init)
+            self.up = DualLowRankLinear(hidden_dim, dim, rank, init=init)
         elif kind == "standard":
             self.down = nn.Linear(dim, hidden_dim)
             self.up = nn.Linear(hidden_dim, dim)
@@ -211,6 +246,7 @@ class E3VAHighway(SideNetwork):
         *,
         rank: int = 8,
         hidden_dims: Sequence[int],
+        init: str = "lorand",
         adapter_kind: str = "dual_low_rank",
         structure: str = "parallel",
         zero_init: bool = False,
@@ -230,6 +266,7 @@ class E3VAHighway(SideNetwork):
                     hidden_dim=width,
                     kind=adapter_kind,
                     rank=rank,
+                    init=init,
                     zero_init=zero_init,
                     recompute=recompute,
                     saved_dtype=saved_dtype,

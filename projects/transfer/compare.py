@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2,
                    help="runs at once, each with cores/jobs threads (results do not depend on "
                         "it, up to float rounding)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per run (default: cores / jobs); lower it when other jobs share "
+                        "the cores, where oversubscribed threads slow a run many times over")
     p.add_argument("--cost-steps", type=int, default=3, help="timed benchmark steps per method")
     p.add_argument("--no-cost", action="store_true", help="skip the cost benchmark")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
@@ -277,7 +280,7 @@ def main(argv=None) -> Dict[str, dict]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     args = parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
-    threads = max(1, usable_cores() // max(args.jobs, 1))
+    threads = args.threads or max(1, usable_cores() // max(args.jobs, 1))
     cost = measure_cost(args)
     runs = train_all(args, threads)
     summary = summarise(runs, cost)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..e3va import ADAPTER_KINDS, HIGHWAY_STRUCTURES, E3VAHighway
+from ..e3va import ADAPTER_INITS, ADAPTER_KINDS, HIGHWAY_STRUCTURES, E3VAHighway
 from ..side import SIDE_PREFIX
 from .base import TuningMethod, check_positive_int, output_norm_parameters, register_tuning
 
@@ -26,6 +26,12 @@ class E3VATuning(TuningMethod):
     rank: rank of each of the two low-rank branches (8 / 16 / 32 for E3VA / + / ++).
     hidden_ratio: adapter bottleneck width as a fraction of the channels (paper: 1/2).
     hidden_dim: a fixed bottleneck width instead (Table 5's standard adapter uses 32).
+    init: how the dual low-rank factors are drawn; the paper says only "Kaiming Norm".
+        "lorand" (default): the same lab's released LoRand code (kaiming_uniform_ with
+        a=sqrt(5) over its (in, r) / (r, out) factor layout; adapters start at about a tenth
+        of their input). "kaiming_fan_in": Kaiming normal over each factor's own fan-in (this
+        project's first reading; adapters start several times larger than their input).
+        "trunc_normal": std 0.02 (Mona's). See DualLowRankLinear.
     adapter_kind: "dual_low_rank" or "standard" (Table 5).
     structure: "parallel" or "stacked" (Table 6).
     zero_init: start with ``A(x) == x`` so training starts exactly at the frozen model
@@ -49,6 +55,7 @@ class E3VATuning(TuningMethod):
     rank: int = 8
     hidden_ratio: float = 0.5
     hidden_dim: Optional[int] = None
+    init: str = "lorand"
     adapter_kind: str = "dual_low_rank"
     structure: str = "parallel"
     zero_init: bool = False
@@ -58,6 +65,8 @@ class E3VATuning(TuningMethod):
     train_output_norms: bool = True
 
     def __post_init__(self):
+        if self.init not in ADAPTER_INITS:
+            raise ValueError(f"E3VATuning.init={self.init!r}; expected one of {ADAPTER_INITS}")
         if self.adapter_kind not in ADAPTER_KINDS:
             raise ValueError(f"adapter_kind={self.adapter_kind!r}; expected one of {ADAPTER_KINDS}")
         if self.structure not in HIGHWAY_STRUCTURES:
@@ -90,6 +99,7 @@ class E3VATuning(TuningMethod):
             trunk,
             rank=self.rank,
             hidden_dims=[self.bottleneck_width(d) for d in trunk.num_features[: trunk.num_stages]],
+            init=self.init,
             adapter_kind=self.adapter_kind,
             structure=self.structure,
             zero_init=self.zero_init,

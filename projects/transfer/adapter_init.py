@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""How far each reading of the paper's "Kaiming Norm" puts E3VA's highway from the frozen
+model before any training: the answer to "does the default start where it can learn?".
+
+For every reading of ``E3VATuning.init`` (and zero-initialised up projections) it runs the
+shipped pre-trained trunk on held-out images and reports
+
+- per adapter: ``|A(x) - x| / |x|``, the size of the adapter's random term against its input
+  (the trunk's branch output it reads), median and range over the highway's adapters;
+- per stage: ``|e - l| / |l|``, how far the features the FPN reads (highway ``e``) start from
+  the frozen trunk's (``l``), after the output norm.
+
+    python -m projects.transfer.adapter_init [--config-file ...] [--images 16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from typing import Dict, List
+
+import torch
+
+DEFAULT_CONFIG = "configs/Shapes/transfer_mask_rcnn_swin_e3va.py"
+READINGS = (("lorand", False), ("kaiming_fan_in", False), ("trunc_normal", False),
+            ("lorand", True))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config-file", default=DEFAULT_CONFIG)
+    p.add_argument("--images", type=int, default=16, help="held-out images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="write the records (JSON) here")
+    return p.parse_args(argv)
+
+
+def held_out_images(cfg, count: int) -> torch.Tensor:
+    """The first ``count`` images of the config's test split, resized to 112 and stacked."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import read_image
+
+    names = cfg.dataloader.test.dataset.names
+    dicts = DatasetCatalog.get(names if isinstance(names, str) else names[0])[:count]
+    images = [torch.from_numpy(read_image(d["file_name"], "RGB").copy()).permute(2, 0, 1).float()
+              for d in dicts]
+    return torch.stack([torch.nn.functional.interpolate(i[None], size=(112, 112), mode="bilinear",
+                                                         align_corners=False)[0] for i in images])
+
+
+def measure(cfg, images: torch.Tensor, init: str, zero_init: bool, seed: int) -> Dict[str, object]:
+    from detectron2.config import instantiate
+
+    from e3va_d2.config import tuned_swin_node
+    from e3va_d2.modeling import E3VATuning
+    from e3va_d2.modeling.e3va import trace_trunk
+
+    node = tuned_swin_node(cfg.model)
+    node.tuning = "fixed"  # the pre-trained trunk alone; each reading's highway is built here
+    trunk = instantiate(node).trunk.eval()
+    torch.manual_seed(seed)
+    highway = E3VATuning(init=init, zero_init=zero_init).attach(trunk)
+    pixel_mean = torch.tensor(cfg.model.pixel_mean).view(1, 3, 1, 1)
+    pixel_std = torch.tensor(cfg.model.pixel_std).view(1, 3, 1, 1)
+    x = (images - pixel_mean) / pixel_std
+    with torch.no_grad():
+        trace = trace_trunk(trunk, x)
+        adapter_ratios: List[float] = []
+        for stage_adapters, branches in zip(highway.layers, trace.branches):
+            for block, (a1, a2) in zip(stage_adapters["blocks"], branches):
+                for adapter, branch in ((block.attn_adapter, a1), (block.mlp_adapter, a2)):
+                    adapter_ratios.append(float(adapter.branch(branch).norm() / branch.norm()))
+        highway_out = highway.from_trace(trunk, trace_trunk(trunk, x))
+        frozen = trunk(x)
+    stage_ratios = {k: float((highway_out[k] - frozen[k]).norm() / frozen[k].norm())
+                    for k in sorted(frozen)}
+    return {"init": init, "zero_init": zero_init,
+            "adapter_median": statistics.median(adapter_ratios),
+            "adapter_min": min(adapter_ratios), "adapter_max": max(adapter_ratios),
+            "stages": stage_ratios}
+
+
+def table(records: List[dict]) -> str:
+    stages = sorted(records[0]["stages"])
+    head = ("| `init` | `zero_init` | adapter: \\|A(x) - x\\| / \\|x\\|, median (range) | "
+            + " | ".join(f"{s}: \\|e - l\\| / \\|l\\|" for s in stages) + " |")
+    lines = [head, "|" + "---|" * (3 + len(stages))]
+    for r in records:
+        lines.append(
+            f"| {r['init']} | {r['zero_init']} | {r['adapter_median']:.3f} "
+            f"({r['adapter_min']:.3f}-{r['adapter_max']:.3f}) | "
+            + " | ".join(f"{r['stages'][s]:.3f}" for s in stages) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> List[dict]:
+    args = parse_args(argv)
+    from e3va_d2.config import load_config
+
+    cfg = load_config(args.config_file)
+    images = held_out_images(cfg, args.images)
+    records = [measure(cfg, images, init, zero, args.seed) for init, zero in READINGS]
+    print(table(records))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"config": args.config_file, "images": args.images, "seed": args.seed,
+                       "records": records}, f, indent=1)
+    return records
+
+
+if __name__ == "__main__":
+    main()
