@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["recomputed_bottleneck"]
+__all__ = ["recomputed", "recomputed_bottleneck"]
 
 Layer = Tuple[Tensor, Optional[Tensor]]  # (weight (out, in), bias (out,) or None)
 
@@ -114,3 +114,37 @@ def recomputed_bottleneck(x: Tensor, layers: Sequence[Layer], gelu_at: int,
         raise ValueError(f"gelu_at={gelu_at} must name one of layers 1..{len(layers) - 1}")
     flat = [t for layer in layers for t in layer]
     return _RecomputedBottleneck.apply(x, saved_dtype, gelu_at, *flat)
+
+
+class _Recomputed(torch.autograd.Function):
+    """``fn(x)`` keeping only ``x`` (possibly narrowed) and ``fn``'s parameters for backward."""
+
+    @staticmethod
+    def forward(ctx, fn, saved_dtype, x, *params):
+        device = x.device.type
+        ctx.fn, ctx.autocast, ctx.x_dtype = fn, (device, *_autocast_state(device)), x.dtype
+        kept, ctx.scale = _narrow(x, saved_dtype)
+        ctx.save_for_backward(kept, *params)
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        kept, *params = ctx.saved_tensors
+        x = _widen(kept, ctx.scale, ctx.x_dtype).detach().requires_grad_(ctx.needs_input_grad[2])
+        device, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), (torch.autocast(device, dtype=dtype) if enabled
+                                   else contextlib.nullcontext()):
+            out = ctx.fn(x)
+        wanted = [t for t, need in zip([x, *params], ctx.needs_input_grad[2:]) if need]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
+        filled = [next(grads) if need else None for need in ctx.needs_input_grad[2:]]
+        return (None, None, *filled)
+
+
+def recomputed(fn, x: Tensor, params: Sequence[Tensor],
+               saved_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``fn(x)`` whose backward keeps only ``x`` (as ``saved_dtype`` if narrower) and reruns
+    ``fn`` to differentiate it: for branches that ``recomputed_bottleneck`` cannot express (a
+    convolution between the linear layers). ``params``: every tensor ``fn`` reads that may need
+    a gradient (its module's parameters)."""
+    return _Recomputed.apply(fn, saved_dtype, x, *params)

@@ -1,13 +1,14 @@
 """Tuning methods: each decides, when the model is built, what of the Swin trunk trains.
 
 Registered names (``TUNING_METHODS``): full, fixed, bitfit, norm, partial1, adapter, lora,
-adaptformer, e3va, e3va_plus, e3va_plusplus.
+adaptformer, e3va, e3va_plus, e3va_plusplus (the paper's), e3va_spatial (this project's).
 """
 from .base import TUNING_METHODS, TuningMethod, build_tuning, register_tuning
 from .e3va import E3VATuning
 from .full import FixedTuning, FullTuning
 from .inserted import AdaptFormerTuning, HoulsbyAdapterTuning, LoRATuning
 from .selective import BitFitTuning, NormTuning, PartialTuning
+from .spatial import SpatialE3VATuning
 
 __all__ = [
     "TUNING_METHODS",
@@ -23,4 +24,5 @@ __all__ = [
     "LoRATuning",
     "NormTuning",
     "PartialTuning",
+    "SpatialE3VATuning",
 ]

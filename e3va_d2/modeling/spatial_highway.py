@@ -1,0 +1,191 @@
+"""A highway with spatial context: this project's extension of E3VA (not the paper's method).
+
+E3VA's adapters are token-wise functions of the frozen trunk's branch outputs, and they never
+read the highway itself: every bit of spatial mixing on the highway is the frozen attention's,
+and a correction made at block 2 cannot be built on at block 5. Three additions, each an
+option, each keeping E3VA's guarantees (the trunk runs without autograd; backward keeps only
+what the adapters read; a zero-initialised highway is the frozen model bit for bit):
+
+- ``conv_kernels``: depthwise convolutions on the token grid inside each adapter's bottleneck,
+  ``A(a) = a + U(GELU(M(D(a))))`` with ``M(h) = h + mean_k DWConv_k(h)``. The convolutions start
+  at zero (``M`` is the identity, so the highway starts as E3VA's) and are recomputed in
+  backward with the rest of the adapter, so they keep nothing.
+- ``read_state``: each adapter's bottleneck also reads the highway's deviation from the trunk,
+  ``d = e - l`` at the block's start: ``A(a) = a + U(GELU(M(D(a + d))))``. The skip still adds
+  ``a`` alone. ``l`` is the trunk's own stream (rebuilt without autograd from the recorded
+  branches), so ``d`` is exactly zero while the highway is, and the adapter keeps ``a + d``
+  instead of ``a``: no extra memory. Corrections now compound along the highway.
+- ``stage_mixer``: one more zero-initialised bottleneck with the same spatial mixing on the
+  highway at each stage's end, before the output norm and the patch merging.
+
+Shape legend: B batch, L tokens, C channels, h bottleneck width.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..layers.bottleneck import recomputed
+from .e3va import DualLowRankLinear, E3VAHighway, HighwayAdapter, TrunkTrace
+from .swin import SwinTransformer, tokens_to_map
+
+__all__ = ["GridMixer", "SpatialAdapter", "SpatialBlockAdapters", "SpatialHighway"]
+
+
+class GridMixer(nn.Module):
+    """``h + mean_k DWConv_k(h)`` on the token grid: local spatial context for a bottleneck.
+
+    The convolutions start at zero, so the mixer starts as the identity.
+    """
+
+    def __init__(self, dim: int, kernels: Sequence[int]):
+        super().__init__()
+        if not kernels or any(k < 1 or k % 2 == 0 for k in kernels):
+            raise ValueError(f"kernels must be odd sizes >= 1, got {tuple(kernels)}")
+        self.convs = nn.ModuleList(
+            nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in kernels)
+        for conv in self.convs:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, h: Tensor, hw: Tuple[int, int]) -> Tensor:
+        grid = tokens_to_map(h, hw)  # B, h, H, W
+        mixed = sum(conv(grid) for conv in self.convs) / len(self.convs)
+        return h + mixed.flatten(2).transpose(1, 2)
+
+
+class SpatialAdapter(HighwayAdapter):
+    """``A(a, d) = a + U(GELU(M(D(a + d))))``; ``M`` a :class:`GridMixer` (or the identity when
+    ``kernels`` is empty), ``d`` the highway's deviation (or None)."""
+
+    def __init__(self, dim: int, hidden_dim: int, *, kernels: Sequence[int] = (3,), **kwargs):
+        if kwargs.get("kind", "dual_low_rank") != "dual_low_rank":
+            raise ValueError("SpatialAdapter supports the dual low-rank adapter only")
+        super().__init__(dim, hidden_dim, **kwargs)
+        self.mixer = GridMixer(hidden_dim, kernels) if kernels else None
+
+    def spatial_branch(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """``U(GELU(M(D(x))))`` (exactly zero when zero-initialised)."""
+        if self.mixer is None:
+            return self.branch(x)
+        fn = functools.partial(self._mixed, hw=hw)
+        if self.recompute and torch.is_grad_enabled():
+            return recomputed(fn, x, list(self.parameters()), self.saved_dtype)
+        return fn(x)
+
+    def _mixed(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        return self.up(self.act(self.mixer(self.down(x), hw)))
+
+    def forward(self, a: Tensor, hw: Tuple[int, int], d: Optional[Tensor] = None) -> Tensor:
+        return a + self.spatial_branch(a if d is None else a + d, hw)
+
+
+class SpatialBlockAdapters(nn.Module):
+    """The two adapters of one highway step, parallel: both read the block's starting
+    deviation ``d``; ``e + A1(a1, d) + A2(a2, d)`` associates as the trunk's ``(l + a1) + a2``."""
+
+    def __init__(self, dim: int, **adapter_kwargs):
+        super().__init__()
+        self.attn_adapter = SpatialAdapter(dim, **adapter_kwargs)
+        self.mlp_adapter = SpatialAdapter(dim, **adapter_kwargs)
+
+    def forward(self, e: Tensor, a1: Tensor, a2: Tensor, hw: Tuple[int, int],
+                d: Optional[Tensor] = None) -> Tensor:
+        return e + self.attn_adapter(a1, hw, d) + self.mlp_adapter(a2, hw, d)
+
+
+class StageMixer(nn.Module):
+    """``e + U(GELU(M(D(e))))`` at a stage's end, up projection zero-initialised."""
+
+    def __init__(self, dim: int, hidden_dim: int, rank: int, kernels: Sequence[int],
+                 recompute: bool, saved_dtype: Optional[torch.dtype]):
+        super().__init__()
+        self.down = DualLowRankLinear(dim, hidden_dim, rank)
+        self.mixer = GridMixer(hidden_dim, kernels or (3,))
+        self.act = nn.GELU()
+        self.up = DualLowRankLinear(hidden_dim, dim, rank)
+        self.up.zero_()
+        self.recompute, self.saved_dtype = recompute, saved_dtype
+
+    def _branch(self, e: Tensor, hw: Tuple[int, int]) -> Tensor:
+        return self.up(self.act(self.mixer(self.down(e), hw)))
+
+    def forward(self, e: Tensor, hw: Tuple[int, int]) -> Tensor:
+        fn = functools.partial(self._branch, hw=hw)
+        if self.recompute and torch.is_grad_enabled():
+            return e + recomputed(fn, e, list(self.parameters()), self.saved_dtype)
+        return e + fn(e)
+
+
+class SpatialHighway(E3VAHighway):
+    """E3VA's highway with the options of this module's docstring.
+
+    Args (besides :class:`E3VAHighway`'s):
+        conv_kernels: depthwise kernel sizes inside each adapter's bottleneck (empty: none).
+        read_state: adapters also read the highway's deviation from the trunk.
+        stage_mixer: a spatial bottleneck on the highway at each stage's end.
+    """
+
+    def __init__(
+        self,
+        trunk: SwinTransformer,
+        *,
+        rank: int = 8,
+        hidden_dims: Sequence[int],
+        init: str = "lorand",
+        zero_init: bool = False,
+        recompute: bool = True,
+        saved_dtype: Optional[torch.dtype] = None,
+        trainable_downsampling: bool = False,
+        conv_kernels: Sequence[int] = (3,),
+        read_state: bool = True,
+        stage_mixer: bool = False,
+    ):
+        super().__init__(trunk, rank=rank, hidden_dims=hidden_dims, init=init,
+                         zero_init=zero_init, recompute=recompute, saved_dtype=saved_dtype,
+                         trainable_downsampling=trainable_downsampling)
+        self.read_state = read_state
+        kernels = tuple(conv_kernels)
+        for i, stage in enumerate(trunk.layers):
+            dim = trunk.num_features[i]
+            self.layers[i]["blocks"] = nn.ModuleList(
+                SpatialBlockAdapters(dim, hidden_dim=hidden_dims[i], kernels=kernels, rank=rank,
+                                     init=init, zero_init=zero_init, recompute=recompute,
+                                     saved_dtype=saved_dtype)
+                for _ in stage.blocks)
+        self.stage_mixers = nn.ModuleList(
+            StageMixer(trunk.num_features[i], hidden_dims[i], rank, kernels, recompute,
+                       saved_dtype)
+            for i in range(len(trunk.layers))) if stage_mixer else None
+
+    def from_trace(self, trunk: SwinTransformer, trace: TrunkTrace,
+                   consume: bool = False) -> Dict[str, Tensor]:
+        e = stream = trace.embedding  # highway and trunk stream (l), equal at the start
+        outs = {}
+        for i, (stage, adapters, branches) in enumerate(
+                zip(trunk.layers, self.layers, trace.branches)):
+            hw = trace.grids[i]
+            for j, block_adapters in enumerate(adapters["blocks"]):
+                a1, a2 = branches[j]
+                if consume:
+                    branches[j] = None
+                deviation = e - stream if self.read_state else None
+                e = block_adapters(e, a1, a2, hw, deviation)
+                if self.read_state:
+                    with torch.no_grad():
+                        stream = (stream + a1) + a2
+            del a1, a2
+            if self.stage_mixers is not None:
+                e = self.stage_mixers[i](e, hw)
+            if i in trunk.out_indices:
+                outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
+            if stage.downsample is not None:
+                e = self._merge(stage.downsample if self.downsample is None else self.downsample[i],
+                                e, hw)
+                if self.read_state:
+                    with torch.no_grad():
+                        stream = stage.downsample(stream, hw)
+        return outs

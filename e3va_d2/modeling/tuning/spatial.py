@@ -1,0 +1,54 @@
+"""E3VA with spatial context on its highway: this project's extension, not the paper's method
+(see :mod:`e3va_d2.modeling.spatial_highway`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Tuple
+
+from ..spatial_highway import SpatialHighway
+from .base import register_tuning
+from .e3va import SAVED_INPUT_DTYPES, E3VATuning
+
+__all__ = ["SpatialE3VATuning"]
+
+
+@register_tuning("e3va_spatial")
+@dataclass
+class SpatialE3VATuning(E3VATuning):
+    """E3VA's options (dual low-rank, parallel adapters only) plus:
+
+    conv_kernels: odd depthwise kernel sizes inside each adapter's bottleneck, on the token
+        grid; () for none.
+    read_state: each adapter's bottleneck also reads the highway's deviation from the trunk.
+    stage_mixer: a spatial bottleneck on the highway at each stage's end.
+    """
+
+    conv_kernels: Tuple[int, ...] = field(default=(3,))
+    read_state: bool = True
+    stage_mixer: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.conv_kernels = tuple(self.conv_kernels)
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0
+               for k in self.conv_kernels):
+            raise ValueError(f"SpatialE3VATuning.conv_kernels must be odd sizes >= 1, got "
+                             f"{self.conv_kernels!r}")
+        if self.adapter_kind != "dual_low_rank" or self.structure != "parallel":
+            raise ValueError("SpatialE3VATuning supports adapter_kind='dual_low_rank' and "
+                             "structure='parallel' only")
+
+    def attach(self, trunk):
+        return SpatialHighway(
+            trunk,
+            rank=self.rank,
+            hidden_dims=[self.bottleneck_width(d) for d in trunk.num_features[: trunk.num_stages]],
+            init=self.init,
+            zero_init=self.zero_init,
+            recompute=self.recompute_adapters,
+            saved_dtype=SAVED_INPUT_DTYPES[self.saved_input_dtype],
+            trainable_downsampling=self.trainable_downsampling,
+            conv_kernels=self.conv_kernels,
+            read_state=self.read_state,
+            stage_mixer=self.stage_mixer,
+        )
