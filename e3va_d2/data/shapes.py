@@ -112,6 +112,16 @@ DEFAULT_SPLITS: Dict[str, ShapesSpec] = {
                                 max_objects=4, fill="texture"),
     "texture_val": ShapesSpec(num_images=128, seed=7, min_size=96, max_size=128, max_objects=4,
                               fill="texture"),
+    # The accuracy study's two regimes (projects/transfer/study.py, docs/ACCURACY.md): 8,192
+    # training images each, so that no method can merely memorise them, 512 held out. "near":
+    # solid objects, whose features a trunk pre-trained on solid glyphs already has; "far":
+    # objects set apart by fine stripes or checks, which the pre-text never taught.
+    "near_train": ShapesSpec(num_images=8192, seed=10, min_size=96, max_size=128, max_objects=4),
+    "near_val": ShapesSpec(num_images=512, seed=11, min_size=96, max_size=128, max_objects=4),
+    "far_train": ShapesSpec(num_images=8192, seed=12, min_size=96, max_size=128, max_objects=4,
+                            fill="texture"),
+    "far_val": ShapesSpec(num_images=512, seed=13, min_size=96, max_size=128, max_objects=4,
+                          fill="texture"),
     # Small splits for smoke tests (the test suite trains and evaluates on these).
     "mini_train": ShapesSpec(num_images=48, seed=2),
     "mini_val": ShapesSpec(num_images=16, seed=3),

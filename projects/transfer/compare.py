@@ -12,7 +12,8 @@ size, run alone before any training so that its times are not disturbed.
     python -m projects.transfer.compare --methods full,e3va --seeds 0 train.max_iter=20
 
 Every run trains in its own process into ``<output>/runs/<row>/seed<k>/`` and ends by writing
-``result.json``; a restarted comparison skips the runs that have one. Writes
+``result.json``; a restarted comparison skips the runs that have one and resumes a stopped run
+from its last checkpoint. A row may carry options: ``e3va:zero_init=True``. Writes
 ``<output>/results.json``, ``results.md`` (the table), ``accuracy_vs_memory.png`` (the
 paper's Figure 1: accuracy against training memory) and ``curves.png`` (every row's training
 curves, first seed).
@@ -82,8 +83,11 @@ def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: s
     from e3va_d2.config import apply_overrides, load_config, set_tuning_method, tuned_swin_node
     from e3va_d2.modeling import build_tuning
 
+    from projects.benchmark.tuning_cost import method_options
+
     cfg = load_config(config_file, [f"train.output_dir={folder}", f"train.seed={seed}"])
-    set_tuning_method(cfg.model, build_tuning("e3va" if row == FLOOR else row))
+    name, options = method_options("e3va" if row == FLOOR else row)
+    set_tuning_method(cfg.model, build_tuning(name, **options))
     # After the swap, so that options of the method (tuning.zero_init=True) apply to it.
     cfg = apply_overrides(cfg, list(opts))
     if row == FLOOR:
@@ -120,7 +124,8 @@ def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: st
     seed_all_rng(seed)  # as detectron2's default_setup does for train.seed
     start = time.time()
     trainer = E3VATrainer(cfg)
-    trainer.resume_or_load(resume=False)
+    # A run stopped midway continues from its last checkpoint (exactly; see engine/resume.py).
+    trainer.resume_or_load(resume=True)
     _, totals = trainable_parameter_table(trainer._trainer.model)
     metrics = flat_metrics(trainer.train())
     result = dict(row=row, method=method, seed=seed, metrics=metrics,

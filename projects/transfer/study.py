@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""The accuracy study: when does E3VA match full fine-tuning? (docs/ACCURACY.md)
+
+Two downstream regimes, fixed before any E3VA result of the study was looked at, each a config
+with one recipe for every method:
+
+- ``near`` (``configs/Shapes/accuracy_near_mask_rcnn_swin.py``): solid objects, whose features
+  the pre-trained trunk already holds;
+- ``far`` (``configs/Shapes/accuracy_far_mask_rcnn_swin.py``): objects set apart only by fine
+  stripes or checks, which the pre-text never taught.
+
+Every (regime, row, seed) run trains with :mod:`projects.transfer.compare` (one process per
+run, resumed from its last checkpoint after a stop, skipped once finished) and evaluates every
+``train.eval_period`` iterations, so each run's held-out curve shows whether it plateaued. Its
+record (final metrics, the curves, time) is written to
+``docs/records/accuracy/<regime>/<row>/seed<k>.json``: small JSON files that are committed. The
+tables and figures of docs/ACCURACY.md are rendered from the committed records alone
+(``--render``), and ``tests/test_accuracy_study.py`` checks that they match.
+
+    python -m projects.transfer.study --regimes near,far --rows full,fixed --seeds 0,1,2
+    python -m projects.transfer.study --rows lora,e3va          # after full's curve plateaued
+    python -m projects.transfer.study --render                  # tables and plots only
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import statistics
+import sys
+from typing import Dict, List, Optional
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REGIMES = {
+    "near": "configs/Shapes/accuracy_near_mask_rcnn_swin.py",
+    "far": "configs/Shapes/accuracy_far_mask_rcnn_swin.py",
+}
+RECORDS = os.path.join(ROOT, "docs", "records", "accuracy")
+DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
+# The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B, box AP): fixed 43.5, full 51.9.
+PAPER_RECOVERY = {"full": 1.0, "fixed": 0.0, "lora": (51.2 - 43.5) / (51.9 - 43.5),
+                  "e3va": (50.5 - 43.5) / (51.9 - 43.5)}
+METRICS = (("bbox/AP", "box AP"), ("segm/AP", "mask AP"))
+
+logger = logging.getLogger("e3va_d2.study")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--regimes", default="near,far")
+    p.add_argument("--rows", default="full,fixed,lora,e3va",
+                   help="tuning methods, with options as 'e3va:zero_init=True'")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="threads per run")
+    p.add_argument("--output", default="output/accuracy", help="run folders (not committed)")
+    p.add_argument("--records", default=RECORDS, help="where run records are written")
+    p.add_argument("--doc", default=DOC, help="the document whose tables are rendered")
+    p.add_argument("--render", action="store_true",
+                   help="only render docs/ACCURACY.md's tables and figures from the records")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+    return p.parse_args(argv)
+
+
+def record_path(regime: str, row: str, seed: int, root: str = RECORDS) -> str:
+    return os.path.join(root, regime, row.replace(":", "__"), f"seed{seed}.json")
+
+
+def eval_curve(metrics_file: str, max_iter: int) -> List[dict]:
+    """The periodic evaluations of a run: [{"iter": iterations done, "bbox/AP", "segm/AP"}].
+    (detectron2 logs a periodic evaluation at the iteration it follows, the final one after
+    the loop, at ``max_iter``.)"""
+    curve = []
+    with open(metrics_file) as f:
+        for line in f:
+            row = json.loads(line)
+            if "bbox/AP" in row:
+                curve.append({"iter": min(row["iteration"] + 1, max_iter),
+                              **{k: round(row[k], 2) for k, _ in METRICS if k in row}})
+    return curve
+
+
+def loss_curve(metrics_file: str, every: int = 100) -> List[dict]:
+    with open(metrics_file) as f:
+        rows = [json.loads(line) for line in f]
+    return [{"iter": r["iteration"] + 1, "total_loss": round(r["total_loss"], 4)}
+            for r in rows if "total_loss" in r and (r["iteration"] + 1) % every == 0]
+
+
+def make_record(regime: str, result: dict, folder: str, max_iter: int) -> dict:
+    metrics_file = os.path.join(folder, "metrics.json")
+    return {"regime": regime, "row": result["row"], "seed": result["seed"],
+            "trunk": result["trunk"],
+            "final": {k: round(result["metrics"][k], 2) for k, _ in METRICS},
+            "eval_curve": eval_curve(metrics_file, max_iter), "loss_curve": loss_curve(metrics_file),
+            "trainable_in_backbone": result["trainable_in_backbone"],
+            "minutes": round(result["minutes"], 1)}
+
+
+def run(args) -> None:
+    from e3va_d2.config import load_config
+    from projects.transfer import compare
+
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    for regime in [r.strip() for r in args.regimes.split(",")]:
+        config = os.path.join(ROOT, REGIMES[regime])
+        output = os.path.join(args.output, regime)
+        compare_args = compare.parse_args(
+            ["--config-file", config, "--methods", ",".join(rows), "--seeds", args.seeds,
+             "--no-floor", "--no-cost", "--jobs", str(args.jobs), "--threads", str(args.threads),
+             "--output", output, *args.opts])
+        results = compare.train_all(compare_args, args.threads)
+        max_iter = load_config(config, list(args.opts)).train.max_iter
+        for row, per_seed in results.items():
+            for result in per_seed:
+                folder = compare.run_folder(output, row, result["seed"])
+                path = record_path(regime, row, result["seed"], args.records)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    json.dump(make_record(regime, result, folder, max_iter), f, indent=1)
+                    f.write("\n")
+
+
+def load_records(root: str = RECORDS) -> Dict[str, Dict[str, List[dict]]]:
+    """{regime: {row: [record per seed, by seed]}} from the committed records."""
+    out: Dict[str, Dict[str, List[dict]]] = {}
+    for path in sorted(glob.glob(os.path.join(root, "*", "*", "seed*.json"))):
+        with open(path) as f:
+            rec = json.load(f)
+        out.setdefault(rec["regime"], {}).setdefault(rec["row"], []).append(rec)
+    for rows in out.values():
+        for recs in rows.values():
+            recs.sort(key=lambda r: r["seed"])
+    return out
+
+
+def mean_std(values: List[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+
+
+def recovery(rows: Dict[str, List[dict]], row: str, metric: str = "bbox/AP") -> Optional[float]:
+    """(row - fixed) / (full - fixed), on the means over seeds."""
+    if not {"full", "fixed", row} <= set(rows):
+        return None
+    mean = {r: statistics.fmean(rec["final"][metric] for rec in rows[r])
+            for r in ("full", "fixed", row)}
+    gap = mean["full"] - mean["fixed"]
+    return (mean[row] - mean["fixed"]) / gap if gap else None
+
+
+def regime_table(regime: str, rows: Dict[str, List[dict]]) -> str:
+    head = ["method", "box AP", "box AP per seed", "mask AP", "recovery (box)",
+            "paper's recovery (COCO box)", "iterations", "trainable (backbone)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = ["full", "fixed", "lora", "e3va"]
+    for row in sorted(rows, key=lambda r: (order.index(r) if r in order else len(order), r)):
+        recs = rows[row]
+        box = [r["final"]["bbox/AP"] for r in recs]
+        mask = [r["final"]["segm/AP"] for r in recs]
+        rec = recovery(rows, row)
+        paper = PAPER_RECOVERY.get(row)
+        iters = recs[0]["eval_curve"][-1]["iter"] if recs[0]["eval_curve"] else ""
+        lines.append("| " + " | ".join([
+            f"`{row}`", mean_std(box), ", ".join(f"{v:.1f}" for v in box), mean_std(mask),
+            "" if rec is None else f"{rec:.2f}", "" if paper is None else f"{paper:.2f}",
+            str(iters), f"{recs[0]['trainable_in_backbone'] / 1e6:.3f}M"]) + " |")
+    return "\n".join(lines)
+
+
+def render_tables(records: Dict[str, Dict[str, List[dict]]]) -> Dict[str, str]:
+    """Marker name -> Markdown, for docs/ACCURACY.md."""
+    return {f"accuracy-{regime}": regime_table(regime, rows)
+            for regime, rows in sorted(records.items())}
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the lines between ``<!-- begin: name -->`` and ``<!-- end: name -->``
+    replaced by ``body``."""
+    begin, end = f"<!-- begin: {name} -->", f"<!-- end: {name} -->"
+    if begin not in text or end not in text:
+        raise ValueError(f"markers for {name!r} not found")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def plot_curves(records, path: str) -> None:
+    """Held-out box AP against iterations, every row (mean over seeds), one panel a regime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = sorted(records)
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 3.8), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        for row, recs in sorted(records[regime].items()):
+            iters = [p["iter"] for p in recs[0]["eval_curve"]]
+            means = [statistics.fmean(r["eval_curve"][k]["bbox/AP"] for r in recs
+                                      if len(r["eval_curve"]) > k) for k in range(len(iters))]
+            ax.plot(iters, means, "o-", label=row, ms=3)
+        ax.set(title=f"{regime} regime", xlabel="iteration", ylabel="held-out box AP")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(records=None, doc: str = DOC, figures: str = os.path.join(ROOT, "docs")) -> None:
+    """Rewrite ``doc``'s generated blocks and the figures from ``records``."""
+    with open(doc) as f:
+        text = f.read()
+    for name, body in render_tables(records).items():
+        text = replace_block(text, name, body)
+    with open(doc, "w") as f:
+        f.write(text)
+    if records:
+        plot_curves(records, os.path.join(figures, "accuracy_curves.png"))
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    args = parse_args(argv)
+    if not args.render:
+        run(args)
+    render(load_records(args.records), args.doc, os.path.dirname(os.path.abspath(args.doc)))
+
+
+if __name__ == "__main__":
+    main()
