@@ -82,6 +82,17 @@ def test_one_copy_of_the_trunk_weights(tasks):
     assert pointers[0] and all(p == pointers[0] for p in pointers[1:])
 
 
+def test_a_spatial_highway_task_shares_the_trunk_pass_too(tasks, image, tmp_path):
+    spatial = task_cfg("instances", "model.backbone.bottom_up.tuning._target_="
+                       "e3va_d2.modeling.tuning.SpatialE3VATuning")
+    delta = make_delta(spatial, str(tmp_path / "spatial.pth"), 7)
+    multi = MultiTaskPredictor(dict(tasks, instances=(spatial, delta)))
+    shared = multi(image, image_format="RGB")
+    assert multi.trunk_pass.runs == 1
+    alone = Predictor(spatial, checkpoint="", delta=delta)(image, image_format="RGB")
+    assert_same_outputs(shared["instances"], alone)
+
+
 def test_task_on_another_base_is_refused(tasks, tmp_path):
     """A task trained on another trunk: its delta does not load on this base, and with its own
     base it cannot share the trunk."""
