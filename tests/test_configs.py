@@ -57,7 +57,8 @@ def test_config_builds_and_round_trips(path, tmp_path):
     assert trainable and (bool(frozen_trunk) == (tuned[0].tuning.name != "full"))
     loaded.optimizer.params.model = model
     optimizer = instantiate(loaded.optimizer)
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in trainable}
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in trainable}
     multiplier = instantiate(loaded.lr_multiplier)
     assert 0 < multiplier(0.5) <= 1 and multiplier(0.999) < multiplier(0.5)
     assert loaded.train.max_iter > 0 and loaded.train.output_dir

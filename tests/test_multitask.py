@@ -109,9 +109,9 @@ def test_other_tuning_methods_cannot_share(tasks):
 
 @pytest.mark.slow
 def test_benchmark_script_writes_its_table(tmp_path):
-    from projects.benchmark import multitask
+    from projects.benchmark import shared_trunk
 
-    rows = multitask.main(["--output", str(tmp_path), "--images", "2",
+    rows = shared_trunk.main(["--output", str(tmp_path), "--images", "2",
                            "--dataset", "shapes_mini_val"])
     assert [r["tasks"] for r in rows] == [1, 2, 3]
     trunk = instantiate(task_cfg("instances").model).backbone.bottom_up.trunk

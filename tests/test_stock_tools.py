@@ -53,7 +53,8 @@ def stock_tool(tmp_path_factory):
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_stock_lazyconfig_train_net(stock_tool, config, tmp_path):
     train_set, test_set = CONFIGS[config]
-    cmd = [sys.executable, stock_tool, "--config-file", os.path.join(ROOT, "configs/Shapes", config),
+    config_file = os.path.join(ROOT, "configs/Shapes", config)
+    cmd = [sys.executable, stock_tool, "--config-file", config_file,
            "train.max_iter=2", "train.eval_period=0", f"train.output_dir={tmp_path}",
            "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
            "dataloader.test.num_workers=0", f"dataloader.train.dataset.names={train_set}",

@@ -8,8 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.data import build_detection_test_loader
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+)
 from detectron2.evaluation import SemSegEvaluator, inference_on_dataset
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, SemanticSegmentor
@@ -142,7 +146,8 @@ def test_segmentor_eval_returns_logits_at_each_image_size():
     inputs[1]["height"], inputs[1]["width"] = 100, 125  # evaluate at another resolution
     with torch.no_grad():
         outputs = model(inputs)
-    assert [o["sem_seg"].shape for o in outputs] == [(NUM_CLASSES, 97, 131), (NUM_CLASSES, 100, 125)]
+    shapes = [o["sem_seg"].shape for o in outputs]
+    assert shapes == [(NUM_CLASSES, 97, 131), (NUM_CLASSES, 100, 125)]
 
 
 def test_sem_seg_evaluator_on_shapes():

@@ -104,7 +104,8 @@ def test_losing_an_export_race_uses_the_winners_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(cache.os, "rename", rename_after_a_rival)
     folder = shapes_voc.ensure_shapes_voc_split(spec, "val", root=root)
     assert calls and not os.path.exists(calls[0])  # our copy was really made, then discarded
-    assert sorted(os.listdir(root)) == sorted([os.path.basename(source.root), os.path.basename(folder)])
+    expected = [os.path.basename(source.root), os.path.basename(folder)]
+    assert sorted(os.listdir(root)) == sorted(expected)
     reference = ensure_shapes_voc_split(spec, "val", root=str(tmp_path / "reference"))
     assert tree_bytes(Path(folder)) == tree_bytes(Path(reference))
 

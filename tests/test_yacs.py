@@ -87,12 +87,12 @@ def test_stock_default_trainer_trains_and_evaluates(tmp_path):
     trainer.resume_or_load(resume=False)
     backbone = trainer.model.backbone.bottom_up
     frozen = {n: p for n, p in backbone.named_parameters() if not p.requires_grad}
-    side = dict(backbone.side.named_parameters())
+    highway = dict(backbone.highway.named_parameters())
     frozen_before = {n: p.detach().clone() for n, p in frozen.items()}
-    side_before = {n: p.detach().clone() for n, p in side.items()}
+    highway_before = {n: p.detach().clone() for n, p in highway.items()}
     trainer.train()
     assert frozen and all(torch.equal(frozen_before[n], p) for n, p in frozen.items())
-    assert any(not torch.equal(side_before[n], p) for n, p in side.items())
+    assert any(not torch.equal(highway_before[n], p) for n, p in highway.items())
     DatasetCatalog.get("shapes_mini_val")  # generates the split (and its json) if needed
     evaluator = COCOEvaluator("shapes_mini_val", output_dir=str(tmp_path),
                               use_fast_impl=HAS_COMPILED_OPS)

@@ -27,9 +27,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from e3va_d2.config import load_config
+from e3va_d2.engine.cost import TrainingStep, median, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
-from e3va_d2.modeling.e3va import BlockAdapters, E3VAHighway, trace_trunk
-from e3va_d2.utils.cost import TrainingStep, median, synthetic_detection_batch
+from e3va_d2.modeling.adapters import BlockAdapters
+from e3va_d2.modeling.highway import E3VAHighway, trace_trunk
 
 from .tuning_cost import build_model, num_classes, share_common_tensors
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from e3va_d2.config import load_config
+from e3va_d2.engine.cost import median, release_freed_memory, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
-from e3va_d2.utils.cost import median, release_freed_memory, synthetic_detection_batch
 
 from .report import GPUS, MIB, training_memory
 from .tuning_cost import Bench, method_names, num_classes

@@ -36,17 +36,17 @@ from detectron2.config import instantiate
 from omegaconf import OmegaConf
 
 from e3va_d2.config import load_config, set_tuning_method
-from e3va_d2.engine.params import trainable_parameter_table
-from e3va_d2.engine.step import resolve_amp_dtype
-from e3va_d2.layers import adapt_sync_batchnorm
-from e3va_d2.modeling import TUNING_METHODS, build_tuning
-from e3va_d2.utils.cost import (
+from e3va_d2.engine.cost import (
     TrainingStep,
     median,
     release_freed_memory,
     saved_kind,
     synthetic_detection_batch,
 )
+from e3va_d2.engine.params import trainable_parameter_table
+from e3va_d2.engine.step import resolve_amp_dtype
+from e3va_d2.layers import adapt_sync_batchnorm
+from e3va_d2.modeling import TUNING_METHODS, build_tuning
 
 from .report import breakdown_table, cost_table, fit_table, plot
 

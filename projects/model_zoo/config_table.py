@@ -15,7 +15,6 @@ import os
 from typing import List, Optional, Tuple
 
 import torch
-
 from detectron2.config import instantiate
 
 from e3va_d2.config import load_config

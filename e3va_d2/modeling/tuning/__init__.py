@@ -3,7 +3,7 @@
 Registered names (``TUNING_METHODS``): full, fixed, bitfit, norm, partial1, adapter, lora,
 adaptformer, e3va, e3va_plus, e3va_plusplus.
 """
-from .base import TUNING_METHODS, TuningMethod, build_tuning, register_tuning
+from .base import TUNING_METHODS, OptionError, TuningMethod, build_tuning, register_tuning
 from .e3va import E3VATuning
 from .full import FixedTuning, FullTuning
 from .inserted import AdaptFormerTuning, HoulsbyAdapterTuning, LoRATuning
@@ -11,6 +11,7 @@ from .selective import BitFitTuning, NormTuning, PartialTuning
 
 __all__ = [
     "TUNING_METHODS",
+    "OptionError",
     "TuningMethod",
     "build_tuning",
     "register_tuning",

@@ -8,11 +8,12 @@ inference cost does not depend on training). Shared and separate runs alternate,
 image, with the first task's model alone in the same loop (the ratio's reference), so machine
 noise hits all alike. Writes ``multitask.md`` and ``multitask.json``.
 
-    python -m projects.benchmark.multitask --output output/multitask
+    python -m projects.benchmark.shared_trunk --output output/shared_trunk
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -45,9 +46,13 @@ def weight_bytes(models: List[torch.nn.Module]) -> int:
     return sum(seen.values())
 
 
+def _each(predictors: List[Predictor], image) -> list:
+    return [predictor(image, "RGB") for predictor in predictors]
+
+
 def main(argv=None) -> List[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="output/multitask")
+    p.add_argument("--output", default="output/shared_trunk")
     p.add_argument("--images", type=int, default=16, help="shapes_val images, each timed")
     p.add_argument("--dataset", default="shapes_val")
     args = p.parse_args(argv)
@@ -69,10 +74,11 @@ def main(argv=None) -> List[dict]:
         chosen = dict(list(tasks.items())[:k])
         shared = MultiTaskPredictor(chosen)
         separate = [Predictor(cfg, checkpoint="", delta=delta) for cfg, delta in chosen.values()]
-        runners = {"alone": lambda im: alone(im, "RGB"), "shared": lambda im: shared(im, "RGB"),
-                   "separate": lambda im: [q(im, "RGB") for q in separate]}
+        runners = {"alone": functools.partial(alone, image_format="RGB"),
+                   "shared": functools.partial(shared, image_format="RGB"),
+                   "separate": functools.partial(_each, separate)}
         times = {name: [] for name in runners}
-        for name, run in runners.items():  # warm-up
+        for run in runners.values():  # warm-up
             run(images[0])
         for image in images:  # interleaved: the first task alone, shared, separate
             for name, run in runners.items():
