@@ -121,4 +121,5 @@ def test_benchmark_script_writes_its_table(tmp_path):
     assert rows[0]["shared_weights_mb"] == pytest.approx(rows[0]["separate_weights_mb"])
     saved = rows[2]["separate_weights_mb"] - rows[2]["shared_weights_mb"]
     assert saved == pytest.approx(2 * trunk_mb, rel=0.02)
-    assert (tmp_path / "multitask.md").is_file() and (tmp_path / "multitask.json").is_file()
+    assert (tmp_path / "shared_trunk.md").is_file()
+    assert (tmp_path / "shared_trunk.json").is_file()
