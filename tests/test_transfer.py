@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from projects.transfer import compare
 
 TINY = [
@@ -16,6 +18,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # every run is a spawned process: the slowest test by far
 def test_compare_tiny_and_restart(tmp_path):
     args = ["--methods", "fixed,e3va", "--seeds", "0", "--jobs", "1", "--cost-steps", "1",
             "--output", str(tmp_path), *TINY]

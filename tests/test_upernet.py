@@ -181,6 +181,7 @@ def test_sem_seg_evaluator_on_shapes():
     assert results["pACC"] == pytest.approx(100.0 * correct / total)
 
 
+@pytest.mark.slow  # a whole training and two evaluations of the demo, end to end
 def test_short_demo_run_raises_miou(tmp_path):
     """The demo config on the mini splits, 50 iterations at batch 2 from a fixed seed. So short a
     run on a random trunk learns the class frequencies first (background: ~86% of the pixels),

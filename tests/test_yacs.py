@@ -45,13 +45,16 @@ def trainable(model):
     return {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("yaml_file,py_file,no_download", [
+@pytest.mark.parametrize("yaml_file,py_file,options", [
     (SHAPES_YAML, SHAPES_PY, []),
-    (COCO_YAML, COCO_PY, ["MODEL.SWIN.WEIGHTS", ""]),  # the ImageNet file is not downloaded
+    # The ImageNet file is not downloaded; names and shapes need no weights (meta device).
+    (COCO_YAML, COCO_PY, ["MODEL.SWIN.WEIGHTS", "", "MODEL.DEVICE", "meta"]),
 ])
-def test_yaml_builds_the_lazyconfig_model(yaml_file, py_file, no_download):
-    yacs_model = build_model(yacs_cfg(yaml_file, *no_download))
-    lazy_model = instantiate(load_config(py_file, ["train.device=cpu"]).model)
+def test_yaml_builds_the_lazyconfig_model(yaml_file, py_file, options):
+    device = "meta" if "meta" in options else "cpu"
+    with torch.device(device):
+        yacs_model = build_model(yacs_cfg(yaml_file, *options))
+        lazy_model = instantiate(load_config(py_file, ["train.device=cpu"]).model)
     assert trainable(yacs_model) == trainable(lazy_model) and trainable(yacs_model)
     assert shapes(yacs_model) == shapes(lazy_model)
 
