@@ -24,7 +24,8 @@ SHELL := bash
 PYTHON3 ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-PYTEST_ARGS ?= -q -n 2
+# loadgroup: tests that share an expensive fixture (xdist_group) run in one worker.
+PYTEST_ARGS ?= -q -n 2 --dist loadgroup
 TESTS ?= tests
 DEMO_CONFIG ?= configs/Shapes/mask_rcnn_swin_demo_e3va.py
 DEMO_ARGS ?=

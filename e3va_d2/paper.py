@@ -1,8 +1,8 @@
 """The paper's published figures (Yin et al., 2023: Tables 1, 2, 5-7), in one place.
 
-Tests check the built models' trainable parameter counts against them; the configs table of the
-README (``projects/model_zoo/config_table.py``) prints them next to ours. They are the paper's
-results on the real datasets, not ours.
+Tests check the built models' trainable parameter counts against them; the configs table of
+docs/CONFIGS.md (``projects/model_zoo/config_table.py``) prints them next to ours. They are the
+paper's results on the real datasets, not ours.
 """
 from __future__ import annotations
 

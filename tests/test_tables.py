@@ -75,3 +75,17 @@ def test_a_script_cannot_publish_into_another_scripts_table(sandbox):
 def test_command_line_drops_the_record_option():
     line = tables.command_line("projects.benchmark.ddp", ["--record", "ddp-shapes", "--steps", "3"])
     assert line == "python -m projects.benchmark.ddp --steps 3"
+
+
+def test_a_script_publishes_its_table_with_record(sandbox, monkeypatch):
+    from projects.model_zoo import config_table
+
+    monkeypatch.setitem(tables.TABLES, "t", tables.Table(
+        "docs/T.md", "projects.model_zoo.config_table:render", "python -m x"))
+    row = "configs/COCO/cascade_mask_rcnn_swin_b_e3va.py"
+    config_table.main([row, "--record", "t"])  # configs are read from the real repository
+    record = json.loads((sandbox / "docs" / "records" / "t.json").read_text())
+    assert record["data"]["rows"] == [{"config": row, "trainable_backbone": 1_195_008}]
+    assert record["command"] == f"python -m projects.model_zoo.config_table {row}"
+    assert f"[`{row}`](../{row}) | 1.20M | 1.20M |" in (sandbox / "docs" / "T.md").read_text()
+    assert tables.problems() == []

@@ -40,6 +40,11 @@ def losses(output_dir):
     return [r["total_loss"] for r in rows if "total_loss" in r]
 
 
+# The tests that share `trained` run in one xdist worker (`--dist loadgroup`, as `make test`
+# runs them): split over two, each worker would train its own copy.
+SHARES_THE_RUN = pytest.mark.xdist_group("test_train_trained")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short training run shared by several tests: 120 iterations at batch 2."""
@@ -57,6 +62,7 @@ def trained(tmp_path_factory):
                 results=results)
 
 
+@SHARES_THE_RUN
 def test_loss_falls_and_ap_rises(trained):
     values = losses(trained["out"])
     assert len(values) == 120
@@ -68,6 +74,7 @@ def test_loss_falls_and_ap_rises(trained):
     assert after["AP50"] > before["AP50"] + 1.5, (before, after)
 
 
+@SHARES_THE_RUN
 def test_frozen_tensors_are_bit_identical_and_trainable_ones_moved(trained):
     model, before = trained["model"], trained["before"]
     params = dict(model.named_parameters())
@@ -78,6 +85,7 @@ def test_frozen_tensors_are_bit_identical_and_trainable_ones_moved(trained):
             assert torch.equal(value, before[name]), f"frozen {name} changed"
 
 
+@SHARES_THE_RUN
 def test_outputs_checkpoint_delta_and_config(trained):
     out = trained["out"]
     for name in ("model_final.pth", "model_final_delta.pth", "last_checkpoint", "metrics.json"):
@@ -85,6 +93,7 @@ def test_outputs_checkpoint_delta_and_config(trained):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+@SHARES_THE_RUN
 def test_eval_only_from_checkpoint_reproduces_final_results(trained):
     cfg = trained["cfg"]
     model = E3VATrainer.build_model(cfg)
@@ -93,6 +102,7 @@ def test_eval_only_from_checkpoint_reproduces_final_results(trained):
     assert results["bbox"]["AP"] == pytest.approx(trained["results"]["bbox"]["AP"], abs=1e-6)
 
 
+@SHARES_THE_RUN
 def test_delta_on_the_same_base_reproduces_the_model_and_can_train_on(trained, tmp_path):
     """Base = the random trunk of the same seed; delta = everything that trained."""
     seed_all_rng(0)
@@ -245,6 +255,7 @@ def same(results, other) -> bool:
     return json.dumps(results, sort_keys=True) == json.dumps(other, sort_keys=True)
 
 
+@SHARES_THE_RUN
 def test_default_trainer_signatures_are_honoured(trained, tmp_path):
     """What a detectron2 user calls on a DefaultTrainer does what detectron2 documents: a
     dataset name and an output folder are used, not ignored; ``test`` takes evaluators, one per

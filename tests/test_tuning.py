@@ -12,7 +12,7 @@ from e3va_d2.paper import TRAINABLE_BACKBONE_MILLIONS
 from .conftest import TINY_SWIN
 
 PAPER = TRAINABLE_BACKBONE_MILLIONS  # Table 1 (Swin-B) and Table 2 (Swin-L)
-# Where our count cannot match the paper's exactly; each is explained in the README.
+# Where our count cannot match the paper's exactly; each is explained in docs/CONFIGS.md.
 TOLERANCE = {"e3va": 0.01, "e3va_plus": 0.01, "e3va_plusplus": 0.01}
 
 
