@@ -16,7 +16,7 @@ from detectron2.utils.events import EventStorage
 
 from e3va_d2.checkpoint import E3VACheckpointer
 from e3va_d2.engine import E3VATrainer
-from e3va_d2.engine.step import TrainStep, resolve_amp_dtype
+from e3va_d2.engine.step import MixedPrecision, TrainStep, resolve_amp_dtype
 
 from .helpers import short_run_config
 
@@ -165,6 +165,23 @@ def test_amp_dtype_rules():
     assert resolve_amp_dtype(True, "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="not supported on CPU"):
         resolve_amp_dtype(True, "cpu", "float16")
+
+
+def test_fp16_step_without_gradients_skips_the_scaler():
+    """A loss nothing trainable reaches (a frozen backbone without a trainable neck) must not
+    reach the grad scaler, which refuses an optimizer step with nothing unscaled (867f114)."""
+    precision = MixedPrecision("cpu", torch.float16)  # the scaler alone: no fp16 autocast on CPU
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    assert precision.grad_scaler is not None
+    had_gradients = precision.backward(torch.ones(2).sum())
+    assert had_gradients is False
+    precision.step(optimizer, had_gradients)
+    assert torch.equal(weight, torch.ones(2)) and precision.skipped_steps == 0
+    optimizer.zero_grad()
+    assert precision.backward(weight.sum()) is True  # scaled: the scaler unscales before the step
+    precision.step(optimizer, True)
+    assert torch.allclose(weight, torch.full((2,), 0.5)) and precision.skipped_steps == 0
 
 
 class _LossModel(torch.nn.Module):
