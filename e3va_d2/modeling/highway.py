@@ -51,7 +51,7 @@ V = TypeVar("V")
 def rename_legacy_highway_keys(state: Mapping[str, V]) -> Dict[str, V]:
     """``state`` with the highway's old ``side.`` names renamed to ``highway.``, order kept.
 
-    Pure: the same mapping for full checkpoints, deltas and their key lists; keys that are not
+    Pure, and the one rule for full checkpoints and deltas alike; keys that are not
     the highway's are returned unchanged."""
     return {_LEGACY_KEY.sub(r"\1" + HIGHWAY_PREFIX, key): value for key, value in state.items()}
 
