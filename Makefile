@@ -7,6 +7,7 @@
 #                    UPerNet demo instead of Mask R-CNN
 #   make test        run the test suite, without the end-to-end runs marked slow
 #   make test-slow   run only those (stock detectron2 tools, yaml train_net, processes)
+#   make lint        ruff check . (rules in pyproject.toml)
 #   make bench       tuning-cost benchmark
 #   make compare     every tuning method fine-tuned from the shipped pre-trained Swin
 #                    (projects/transfer/compare.py; COMPARE_ARGS)
@@ -23,7 +24,8 @@ SHELL := bash
 PYTHON3 ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-PYTEST_ARGS ?= -q -n 2
+# loadgroup: tests that share an expensive fixture (xdist_group) run in one worker.
+PYTEST_ARGS ?= -q -n 2 --dist loadgroup
 TESTS ?= tests
 DEMO_CONFIG ?= configs/Shapes/mask_rcnn_swin_demo_e3va.py
 DEMO_ARGS ?=
@@ -45,10 +47,10 @@ ifneq ($(strip $(shell cat $(TORCH_STAMP) 2>/dev/null)),$(strip $(TORCH_SPEC)))
 $(shell rm -f $(TORCH_STAMP))
 endif
 
-.PHONY: help setup demo test test-slow bench compare clean-venv
+.PHONY: help setup demo test test-slow lint bench compare clean-venv
 
 help:
-	@echo "make setup | demo | test | test-slow | bench | compare | clean-venv   (see docs/INSTALL.md)"
+	@echo "make setup | demo | test | test-slow | lint | bench | compare | clean-venv   (see docs/INSTALL.md)"
 
 $(VPY):
 	@echo ">> creating $(VENV) with $(PYTHON3) ($$($(PYTHON3) --version 2>&1))"
@@ -81,6 +83,9 @@ test: setup
 
 test-slow: setup
 	$(VPY) -m pytest $(PYTEST_ARGS) -m slow $(TESTS)
+
+lint: setup
+	$(VPY) -m ruff check .
 
 bench: setup
 	$(VPY) -m projects.benchmark.tuning_cost $(BENCH_ARGS)

@@ -6,7 +6,8 @@
         --num-gpus 8 train.init_checkpoint=/path/to/swin_base_patch4_window7_224_22k.pth
     python train_net.py --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
     python train_net.py --config-file ... --resume
-    python train_net.py --config-file configs/Shapes/mask_rcnn_swin_demo_e3va.yaml SOLVER.MAX_ITER 20
+    python train_net.py --config-file configs/Shapes/mask_rcnn_swin_demo_e3va.yaml \
+        SOLVER.MAX_ITER 20
 
 On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). ``--eval-only``
 refuses a model whose trainable part was never loaded (``train.eval_untrained=True`` allows it).
@@ -72,7 +73,8 @@ def yacs_main(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="e3va_d2")
     if args.eval_only:
         model = YacsTrainer.build_model(cfg)
-        E3VACheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = E3VACheckpointer(model, cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return YacsTrainer.test(cfg, model)
     trainer = YacsTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

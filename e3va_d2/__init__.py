@@ -6,9 +6,11 @@ generated until a dataset is used) and logs which detectron2 build it found.
 """
 import logging
 
-from . import data  # noqa: F401  (registers the synthetic datasets)
-from . import model_zoo  # noqa: F401  (the e3va:// checkpoints)
-from .compat import HAS_COMPILED_OPS, detectron2_build
+from . import (
+    data,  # noqa: F401  (registers the synthetic datasets)
+    model_zoo,  # noqa: F401  (the e3va:// checkpoints)
+)
+from .compat import E3VA_D2_VERSION, HAS_COMPILED_OPS, detectron2_build
 from .modeling import (
     TUNING_METHODS,
     E3VATuning,
@@ -18,7 +20,7 @@ from .modeling import (
     swin_size,
 )
 
-__version__ = "0.1.0"
+__version__ = E3VA_D2_VERSION
 __all__ = [
     "HAS_COMPILED_OPS",
     "detectron2_build",

@@ -7,8 +7,7 @@ depends on which one is present goes through this module.
 """
 from __future__ import annotations
 
-import logging
-from typing import Any
+from importlib import metadata
 
 import detectron2
 import numpy as np
@@ -17,6 +16,7 @@ from detectron2.utils import comm
 
 __all__ = [
     "DETECTRON2_VERSION",
+    "E3VA_D2_VERSION",
     "restore_numpy_aliases",
     "HAS_COMPILED_OPS",
     "detectron2_build",
@@ -24,6 +24,17 @@ __all__ = [
 ]
 
 DETECTRON2_VERSION: str = getattr(detectron2, "__version__", "unknown")
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+# pyproject.toml is the one place the version is written; this reads it back once installed.
+E3VA_D2_VERSION: str = _installed_version("e3va_d2")
 
 
 def _has_compiled_ops() -> bool:
@@ -71,10 +82,6 @@ def init_local_process_group(num_workers_per_machine: int, machine_rank: int) ->
         group = dist.new_group(ranks)
         if i == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
-
-
-def log_build(logger: Any = None) -> None:
-    (logger or logging.getLogger("e3va_d2")).info("e3va_d2 uses %s", detectron2_build())
 
 
 restore_numpy_aliases()

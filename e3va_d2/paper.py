@@ -1,14 +1,14 @@
 """The paper's published figures (Yin et al., 2023: Tables 1, 2, 5-7), in one place.
 
-Tests check the built models' trainable parameter counts against them; the configs table of the
-README (``projects/model_zoo/config_table.py``) prints them next to ours. They are the paper's
-results on the real datasets, not ours.
+Tests check the built models' trainable parameter counts against them; the configs table of
+docs/CONFIGS.md (``projects/model_zoo/config_table.py``) prints them next to ours. They are the
+paper's results on the real datasets, not ours.
 """
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-__all__ = ["METHODS", "METRIC", "ROWS", "TRAINABLE_BACKBONE_MILLIONS", "row"]
+__all__ = ["METHODS", "METRIC", "ROWS", "TRAINABLE_BACKBONE_MILLIONS"]
 
 # (benchmark folder, config row suffix) -> (trainable backbone parameters in millions, or None
 # where the paper gives none; the metric as printed).
@@ -73,7 +73,3 @@ TRAINABLE_BACKBONE_MILLIONS: Dict[str, Dict[str, float]] = {
     size: {method: ROWS[folder, f"{size.lower()}_{method}"][0] for method in METHODS}
     for size, folder in (("B", "COCO"), ("L", "PascalVOC"))
 }
-
-
-def row(folder: str, suffix: str) -> Optional[Tuple[Optional[float], str]]:
-    return ROWS.get((folder, suffix))

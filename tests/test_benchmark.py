@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from e3va_d2.utils.cost import saved_activation_bytes, saved_bytes_by_module, saved_kind
+from e3va_d2.engine.cost import saved_activation_bytes, saved_bytes_by_module, saved_kind
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -87,7 +87,8 @@ def test_methods_share_one_copy_of_common_weights():
     cfg = script.load_config(os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py"))
     fixed, lora = script.build_model(cfg, "fixed", 0), script.build_model(cfg, "lora", 0)
     reference, own = fixed.state_dict(), lora.state_dict()
-    assert not torch.equal(reference["backbone.fpn_lateral2.weight"], own["backbone.fpn_lateral2.weight"])
+    lateral = "backbone.fpn_lateral2.weight"
+    assert not torch.equal(reference[lateral], own[lateral])
     flags = {n: p.requires_grad for n, p in lora.named_parameters()}
     assert script.share_common_tensors(lora, reference) == len(reference)
     assert {n: p.requires_grad for n, p in lora.named_parameters()} == flags
@@ -121,7 +122,8 @@ def test_saved_bytes_are_attributed_to_the_innermost_module():
     # Linear keeps x, GELU its input (the Linear's output), exp (outside any module) its output.
     assert by_module == {"0": 4 * 32 * 4, "1.0": 4 * 32 * 4, "": 4 * 32 * 4}
     assert sum(by_module.values()) == saved_activation_bytes(lambda: model(x).exp().sum(), model)
-    assert saved_kind("backbone.bottom_up.side.layers.0.blocks.1.mlp_adapter") == "highway adapters' inputs"
+    adapter = "backbone.bottom_up.highway.layers.0.blocks.1.mlp_adapter"
+    assert saved_kind(adapter) == "highway adapters' inputs"
     assert saved_kind("backbone.bottom_up.trunk.layers.2.downsample.norm") == "patch merging"
     assert saved_kind("backbone.fpn_lateral3") == "neck (FPN)"
     assert saved_kind("roi_heads.box_head.0.fc1") == "ROI heads"
@@ -142,15 +144,17 @@ def test_benchmark_breakdown_amp_and_narrow_saved_inputs(tmp_path):
     assert "| saved by | full | fixed | e3va | e3va:saved_input_dtype=bfloat16 |" in table
     assert "AMP (bfloat16)" in (tmp_path / "amp" / "cost.md").read_text()
     adapters = "highway adapters' inputs"
-    wide, narrow = (fp32[m]["saved_bytes_by_kind"] for m in ("e3va", "e3va:saved_input_dtype=bfloat16"))
+    narrow_spec = "e3va:saved_input_dtype=bfloat16"
+    wide, narrow = (fp32[m]["saved_bytes_by_kind"] for m in ("e3va", narrow_spec))
     assert wide[adapters] == 2 * narrow[adapters] > 0
-    assert {k: v for k, v in wide.items() if k != adapters} == {k: v for k, v in narrow.items() if k != adapters}
+    others = {k: v for k, v in wide.items() if k != adapters}
+    assert others == {k: v for k, v in narrow.items() if k != adapters}
     for results in (fp32, amp):
         for r in results.values():
             assert sum(r["saved_bytes_by_kind"].values()) == r["saved_bytes"]
     # Under AMP the trunk's branch outputs, which the adapters keep, are bf16 already.
     assert amp["e3va"]["saved_bytes_by_kind"][adapters] == narrow[adapters]
-    assert amp["e3va"]["saved_bytes_by_kind"] == amp["e3va:saved_input_dtype=bfloat16"]["saved_bytes_by_kind"]
+    assert amp["e3va"]["saved_bytes_by_kind"] == amp[narrow_spec]["saved_bytes_by_kind"]
     assert amp["e3va"]["step_seconds"] > 0
 
 
@@ -185,9 +189,10 @@ def test_sweep_script_measures_fits_and_extrapolates(tmp_path):
     # The per-pixel / per-image fit reproduces the measured points it was fitted on.
     per_pixel, per_image = sweep.per_pixel_and_image(points, "saved_bytes")
     for p in points:
-        assert per_pixel * p["pixels"] + per_image * p["batch"] == pytest.approx(p["saved_bytes"], rel=0.1)
-    redrawn = sweep.main(["--from-json", str(tmp_path / "sweep.json"), "--output", str(tmp_path / "again"),
-                          "--extrapolate", "192x128x2"])
+        fitted = per_pixel * p["pixels"] + per_image * p["batch"]
+        assert fitted == pytest.approx(p["saved_bytes"], rel=0.1)
+    redrawn = sweep.main(["--from-json", str(tmp_path / "sweep.json"),
+                          "--output", str(tmp_path / "again"), "--extrapolate", "192x128x2"])
     assert redrawn["points"] == json.loads(json.dumps(result["points"]))
     assert (tmp_path / "again" / "sweep.md").read_text() == text
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
@@ -209,7 +214,7 @@ def test_highway_time_separates_gradient_path_from_adapters(tmp_path):
         highway_time.load_config(os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")),
         highway_time.synthetic_detection_batch(1, 64, 3), torch.device("cpu"))
     model = steps["gradient path"].model
-    highway = model.backbone.bottom_up.side
+    highway = model.backbone.bottom_up.highway
     traces, source = [], highway.trace_source
     highway.trace_source = lambda trunk, images: traces.append(source(trunk, images)) or traces[-1]
     sum(f.sum() for f in model.backbone(torch.randn(1, 3, 64, 64)).values()).backward()

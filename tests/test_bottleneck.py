@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from e3va_d2.engine.cost import saved_activation_bytes
 from e3va_d2.layers import recomputed_bottleneck
-from e3va_d2.utils.cost import saved_activation_bytes
 
 
 def chain(x, layers, gelu_at):
@@ -33,8 +33,9 @@ def test_gradients_match_autograd_of_the_plain_chain(input_needs_grad):
     standard = [(torch.randn(6, 12, dtype=torch.float64, requires_grad=True),
                  torch.randn(6, dtype=torch.float64, requires_grad=True)),
                 (torch.randn(12, 6, dtype=torch.float64, requires_grad=True), None)]
+    weights = [t for layer in standard for t in layer if t is not None]
     torch.autograd.gradcheck(lambda *_: recomputed_bottleneck(x, standard, 1),
-                             [x] * input_needs_grad + [t for layer in standard for t in layer if t is not None])
+                             [x] * input_needs_grad + weights)
 
 
 def test_under_bf16_autocast_it_matches_the_plain_chain():
@@ -49,22 +50,25 @@ def test_under_bf16_autocast_it_matches_the_plain_chain():
         grads.append(torch.autograd.grad(out.float().square().sum(), [layers[0][0], layers[3][1]]))
     for ours, reference in zip(*grads):
         assert ours.dtype == torch.float32
-        torch.testing.assert_close(ours, reference, rtol=0.03, atol=0.03 * reference.abs().max().item())
+        atol = 0.03 * reference.abs().max().item()
+        torch.testing.assert_close(ours, reference, rtol=0.03, atol=atol)
 
 
 def test_keeps_only_the_input_and_optionally_a_narrow_copy():
     layers = dual_low_rank_layers(64, 32, 16, torch.float32)
     x = torch.randn(4, 50, 64)
-    params = torch.nn.ParameterList([torch.nn.Parameter(t) for layer in layers for t in layer if t is not None])
+    params = torch.nn.ParameterList(
+        [torch.nn.Parameter(t) for layer in layers for t in layer if t is not None])
     model = torch.nn.Module()
     model.params = params  # so the counter skips the weights
     # The plain chain also keeps both rank-16 products and the two 32-wide activations.
-    assert saved_activation_bytes(lambda: chain(x, layers, 2), model) == x.nbytes * (1 + 2 * 16 / 64 + 2 * 32 / 64)
-    assert saved_activation_bytes(lambda: recomputed_bottleneck(x, layers, 2), model) == x.nbytes
-    assert saved_activation_bytes(
-        lambda: recomputed_bottleneck(x, layers, 2, saved_dtype=torch.bfloat16), model) == x.nbytes // 2
-    assert saved_activation_bytes(
-        lambda: recomputed_bottleneck(x, layers, 2, saved_dtype=torch.float8_e4m3fn), model) == x.nbytes // 4
+    def saved(fn, **options):
+        return saved_activation_bytes(lambda: fn(x, layers, 2, **options), model)
+
+    assert saved(chain) == x.nbytes * (1 + 2 * 16 / 64 + 2 * 32 / 64)
+    assert saved(recomputed_bottleneck) == x.nbytes
+    assert saved(recomputed_bottleneck, saved_dtype=torch.bfloat16) == x.nbytes // 2
+    assert saved(recomputed_bottleneck, saved_dtype=torch.float8_e4m3fn) == x.nbytes // 4
     with pytest.raises(ValueError, match="gelu_at=0"):
         recomputed_bottleneck(x, layers, 0)
 

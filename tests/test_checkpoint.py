@@ -315,7 +315,7 @@ def test_official_checkpoint_loads_into_detector(source, official_file, caplog):
             assert torch.equal(state[k], v), k
     assert not (state[prefix + "norm3.weight"] == CLASSIFIER_NORM).any()
     log = caplog.text
-    assert "backbone: side network (" in log and "backbone: output norms (8)" in log
+    assert "backbone: highway (" in log and "backbone: output norms (8)" in log
     assert "roi_heads (" in log and "proposal_generator (" in log
     assert "classifier head" in log
 
@@ -395,8 +395,8 @@ def test_trainable_downsampling_starts_from_the_trunk(source, official_file):
     model = tiny_detector(tuning=L(E3VATuning)(trainable_downsampling=True))
     E3VACheckpointer(model).load(official_file)
     backbone = model.backbone.bottom_up
-    assert len(backbone.side.downsample) == 3
-    for i, merge in enumerate(backbone.side.downsample):
+    assert len(backbone.highway.downsample) == 3
+    for i, merge in enumerate(backbone.highway.downsample):
         for name, value in merge.state_dict().items():
             trunk_value = backbone.trunk.layers[i].downsample.state_dict()[name]
             assert torch.equal(value, trunk_value)
@@ -483,7 +483,7 @@ def test_delta_refuses_another_base_or_other_tensors(trained, official_file, tmp
         load_delta(other, path)
 
     payload = torch.load(path, weights_only=True)
-    dropped = "backbone.bottom_up.side.layers.0.blocks.0.attn_adapter.down.bias"
+    dropped = "backbone.bottom_up.highway.layers.0.blocks.0.attn_adapter.down.bias"
     del payload["tensors"][dropped]
     torch.save(payload, path)
     model = fresh_base(official_file)
@@ -513,3 +513,51 @@ def test_delta_keeps_buffers_of_trainable_modules(tmp_path):
     restored = build()
     load_delta(restored, path)
     assert torch.equal(restored[1].running_mean, model[1].running_mean)
+
+
+# --------------------------------------------------------------------------- old "side" names
+
+
+def as_written_before_the_rename(state: dict) -> dict:
+    """A state dict as e3va-d2 wrote it when the highway was called the side network."""
+    renamed = {k.replace(".highway.", ".side."): v for k, v in state.items()}
+    assert renamed != state  # the model has a highway to rename
+    return renamed
+
+
+def test_rename_of_old_highway_keys_is_exact():
+    from e3va_d2.modeling.highway import rename_legacy_highway_keys
+
+    old = {"backbone.bottom_up.side.layers.0.blocks.1.mlp_adapter.up.bias": 1,
+           "side.downsample.2.reduction.weight": 2,
+           "backbone.bottom_up.trunk.norm0.weight": 3,
+           "roi_heads.side.weight": 4}  # not a highway: no layers/downsample below it
+    assert rename_legacy_highway_keys(old) == {
+        "backbone.bottom_up.highway.layers.0.blocks.1.mlp_adapter.up.bias": 1,
+        "highway.downsample.2.reduction.weight": 2,
+        "backbone.bottom_up.trunk.norm0.weight": 3,
+        "roi_heads.side.weight": 4,
+    }
+
+
+def test_old_full_checkpoint_with_side_keys_loads(trained, official_file, tmp_path):
+    path = str(tmp_path / "old_model.pth")
+    torch.save({"model": as_written_before_the_rename(trained.state_dict()), "iteration": 7}, path)
+    model = fresh_base(official_file)
+    assert E3VACheckpointer(model).load(path) == {"iteration": 7}
+    expected = trained.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+def test_old_delta_with_side_keys_loads(trained, official_file, tmp_path):
+    path = str(tmp_path / "old_delta.pth")
+    export_delta(trained, path)
+    payload = torch.load(path, weights_only=True)
+    payload["tensors"] = as_written_before_the_rename(payload["tensors"])
+    torch.save(payload, path)
+    model = fresh_base(official_file)
+    load_delta(model, path)  # strict: every trained tensor found under its new name
+    expected = trained.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k

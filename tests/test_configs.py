@@ -1,6 +1,8 @@
 """Every shipped config loads, builds its model, optimizer and schedule, and round-trips through
-LazyConfig.save/load (no lambdas or other unpicklable values)."""
+LazyConfig.save/load (no lambdas or other unpicklable values); the model-zoo table's record
+counts what each config builds."""
 import glob
+import json
 import os
 
 import pytest
@@ -10,6 +12,7 @@ from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
 from e3va_d2.config import ConfigError, apply_overrides, load_config
+from e3va_d2.engine.params import trainable_parameter_table
 from e3va_d2.modeling import TunedSwin
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -18,6 +21,8 @@ CONFIGS = sorted(
     for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
     if os.sep + "common" + os.sep not in p
 )
+with open(os.path.join(ROOT, "docs", "records", "config-table.json")) as f:
+    TABLE_COUNTS = {r["config"]: r["trainable_backbone"] for r in json.load(f)["data"]["rows"]}
 
 
 def _plain(cfg):
@@ -55,9 +60,13 @@ def test_config_builds_and_round_trips(path, tmp_path):
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen_trunk = [p for p in tuned[0].trunk.parameters() if not p.requires_grad]
     assert trainable and (bool(frozen_trunk) == (tuned[0].tuning.name != "full"))
+    if path in TABLE_COUNTS:  # docs/CONFIGS.md's table cannot drift from the configs
+        counted = trainable_parameter_table(model)[1]["trainable_in_backbone"]
+        assert counted == TABLE_COUNTS[path]
     loaded.optimizer.params.model = model
     optimizer = instantiate(loaded.optimizer)
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in trainable}
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in trainable}
     multiplier = instantiate(loaded.lr_multiplier)
     assert 0 < multiplier(0.5) <= 1 and multiplier(0.999) < multiplier(0.5)
     assert loaded.train.max_iter > 0 and loaded.train.output_dir
@@ -78,3 +87,9 @@ def test_bad_overrides_are_clear_errors():
     assert cfg.train.my_new_key == 1
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/nope.py")
+
+
+def test_model_zoo_table_covers_every_row_config():
+    from projects.model_zoo.config_table import row_configs
+
+    assert sorted(TABLE_COUNTS) == sorted(row_configs())

@@ -41,7 +41,8 @@ def run_steps(out_file):
     world, rank = comm.get_world_size(), comm.get_rank()
     torch.manual_seed(0)
     model = FeatureEnergy()
-    images = [torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(IMAGES)]
+    images = [torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(i))
+              for i in range(IMAGES)]
     share = IMAGES // world
     params = [p for p in model.parameters() if p.requires_grad]
     model = create_ddp_model(model, device_ids=None, broadcast_buffers=False)

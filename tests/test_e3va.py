@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from e3va_d2.engine import cost
 from e3va_d2.modeling import (
     DualLowRankLinear,
     E3VATuning,
@@ -14,7 +15,6 @@ from e3va_d2.modeling import (
     swin_size,
 )
 from e3va_d2.modeling.tuning import TuningMethod
-from e3va_d2.utils import cost
 
 from .conftest import TINY_SWIN
 
@@ -118,7 +118,7 @@ def test_trunk_stays_in_eval_mode_and_deterministic_when_model_trains():
     torch.manual_seed(0)
     model = tiny("e3va", drop_path_rate=0.5)
     model.train()
-    assert not model.trunk.training and model.side.training and model.training
+    assert not model.trunk.training and model.highway.training and model.training
     images = torch.randn(2, 3, 64, 64)
     assert torch.equal(model(images)["p3"], model(images)["p3"])  # no drop path in the trunk
     full = tiny("full", drop_path_rate=0.5).train()
@@ -130,7 +130,7 @@ def test_gradients_reach_only_the_highway_and_output_norms():
     model = tiny("e3va").train()
     sum(o.square().mean() for o in model(torch.randn(2, 3, 80, 72)).values()).backward()
     for name, p in model.named_parameters():
-        trainable = name.startswith(("side.", "trunk.norm"))
+        trainable = name.startswith(("highway.", "trunk.norm"))
         assert p.requires_grad == trainable, name
         assert (p.grad is not None) == trainable, name
     assert set(model.trainable_names) == {n for n, p in model.named_parameters() if p.requires_grad}
@@ -164,15 +164,18 @@ def test_frozen_trunk_saves_nothing_for_backward():
     # Same model, full fine-tuning: the blocks save their activations.
     full = tiny("full").train()
     saved_full = saved_bytes_by_module(full, torch.randn(2, 3, 96, 96))
-    in_blocks = sum(b for m, b in saved_full.items() if m.startswith("trunk.layers") and ".blocks." in m)
+    in_blocks = sum(b for m, b in saved_full.items()
+                    if m.startswith("trunk.layers") and ".blocks." in m)
     assert in_blocks > 5 * sum(saved.values())
 
 
 @pytest.mark.parametrize("trainable_downsampling", [False, True])
 def test_recomputed_adapters_give_the_same_gradients(trainable_downsampling):
     torch.manual_seed(0)
-    a = tiny(E3VATuning(recompute_adapters=True, trainable_downsampling=trainable_downsampling)).train()
-    b = tiny(E3VATuning(recompute_adapters=False, trainable_downsampling=trainable_downsampling)).train()
+    a = tiny(E3VATuning(recompute_adapters=True,
+                        trainable_downsampling=trainable_downsampling)).train()
+    b = tiny(E3VATuning(recompute_adapters=False,
+                        trainable_downsampling=trainable_downsampling)).train()
     b.load_state_dict(a.state_dict())
     images = torch.randn(2, 3, 64, 80)
     for model in (a, b):
@@ -182,8 +185,10 @@ def test_recomputed_adapters_give_the_same_gradients(trainable_downsampling):
             torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
-@pytest.mark.parametrize("dtype,fraction,tolerance", [("bfloat16", 2, 0.02), ("float8_e4m3fn", 4, 0.1)])
-def test_narrow_saved_inputs_shrink_what_adapters_keep_and_only_round_backward(dtype, fraction, tolerance):
+@pytest.mark.parametrize("dtype,fraction,tolerance",
+                         [("bfloat16", 2, 0.02), ("float8_e4m3fn", 4, 0.1)])
+def test_narrow_saved_inputs_shrink_what_adapters_keep_and_only_round_backward(
+        dtype, fraction, tolerance):
     torch.manual_seed(0)
     wide = tiny(E3VATuning(rank=4)).train()
     narrow = tiny(E3VATuning(rank=4, saved_input_dtype=dtype))
@@ -207,7 +212,8 @@ def test_narrow_saved_inputs_shrink_what_adapters_keep_and_only_round_backward(d
     for name, p in narrow.named_parameters():
         if p.requires_grad:
             scale = grads[name].abs().max().item()
-            torch.testing.assert_close(p.grad, grads[name], rtol=0.05, atol=tolerance * scale, msg=name)
+            torch.testing.assert_close(p.grad, grads[name], rtol=0.05, atol=tolerance * scale,
+                                       msg=name)
             differ += not torch.equal(p.grad, grads[name])
     assert differ  # the rounding reached the weight gradients: the option is not a no-op
 
@@ -222,15 +228,15 @@ def test_narrow_saved_inputs_option_is_validated():
 def test_trainable_downsampling_trains_copies_and_keeps_trunk_frozen():
     torch.manual_seed(0)
     model = tiny(E3VATuning(trainable_downsampling=True))
-    assert len(model.side.downsample) == 3
-    for i, merge in enumerate(model.side.downsample):
+    assert len(model.highway.downsample) == 3
+    for i, merge in enumerate(model.highway.downsample):
         trunk_merge = model.trunk.layers[i].downsample
         assert merge is not trunk_merge
         assert all(p.requires_grad for p in merge.parameters())
         assert not any(p.requires_grad for p in trunk_merge.parameters())
     sum(o.sum() for o in model(torch.randn(1, 3, 64, 64)).values()).backward()
-    assert all(p.grad is not None for p in model.side.downsample.parameters())
-    assert model.inherited_weights()["side.downsample.2.reduction.weight"] == (
+    assert all(p.grad is not None for p in model.highway.downsample.parameters())
+    assert model.inherited_weights()["highway.downsample.2.reduction.weight"] == (
         "trunk.layers.2.downsample.reduction.weight"
     )
 
@@ -238,12 +244,12 @@ def test_trainable_downsampling_trains_copies_and_keeps_trunk_frozen():
 def test_fixed_output_norms_option_freezes_them():
     model = tiny(E3VATuning(train_output_norms=False))
     assert not any(p.requires_grad for p in model.trunk.parameters())
-    assert all(n.startswith("side.") for n in model.trainable_names)
+    assert all(n.startswith("highway.") for n in model.trainable_names)
 
 
 def test_highway_exists_only_for_consumed_stages():
     model = tiny("e3va", out_features=("p0", "p1"))
-    assert len(model.side.layers) == 2 and len(model.trunk.layers) == 2
+    assert len(model.highway.layers) == 2 and len(model.trunk.layers) == 2
     assert list(model(torch.randn(1, 3, 64, 64))) == ["p0", "p1"]
 
 
@@ -255,7 +261,7 @@ def test_trainable_parameter_without_gradient_path_is_refused_at_build():
             return _Extra()
 
         def trainable_parameters(self, trunk, extra):
-            yield from (("side." + n, p) for n, p in extra.named_parameters())
+            yield from (("highway." + n, p) for n, p in extra.named_parameters())
 
     class _Extra(torch.nn.Module):
         def __init__(self):
@@ -265,7 +271,7 @@ def test_trainable_parameter_without_gradient_path_is_refused_at_build():
         def forward(self, trunk, images):
             return trunk(images)
 
-    with pytest.raises(ValueError, match="side.unused"):
+    with pytest.raises(ValueError, match="highway.unused"):
         TunedSwin(trunk=SwinTransformer(**TINY_SWIN), tuning=Leaky())
 
 
@@ -284,8 +290,8 @@ def test_standard_adapter_ablation_has_dense_projections():
         model = TunedSwin(trunk=SwinTransformer(**swin_size("L")),
                           tuning=E3VATuning(adapter_kind="standard", hidden_dim=32),
                           check_gradient_flow=False)
-    adapter = model.side.layers[0]["blocks"][0].attn_adapter
+    adapter = model.highway.layers[0]["blocks"][0].attn_adapter
     assert isinstance(adapter.down, torch.nn.Linear) and adapter.down.out_features == 32
-    count = sum(p.numel() for p in model.side.parameters())
+    count = sum(p.numel() for p in model.highway.parameters())
     dims = [192] * 2 + [384] * 2 + [768] * 18 + [1536] * 2
     assert count == sum(2 * (2 * c * 32 + 32 + c) for c in dims)

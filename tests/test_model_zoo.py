@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from detectron2.config import instantiate
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.file_io import PathManager
+from PIL import Image
 
 from e3va_d2 import model_zoo
 from e3va_d2.checkpoint import E3VACheckpointer
@@ -19,7 +19,6 @@ from e3va_d2.data import load_sem_seg_dicts
 from e3va_d2.model_zoo import GLYPHS_SWIN, ModelZooError, get_checkpoint_path
 from e3va_d2.modeling import SwinTransformer
 from e3va_d2.modeling.swin_weights import convert_swin_checkpoint, detect_swin_layout
-
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 MASK_RCNN_DEMO = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")

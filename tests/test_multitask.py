@@ -120,9 +120,9 @@ def test_other_tuning_methods_cannot_share(tasks):
 
 @pytest.mark.slow
 def test_benchmark_script_writes_its_table(tmp_path):
-    from projects.benchmark import multitask
+    from projects.benchmark import shared_trunk
 
-    rows = multitask.main(["--output", str(tmp_path), "--images", "2",
+    rows = shared_trunk.main(["--output", str(tmp_path), "--images", "2",
                            "--dataset", "shapes_mini_val"])
     assert [r["tasks"] for r in rows] == [1, 2, 3]
     trunk = instantiate(task_cfg("instances").model).backbone.bottom_up.trunk
@@ -132,4 +132,5 @@ def test_benchmark_script_writes_its_table(tmp_path):
     assert rows[0]["shared_weights_mb"] == pytest.approx(rows[0]["separate_weights_mb"])
     saved = rows[2]["separate_weights_mb"] - rows[2]["shared_weights_mb"]
     assert saved == pytest.approx(2 * trunk_mb, rel=0.02)
-    assert (tmp_path / "multitask.md").is_file() and (tmp_path / "multitask.json").is_file()
+    assert (tmp_path / "shared_trunk.md").is_file()
+    assert (tmp_path / "shared_trunk.json").is_file()

@@ -12,8 +12,8 @@ from detectron2.utils.events import EventStorage
 
 from e3va_d2.checkpoint import export_delta, load_delta
 from e3va_d2.config import load_config
+from e3va_d2.engine.cost import synthetic_detection_batch
 from e3va_d2.layers import adapt_sync_batchnorm
-from e3va_d2.utils.cost import synthetic_detection_batch
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DEMOS = {
@@ -123,7 +123,7 @@ def test_override_types_are_checked_at_load_time():
     demo = os.path.join(ROOT, DEMOS["mask_rcnn"][0])
     with pytest.raises(ConfigError, match="train.max_iter is an int"):
         load_config(demo, ["train.max_iter=abc"])
-    with pytest.raises(ConfigError, match="tuning.rank is an int"):
+    with pytest.raises(ConfigError, match="tuning.rank must be an integer >= 1"):
         load_config(demo, ["model.backbone.bottom_up.tuning.rank=2.5"])
     with pytest.raises(ConfigError, match="recompute_adapters is a bool"):  # a target default
         load_config(demo, ["model.backbone.bottom_up.tuning.recompute_adapters=3"])

@@ -23,6 +23,9 @@ DEMOS = {
                 "shapes_sem_seg_mini_val"),
 }
 MAX_ITER, PERIOD, CRASH_AT = 4, 2, 3  # a checkpoint after iteration 1; crash as 3 starts
+# The uninterrupted runs (`straight`) are shared: keep the module in one xdist worker
+# (`--dist loadgroup`, as `make test` runs it) so that each is trained once.
+pytestmark = pytest.mark.xdist_group("test_resume_straight")
 
 
 class Crash(RuntimeError):

@@ -81,6 +81,7 @@ def test_retinanet_gradients_reach_exactly_the_trainable_parameters(tuning):
 # ---- training --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a whole training and two evaluations of the demo, end to end
 def test_demo_training_raises_voc_ap50(tmp_path):
     """60 steps at batch 4 on the mini split: VOC2007 AP50 0 -> ~4 (on the 2-core build machine)."""
     cfg = short_run_config(

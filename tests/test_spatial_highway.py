@@ -5,10 +5,10 @@ read the highway's deviation, and parameter counts that match the formula."""
 import pytest
 import torch
 
+from e3va_d2.engine import cost
 from e3va_d2.modeling import SwinTransformer, TunedSwin, build_tuning
 from e3va_d2.modeling.spatial_highway import GridMixer
 from e3va_d2.modeling.tuning import SpatialE3VATuning
-from e3va_d2.utils import cost
 
 from .conftest import TINY_SWIN
 
@@ -49,7 +49,7 @@ def test_gradients_reach_every_highway_parameter_and_never_the_trunk(options):
     model = perturb(tiny(**options))
     sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 80)).values()).backward()
     for name, p in model.named_parameters():
-        trainable = name.startswith(("side.", "trunk.norm"))
+        trainable = name.startswith(("highway.", "trunk.norm"))
         assert p.requires_grad == trainable, name
         if trainable:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -106,7 +106,8 @@ def test_adapters_read_the_deviation_so_corrections_compound():
     for read_state in (True, False):
         model = perturb(tiny(read_state=read_state))
         sum(o.square().mean() for o in model(images).values()).backward()
-        grads[read_state] = model.side.layers[0]["blocks"][0].attn_adapter.down.input_factors.grad
+        adapter = model.highway.layers[0]["blocks"][0].attn_adapter
+        grads[read_state] = adapter.down.input_factors.grad
     assert (grads[True] - grads[False]).norm() > 1e-3 * grads[False].norm()
 
 
@@ -124,7 +125,7 @@ def test_parameter_count_matches_the_formula():
             expected += 2 * depth * (low_rank + convs)
             if mixer:
                 expected += low_rank + sum(h * k * k + h for k in kernels)
-        assert sum(p.numel() for p in model.side.parameters()) == expected
+        assert sum(p.numel() for p in model.highway.parameters()) == expected
 
 
 def test_options_are_checked():

@@ -21,6 +21,8 @@ CONFIGS = {
     "retinanet_swin_demo_e3va.py": ("shapes_voc_mini_train", "shapes_voc_mini_val"),
     "upernet_swin_demo_e3va.py": ("shapes_sem_seg_mini_train", "shapes_sem_seg_mini_val"),
     "transfer_mask_rcnn_swin_e3va.py": ("shapes_mini_train", "shapes_mini_val"),
+    "accuracy_near_mask_rcnn_swin.py": ("shapes_mini_train", "shapes_mini_val"),
+    "accuracy_far_mask_rcnn_swin.py": ("shapes_mini_train", "shapes_mini_val"),
 }
 
 
@@ -53,7 +55,8 @@ def stock_tool(tmp_path_factory):
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_stock_lazyconfig_train_net(stock_tool, config, tmp_path):
     train_set, test_set = CONFIGS[config]
-    cmd = [sys.executable, stock_tool, "--config-file", os.path.join(ROOT, "configs/Shapes", config),
+    config_file = os.path.join(ROOT, "configs/Shapes", config)
+    cmd = [sys.executable, stock_tool, "--config-file", config_file,
            "train.max_iter=2", "train.eval_period=0", f"train.output_dir={tmp_path}",
            "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
            "dataloader.test.num_workers=0", f"dataloader.train.dataset.names={train_set}",

@@ -83,7 +83,8 @@ def test_window_attention_matches_a_naive_implementation(size):
         for block in stage.blocks:
             assert block.shift_size in (0, 3)
             ours = block.attention_branch(x, hw, mask)
-            torch.testing.assert_close(ours, naive_attention_branch(block, x, hw), atol=1e-4, rtol=1e-4)
+            naive = naive_attention_branch(block, x, hw)
+            torch.testing.assert_close(ours, naive, atol=1e-4, rtol=1e-4)
 
 
 def test_block_is_sum_of_its_two_branches():

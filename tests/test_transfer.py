@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from projects.transfer import compare
 
 TINY = [
@@ -16,12 +18,13 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # every run is a spawned process: the slowest test by far
 def test_compare_tiny_and_restart(tmp_path):
     args = ["--methods", "fixed,e3va", "--seeds", "0", "--jobs", "1", "--cost-steps", "1",
             "--output", str(tmp_path), *TINY]
     summary = compare.main(args)
     assert list(summary) == ["fixed", "e3va", compare.FLOOR]
-    for row, entry in summary.items():
+    for entry in summary.values():
         assert entry["seeds"] == [0]
         assert set(entry["metrics"]) >= {"bbox/AP", "segm/AP"}
         assert entry["saved_bytes"] > 0 and entry["step_seconds"] > 0

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from e3va_d2.modeling import SwinTransformer, TunedSwin, swin_size
-from e3va_d2.modeling.tuning import TUNING_METHODS, build_tuning
+from e3va_d2.modeling.tuning import TUNING_METHODS, E3VATuning, build_tuning
 from e3va_d2.modeling.tuning.inserted import insert_into_blocks
 from e3va_d2.paper import TRAINABLE_BACKBONE_MILLIONS
 
 from .conftest import TINY_SWIN
 
 PAPER = TRAINABLE_BACKBONE_MILLIONS  # Table 1 (Swin-B) and Table 2 (Swin-L)
-# Where our count cannot match the paper's exactly; each is explained in the README.
+# Where our count cannot match the paper's exactly; each is explained in docs/CONFIGS.md.
 TOLERANCE = {"e3va": 0.01, "e3va_plus": 0.01, "e3va_plusplus": 0.01}
 
 
@@ -51,10 +51,10 @@ INTENDED = {
     "adapter": lambda n: "_insert." in n or n.startswith("trunk.norm"),
     "lora": lambda n: "_insert." in n or n.startswith("trunk.norm"),
     "adaptformer": lambda n: "_insert." in n or n.startswith("trunk.norm"),
-    "e3va": lambda n: n.startswith(("side.", "trunk.norm")),
-    "e3va_plus": lambda n: n.startswith(("side.", "trunk.norm")),
-    "e3va_plusplus": lambda n: n.startswith(("side.", "trunk.norm")),
-    "e3va_spatial": lambda n: n.startswith(("side.", "trunk.norm")),
+    "e3va": lambda n: n.startswith(("highway.", "trunk.norm")),
+    "e3va_plus": lambda n: n.startswith(("highway.", "trunk.norm")),
+    "e3va_plusplus": lambda n: n.startswith(("highway.", "trunk.norm")),
+    "e3va_spatial": lambda n: n.startswith(("highway.", "trunk.norm")),
 }
 
 
@@ -85,7 +85,8 @@ def test_inserted_modules_start_as_identity_and_keep_pretrained_names(method):
     tuned, plain = tiny(method), tiny("fixed")
     base_names = set(plain.trunk.state_dict())
     assert base_names <= set(tuned.trunk.state_dict())
-    plain.trunk.load_state_dict({k: v for k, v in tuned.trunk.state_dict().items() if k in base_names})
+    plain.trunk.load_state_dict(
+        {k: v for k, v in tuned.trunk.state_dict().items() if k in base_names})
     images = torch.randn(1, 3, 64, 64)
     tuned.eval(), plain.eval()
     with torch.no_grad():
@@ -100,9 +101,11 @@ def test_inserted_methods_backpropagate_through_the_frozen_trunk():
 
     saved = saved_bytes_by_module(tiny("lora").train(), torch.randn(1, 3, 64, 64))
     frozen_modules = [m for m in saved if ".blocks." in m and "_insert" not in m]
-    assert {"trunk.layers.0.blocks.1.attn", "trunk.layers.0.blocks.0.mlp.act"} <= set(frozen_modules)
+    frozen = {"trunk.layers.0.blocks.1.attn", "trunk.layers.0.blocks.0.mlp.act"}
+    assert frozen <= set(frozen_modules)
     saved = saved_bytes_by_module(tiny("partial1").train(), torch.randn(1, 3, 64, 64))
-    assert not any(m.startswith(("trunk.layers.0", "trunk.layers.1", "trunk.layers.2")) for m in saved)
+    early = ("trunk.layers.0", "trunk.layers.1", "trunk.layers.2")
+    assert not any(m.startswith(early) for m in saved)
 
 
 def test_method_that_inserts_nothing_is_refused():
@@ -122,7 +125,31 @@ def test_method_options_are_checked():
     with pytest.raises(ValueError, match="last_blocks"):
         build_tuning("partial1", last_blocks=0)
     with pytest.raises(ValueError, match="trunk has"):
-        TunedSwin(trunk=SwinTransformer(**TINY_SWIN), tuning=build_tuning("partial1", last_blocks=99))
+        TunedSwin(trunk=SwinTransformer(**TINY_SWIN),
+                  tuning=build_tuning("partial1", last_blocks=99))
+
+
+def test_name_is_what_the_config_said():
+    assert build_tuning("e3va", rank=12).name == "e3va"
+    assert build_tuning("e3va", rank=16).name == "e3va"  # asked for by name: not e3va_plus
+    assert build_tuning("e3va_plus", rank=12).name == "e3va_plus"
+    # Built from the class without a name: the preset whose options it has, else the default.
+    assert E3VATuning(rank=16).name == "e3va_plus"
+    assert E3VATuning(rank=16, zero_init=True).name == "e3va_plus"
+    assert E3VATuning(rank=12).name == "e3va"
+    assert E3VATuning(rank=16, name="e3va").name == "e3va"
+    with pytest.raises(ValueError, match="not a name of this method"):
+        E3VATuning(name="lora")
+    # The name is no option: equal options are the same method.
+    assert build_tuning("e3va", rank=16) == build_tuning("e3va_plus")
+
+
+def test_unknown_options_name_the_method_and_its_options():
+    with pytest.raises(ValueError, match=r"LoRATuning.rnak is not an option of 'lora' .* "
+                                         r"did you mean rank\?"):
+        build_tuning("lora", rnak=4)
+    with pytest.raises(ValueError, match="recompute_adapters is a bool"):
+        E3VATuning(recompute_adapters=3)
 
 
 def test_registered_name_is_the_reported_name():
@@ -132,9 +159,3 @@ def test_registered_name_is_the_reported_name():
         assert build_tuning(name).name == name
     assert build_tuning("e3va", zero_init=True).name == "e3va"  # options beyond a preset
     assert build_tuning("e3va_plus", zero_init=True).name == "e3va_plus"
-
-
-def test_lora_width_is_a_deprecated_alias_of_rank():
-    with pytest.warns(FutureWarning, match="rank"):
-        lora = build_tuning("lora", width=8)
-    assert lora.rank == 8 and lora.width is None and lora == build_tuning("lora", rank=8)

@@ -44,8 +44,9 @@ def test_voc_export_round_trips_through_detectron2s_reader(tmp_path, monkeypatch
     register_shapes_voc(str(tmp_path), splits={"val": SMALL}, prefix="t_voc", force=True)
     dicts = DatasetCatalog.get("t_voc_val")
     meta = MetadataCatalog.get("t_voc_val")
-    # detectron2 0.6's reader uses np.str, removed in NumPy 2 (main uses str).
-    monkeypatch.setattr(np, "str", str, raising=False)
+    # detectron2 0.6's reader uses np.str, removed in NumPy 2 (main uses str). Set through the
+    # module's dict: reading np.str first (as setattr does) warns on NumPy 1.x.
+    monkeypatch.setitem(np.__dict__, "str", str)
     assert load_voc_instances(meta.dirname, meta.split, meta.thing_classes) == dicts
 
     source = ensure_shapes_split(SMALL, root=str(tmp_path))
@@ -104,7 +105,8 @@ def test_losing_an_export_race_uses_the_winners_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(cache.os, "rename", rename_after_a_rival)
     folder = shapes_voc.ensure_shapes_voc_split(spec, "val", root=root)
     assert calls and not os.path.exists(calls[0])  # our copy was really made, then discarded
-    assert sorted(os.listdir(root)) == sorted([os.path.basename(source.root), os.path.basename(folder)])
+    expected = [os.path.basename(source.root), os.path.basename(folder)]
+    assert sorted(os.listdir(root)) == sorted(expected)
     reference = ensure_shapes_voc_split(spec, "val", root=str(tmp_path / "reference"))
     assert tree_bytes(Path(folder)) == tree_bytes(Path(reference))
 

@@ -45,13 +45,16 @@ def trainable(model):
     return {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("yaml_file,py_file,no_download", [
+@pytest.mark.parametrize("yaml_file,py_file,options", [
     (SHAPES_YAML, SHAPES_PY, []),
-    (COCO_YAML, COCO_PY, ["MODEL.SWIN.WEIGHTS", ""]),  # the ImageNet file is not downloaded
+    # The ImageNet file is not downloaded; names and shapes need no weights (meta device).
+    (COCO_YAML, COCO_PY, ["MODEL.SWIN.WEIGHTS", "", "MODEL.DEVICE", "meta"]),
 ])
-def test_yaml_builds_the_lazyconfig_model(yaml_file, py_file, no_download):
-    yacs_model = build_model(yacs_cfg(yaml_file, *no_download))
-    lazy_model = instantiate(load_config(py_file, ["train.device=cpu"]).model)
+def test_yaml_builds_the_lazyconfig_model(yaml_file, py_file, options):
+    device = "meta" if "meta" in options else "cpu"
+    with torch.device(device):
+        yacs_model = build_model(yacs_cfg(yaml_file, *options))
+        lazy_model = instantiate(load_config(py_file, ["train.device=cpu"]).model)
     assert trainable(yacs_model) == trainable(lazy_model) and trainable(yacs_model)
     assert shapes(yacs_model) == shapes(lazy_model)
 
@@ -87,12 +90,12 @@ def test_stock_default_trainer_trains_and_evaluates(tmp_path):
     trainer.resume_or_load(resume=False)
     backbone = trainer.model.backbone.bottom_up
     frozen = {n: p for n, p in backbone.named_parameters() if not p.requires_grad}
-    side = dict(backbone.side.named_parameters())
+    highway = dict(backbone.highway.named_parameters())
     frozen_before = {n: p.detach().clone() for n, p in frozen.items()}
-    side_before = {n: p.detach().clone() for n, p in side.items()}
+    highway_before = {n: p.detach().clone() for n, p in highway.items()}
     trainer.train()
     assert frozen and all(torch.equal(frozen_before[n], p) for n, p in frozen.items())
-    assert any(not torch.equal(side_before[n], p) for n, p in side.items())
+    assert any(not torch.equal(highway_before[n], p) for n, p in highway.items())
     DatasetCatalog.get("shapes_mini_val")  # generates the split (and its json) if needed
     evaluator = COCOEvaluator("shapes_mini_val", output_dir=str(tmp_path),
                               use_fast_impl=HAS_COMPILED_OPS)

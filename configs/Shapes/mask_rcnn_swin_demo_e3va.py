@@ -7,13 +7,13 @@ pre-text task (e3va_d2.model_zoo), loaded as a user's ImageNet checkpoint would 
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
+from e3va_d2.model_zoo import GLYPHS_SWIN
+
 from ..common.data.shapes import dataloader
 from ..common.models.mask_rcnn_swin import model
 from ..common.optim import AdamW as optimizer
 from ..common.schedule import step_schedule
 from ..common.train import train
-
-from e3va_d2.model_zoo import GLYPHS_SWIN
 
 model.backbone.bottom_up.trunk.update(**GLYPHS_SWIN.trunk_kwargs(), drop_path_rate=0.0)
 # The shipped pre-trained trunk, loaded as the model is built (so detectron2's stock tools
@@ -31,7 +31,8 @@ model.roi_heads.mask_head.update(input_shape=ShapeSpec(channels=64, width=14, he
                                  conv_dims=[64, 64, 64])
 
 train.max_iter = 600
-lr_multiplier = step_schedule(milestones=[80, 93], total=100, warmup_fraction=0.07)  # in % of training
+# Milestones in % of training.
+lr_multiplier = step_schedule(milestones=[80, 93], total=100, warmup_fraction=0.07)
 optimizer.lr = 1e-3
 train.checkpointer.period = 200
 train.eval_period = 0  # evaluate once, at the end

@@ -7,13 +7,13 @@ pre-text task (e3va_d2.model_zoo), loaded as a user's ImageNet checkpoint would 
 
 from detectron2.layers import ShapeSpec
 
+from e3va_d2.model_zoo import GLYPHS_SWIN
+
 from ..common.data.shapes_voc import dataloader
 from ..common.models.retinanet_swin import model
 from ..common.optim import AdamW as optimizer
 from ..common.schedule import step_schedule
 from ..common.train import train
-
-from e3va_d2.model_zoo import GLYPHS_SWIN
 
 model.backbone.bottom_up.trunk.update(**GLYPHS_SWIN.trunk_kwargs(), drop_path_rate=0.0)
 # The shipped pre-trained trunk, loaded as the model is built (so detectron2's stock tools

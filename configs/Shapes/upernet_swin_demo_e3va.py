@@ -4,13 +4,13 @@ trained and evaluated (mIoU) on the synthetic shapes on CPU in a few minutes.
 The frozen trunk is the small Swin shipped with the project, pre-trained on the glyphs
 pre-text task (e3va_d2.model_zoo), loaded as a user's ImageNet checkpoint would be.
 """
+from e3va_d2.model_zoo import GLYPHS_SWIN
+
 from ..common.data.shapes_sem_seg import dataloader
 from ..common.models.upernet_swin import model
 from ..common.optim import AdamW as optimizer
 from ..common.schedule import poly_schedule
 from ..common.train import train
-
-from e3va_d2.model_zoo import GLYPHS_SWIN
 
 model.backbone.trunk.update(**GLYPHS_SWIN.trunk_kwargs(), drop_path_rate=0.0)
 # The shipped pre-trained trunk, loaded as the model is built (so detectron2's stock tools

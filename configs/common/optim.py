@@ -1,7 +1,6 @@
 """AdamW over the trainable parameters only, no weight decay on norms, biases and the relative
 position bias tables (paper appendix A: AdamW; decay 0.05 as in the Swin detectors)."""
 import torch
-
 from detectron2.config import LazyCall as L
 from detectron2.solver.build import get_default_optimizer_params
 

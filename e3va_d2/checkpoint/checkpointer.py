@@ -14,24 +14,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from torch import Tensor, nn
 
 from ..modeling.backbone import TunedSwin
-from ..modeling.swin_weights import (
-    ConversionReport,
-    SwinCheckpointError,
-    convert_swin_checkpoint,
-    is_output_norm_key,
+from ..modeling.highway import rename_legacy_highway_keys
+from ..modeling.pretrained import (
+    CheckpointReadError,
+    check_pretrained_state,
+    pretrained_state,
+    read_checkpoint,
+    required_pretrained_keys,
 )
+from ..modeling.swin_weights import ConversionReport, SwinCheckpointError
 from ..utils.state import parameter_group, strip_prefix
 from .files import atomic_save, atomic_write, is_local, remove_stale_temporaries
 
@@ -40,10 +40,6 @@ __all__ = ["CheckpointReadError", "E3VACheckpointer", "PeriodicCheckpointer"]
 logger = logging.getLogger("e3va_d2.checkpoint")
 
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
-
-
-class CheckpointReadError(ValueError):
-    """A file given as a checkpoint that cannot be read as one (not a pickle, truncated...)."""
 
 
 class E3VACheckpointer(DetectionCheckpointer):
@@ -60,7 +56,9 @@ class E3VACheckpointer(DetectionCheckpointer):
         self, model: nn.Module, save_dir: str = "", *, save_to_disk=None, **checkpointables
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
-        self._conversion: Optional[Tuple[str, ConversionReport]] = None
+        # (prefix of the TunedSwin, what the conversion did, the TunedSwin) after a load that
+        # converted a pre-trained Swin; None after loading a checkpoint of this model.
+        self._conversion: Optional[Tuple[str, ConversionReport, TunedSwin]] = None
         if self.save_dir and self.save_to_disk and is_local(self.save_dir):
             remove_stale_temporaries(self.save_dir)
         # Trainable parameters the last load() did not provide (all of them before any load,
@@ -84,46 +82,14 @@ class E3VACheckpointer(DetectionCheckpointer):
     def _tuned_swins(self) -> List[Tuple[str, TunedSwin]]:
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, TunedSwin)]
 
-    def _read(self, filename: str) -> Dict[str, Any]:
-        try:
-            return self._read_unchecked(filename)
-        except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError,
-                zipfile.BadZipFile, UnicodeDecodeError) as e:
-            if isinstance(e, SwinCheckpointError):
-                raise
-            raise CheckpointReadError(
-                f"{filename} is not a readable checkpoint ({type(e).__name__}: {e}). Pass a "
-                ".pth/.pkl/.safetensors file written by torch.save, detectron2 or timm; a "
-                "truncated copy fails like this (compare its size or sha256 with the source)."
-            ) from e
-
-    def _read_unchecked(self, filename: str) -> Dict[str, Any]:
-        if filename.endswith(".safetensors"):  # how timm's hub weights are published
-            from safetensors.torch import load_file
-
-            return {"model": load_file(filename, device="cpu")}
-        try:
-            return super()._load_file(filename)
-        except pickle.UnpicklingError as e:
-            # torch >= 2.6 loads tensors only; some releases also pickle their configs.
-            if "weights_only" not in str(e):
-                raise
-            logger.warning(
-                "%s holds Python objects besides tensors; loading it with weights_only=False "
-                "(only do this for files you trust).",
-                filename,
-            )
-            with self.path_manager.open(filename, "rb") as f:
-                loaded = torch.load(f, map_location="cpu", weights_only=False)
-            return loaded if isinstance(loaded.get("model"), Mapping) else {"model": loaded}
-
     def _load_file(self, filename: str) -> Dict[str, Any]:
         self._conversion = None
-        loaded = self._read(filename)
+        loaded = read_checkpoint(filename, reader=self)
         tuned = self._tuned_swins()
         if not tuned:
             return loaded
-        state = strip_prefix(loaded["model"])
+        # Checkpoints written before the highway had one name call it "side".
+        state = rename_legacy_highway_keys(strip_prefix(loaded["model"]))
         loaded["model"] = state
         if any(f"{_prefix(path)}trunk.patch_embed.proj.weight" in state for path, _ in tuned):
             return loaded  # a checkpoint of this model (resume, evaluation): keys already match
@@ -134,15 +100,9 @@ class E3VACheckpointer(DetectionCheckpointer):
             )
         path, backbone = tuned[0]
         prefix = _prefix(path)
-        converted, report = convert_swin_checkpoint(loaded, backbone.trunk)
-        model_state = {f"{prefix}trunk.{k}": v for k, v in converted.items()}
-        for target, source in backbone.inherited_weights().items():
-            model_state[prefix + target] = model_state[prefix + source].clone()
-        ignored = sorted(k for k in loaded if k != "model")
-        if ignored:  # e.g. the optimizer of the pre-training run: never resumed from
-            report.dropped["entries of the file besides the weights"] = ignored
-        self._conversion = (prefix, report)
-        return {"model": model_state}
+        state, report = pretrained_state(backbone, loaded)
+        self._conversion = (prefix, report, backbone)
+        return {"model": {prefix + k: v for k, v in state.items()}}
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         tuned = self._tuned_swins()
@@ -160,43 +120,22 @@ class E3VACheckpointer(DetectionCheckpointer):
         own = self.model.state_dict(keep_vars=True)
         frozen = {k for k, v in own.items() if isinstance(v, nn.Parameter) and not v.requires_grad}
         if self._conversion is None:
-            required = frozen
-            what = "a full-model checkpoint"
-        else:
-            trunk = self._conversion[0] + "trunk."
-            # Output norms are not pre-trained by classification: they may stay as built.
-            required = {
-                k for k in frozen if k.startswith(trunk) and not is_output_norm_key(k[len(trunk) :])
-            }
-            what = "the converted Swin checkpoint"
-            outside = sorted(k for k in frozen if not k.startswith(trunk) and k not in state)
-            if outside:
-                logger.warning(
-                    "Frozen parameters outside the trunk keep their initial values: %s",
-                    _group_counts(outside),
-                )
-        missing = sorted(k for k in required if k not in state)
-        if missing:
-            raise SwinCheckpointError(
-                f"{len(missing)} frozen parameters of the model are missing from {what}; they "
-                f"would stay at their random initialisation: {missing[:10]}"
-                f"{' ...' if len(missing) > 10 else ''}"
-            )
-        wrong = [
-            f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-            for k in sorted(required)
-            if tuple(state[k].shape) != tuple(own[k].shape)
-        ]
-        if wrong:
-            raise SwinCheckpointError(
-                f"frozen parameters with other shapes in {what}: {wrong[:10]}"
-            )
+            check_pretrained_state(sorted(frozen), state, own, "a full-model checkpoint")
+            return
+        prefix, _, backbone = self._conversion
+        required = [prefix + k for k in required_pretrained_keys(backbone)]
+        outside = sorted(k for k in frozen - set(required) if k not in state
+                         and not k.startswith(prefix + "trunk."))
+        if outside:
+            logger.warning("Frozen parameters outside the trunk keep their initial values: %s",
+                           _group_counts(outside))
+        check_pretrained_state(required, state, own, "the converted Swin checkpoint")
 
     def _log_incompatible_keys(self, incompatible) -> None:
         if not self._tuned_swins():
             return super()._log_incompatible_keys(incompatible)
         if self._conversion is not None:
-            prefix, report = self._conversion
+            prefix, report, _ = self._conversion
             logger.info("Loaded a pre-trained Swin into %strunk: %s", prefix, report.summary())
         for key, shape_file, shape_model in incompatible.incorrect_shapes:
             logger.warning(

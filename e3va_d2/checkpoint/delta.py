@@ -17,9 +17,9 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from torch import Tensor, nn
 
-import e3va_d2
-
+from ..compat import E3VA_D2_VERSION
 from ..modeling.backbone import tuned_swins
+from ..modeling.highway import rename_legacy_highway_keys
 from ..utils.state import unwrap_ddp
 from .files import atomic_save
 
@@ -95,7 +95,7 @@ def _delta_metadata(model: nn.Module, trainable: List[str], state: Mapping[str, 
         "trainable_tensors": len(trainable),
         "trainable_parameters": int(sum(state[k].numel() for k in trainable)),
         "versions": {
-            "e3va_d2": str(getattr(e3va_d2, "__version__", "unknown")),
+            "e3va_d2": E3VA_D2_VERSION,
             "torch": str(torch.__version__),
             "detectron2": str(detectron2.__version__),
         },
@@ -145,7 +145,8 @@ def load_delta(model: nn.Module, path: str, strict: bool = True) -> dict:
         raise DeltaMismatchError(f"{path} is not a delta checkpoint (written by export_delta)")
     model = unwrap_ddp(model)
     state, trainable, buffers, base = _split_state(model)
-    tensors: Dict[str, Tensor] = payload["tensors"]
+    # Deltas written before the highway had one name call it "side".
+    tensors: Dict[str, Tensor] = rename_legacy_highway_keys(payload["tensors"])
     wanted = trainable + buffers
     problems = []
     missing = [k for k in wanted if k not in tensors]

@@ -1,8 +1,8 @@
 """Configs: LazyConfig loading with checked overrides (:mod:`.lazy`) and the yacs keys for
 projects that use ``get_cfg()`` (:mod:`.defaults`)."""
+from ..errors import ConfigError
 from .defaults import add_e3va_config
 from .lazy import (
-    ConfigError,
     apply_overrides,
     config_keys,
     load_config,

@@ -12,9 +12,11 @@ chosen method does not have is an error when the model is built.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from detectron2.config import CfgNode as CN
+
+from ..modeling.swin import swin_size
+from ..modeling.tuning import TUNING_METHODS
+from ..modeling.tuning.base import option_names
 
 __all__ = ["add_e3va_config", "tuning_option_keys"]
 
@@ -22,17 +24,13 @@ __all__ = ["add_e3va_config", "tuning_option_keys"]
 def tuning_option_keys():
     """Every option of every registered tuning method, as yacs keys (``zero_init`` ->
     ``ZERO_INIT``), sorted."""
-    from ..modeling.tuning import TUNING_METHODS
-
-    fields = {f.name for make in TUNING_METHODS.values() for f in dataclasses.fields(make())}
+    fields = {name for make in TUNING_METHODS.values() for name in option_names(type(make()))}
     return sorted(name.upper() for name in fields)
 
 
 def add_e3va_config(cfg: CN) -> CN:
     """Add (in place, and return) the e3va-d2 keys with the defaults of the LazyConfig files:
     Swin-B, window 7, E3VA rank 8; UPerNet as in the Swin segmentation recipe."""
-    from ..modeling.swin import swin_size
-
     base = swin_size("B")
     cfg.MODEL.SWIN = CN()
     cfg.MODEL.SWIN.EMBED_DIM = base["embed_dim"]

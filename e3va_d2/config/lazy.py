@@ -3,17 +3,26 @@
 detectron2's ``LazyConfig.apply_overrides`` creates a key that does not exist, so a typo such as
 ``train.max_itr=10`` is accepted and ignored. Here an override must name an existing key,
 unless it is written ``+key=value`` (Hydra's syntax for adding one).
+
+Values are checked where they are declared: an override of a LazyCall whose target is a
+dataclass (a tuning method) is checked by building that dataclass, which reports the error;
+other numbers and flags must keep their type (``train.max_iter=abc`` fails at load time).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import os
-from typing import Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence
 
-from detectron2.config import LazyConfig
+from detectron2.config import LazyCall, LazyConfig, instantiate
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from ..modeling.backbone import TunedSwin
+from ..modeling.tuning import OptionError
 
 __all__ = [
     "ConfigError",
@@ -27,34 +36,62 @@ __all__ = [
 _ABSENT = object()
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says how to fix it."""
-
-
 def config_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
-    """Every dotted key of ``cfg`` (for suggestions)."""
+    """Every dotted key of ``cfg``, and every argument of its LazyCall targets (those the file
+    leaves at their default included), for suggestions."""
     keys = []
     for key, value in cfg.items_ex(resolve=False):
         full = f"{prefix}{key}"
         keys.append(full)
         if isinstance(value, DictConfig):
             keys.extend(config_keys(value, full + "."))
+    target = _target(cfg)
+    if target is not None:
+        keys.extend(f"{prefix}{name}" for name in _parameters(target) or ()
+                    if f"{prefix}{name}" not in keys)
     return keys
+
+
+def _target(node) -> object:
+    """The callable a LazyCall node builds, or None (not a LazyCall, or not importable)."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None
+    target = node._target_
+    try:
+        return locate(target) if isinstance(target, str) else target
+    except ImportError:
+        return None
+
+
+def _parameters(target):
+    try:
+        return inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return None
+
+
+def _parent(cfg: DictConfig, key: str):
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    return parent_key, name, parent
 
 
 def _target_parameters(cfg: DictConfig, key: str):
     """(argument name, signature parameters of the LazyCall target holding ``key``), or
     (name, None) when ``key``'s parent is no LazyCall or its target cannot be inspected."""
-    parent_key, _, name = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-    if not isinstance(parent, DictConfig) or "_target_" not in parent:
-        return name, None
-    target = parent._target_
-    try:
-        target = locate(target) if isinstance(target, str) else target
-        return name, inspect.signature(target).parameters
-    except (ImportError, TypeError, ValueError):
-        return name, None
+    _, name, parent = _parent(cfg, key)
+    target = _target(parent)
+    return name, None if target is None else _parameters(target)
+
+
+def _dataclass_node(cfg: DictConfig, key: str):
+    """(key of the LazyCall holding ``key``, that node) when its target is a dataclass, which
+    checks its own fields; else (None, None)."""
+    parent_key, _, parent = _parent(cfg, key)
+    target = _target(parent)
+    if isinstance(target, type) and dataclasses.is_dataclass(target):
+        return parent_key, parent
+    return None, None
 
 
 def _is_known_key(cfg: DictConfig, key: str) -> bool:
@@ -80,6 +117,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"Cannot parse the overrides {list(overrides)}: {e}. "
                           "Write them as key=value, e.g. train.max_iter=100.") from e
     plain: List[str] = []
+    # LazyCalls of dataclasses whose fields are overridden -> those overrides
+    dataclass_nodes: Dict[str, List[str]] = {}
     for override in parsed:
         key = override.key_or_group
         if override.is_delete():
@@ -91,10 +130,29 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                 f"Override {override.input_line!r} names no existing config key.{hint} "
                 f"To add a new key on purpose, write +{override.input_line}."
             )
-        if not override.is_add():
+        node_key, _ = _dataclass_node(cfg, key)
+        if node_key is not None:
+            dataclass_nodes.setdefault(node_key, []).append(override.input_line)
+        elif not override.is_add():
             _check_type(override.input_line, key, _current_value(cfg, key), override.value())
         plain.append(override.input_line.lstrip("+"))
-    return LazyConfig.apply_overrides(cfg, plain)
+    cfg = LazyConfig.apply_overrides(cfg, plain)
+    for node_key, lines in dataclass_nodes.items():
+        _check_dataclass(node_key, OmegaConf.select(cfg, node_key) if node_key else cfg, lines)
+    return cfg
+
+
+def _check_dataclass(node_key: str, node: DictConfig, lines: List[str]) -> None:
+    """Build the dataclass a LazyCall describes (cheap: options only), so that its own checks
+    run at load time; report their error with the config key."""
+    where = "Override " + ", ".join(repr(line) for line in lines)
+    try:
+        instantiate(node)
+    except OptionError as e:
+        key = f"{node_key}.{e.option}" if node_key else e.option
+        raise ConfigError(f"{where}: {e.named(key)}") from e
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _current_value(cfg: DictConfig, key: str):
@@ -143,8 +201,6 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
 def tuned_swin_node(node):
     """The LazyCall of a model config's ``TunedSwin`` (under an FPN for detectors, the backbone
     itself for semantic segmentation), or None."""
-    from ..modeling import TunedSwin
-
     if isinstance(node, DictConfig):
         target = node.get("_target_")
         if target is TunedSwin or target == f"{TunedSwin.__module__}.{TunedSwin.__qualname__}":
@@ -159,10 +215,6 @@ def tuned_swin_node(node):
 def set_tuning_method(model_cfg: DictConfig, tuning) -> None:
     """Replace the tuning method of ``model_cfg``'s TunedSwin by ``tuning`` (a TuningMethod
     instance, e.g. ``build_tuning("lora")``), as a LazyCall with all its options spelled out."""
-    import dataclasses
-
-    from detectron2.config import LazyCall
-
     node = tuned_swin_node(model_cfg)
     if node is None:
         raise ConfigError(f"{model_cfg.get('_target_')} has no TunedSwin backbone")

@@ -71,8 +71,8 @@ def _check_registered(name: str) -> None:
     hint = f" Did you mean {close}?" if close else ""
     raise DatasetError(
         f"Dataset '{name}' is not registered in detectron2's DatasetCatalog.{hint} "
-        f"{len(registered)} datasets are registered, e.g. {registered[:8]}. Register custom COCO-format "
-        "data before building the config, e.g. `from detectron2.data.datasets import "
+        f"{len(registered)} datasets are registered, e.g. {registered[:8]}. Register custom "
+        "COCO-format data before building the config, e.g. `from detectron2.data.datasets import "
         f"register_coco_instances; register_coco_instances('{name}', {{}}, "
         "'/path/to/annotations.json', '/path/to/images')`; `import e3va_d2.data` registers the "
         "synthetic 'shapes_train'/'shapes_val' splits."

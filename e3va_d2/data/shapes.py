@@ -17,7 +17,7 @@ Cache layout (``$E3VA_D2_DATASETS``, default ``~/.cache/e3va_d2/datasets``)::
 Instance masks are RLE (exact, and able to express holes/fragments caused by occlusion), so
 training configs must use ``instance_mask_format="bitmask"`` for these datasets.
 
-Drawing is :mod:`.shapes_render`; this module (about 370 lines) owns the spec, the named
+The spec is :mod:`.shapes_spec`, drawing :mod:`.shapes_render`; this module owns the named
 splits, the cache folders and the catalog registration of the COCO and label-map views.
 """
 
@@ -35,8 +35,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .cache import MARKER, build_folder_once
 from .datasets import DatasetError
-from .shapes_render import FILLS, THING_CLASSES
 from .shapes_render import render as _render  # a module global: tests slow it down
+from .shapes_spec import THING_CLASSES, ShapesSpec
 
 __all__ = [
     "THING_CLASSES",
@@ -59,35 +59,6 @@ _VERSION = 1
 THING_COLORS: Tuple[Tuple[int, int, int], ...] = ((220, 20, 60), (0, 130, 200), (60, 180, 75))
 STUFF_CLASSES: Tuple[str, ...] = ("background",) + THING_CLASSES
 IGNORE_LABEL = 255
-
-
-@dataclasses.dataclass(frozen=True)
-class ShapesSpec:
-    """Generation parameters; their hash names the cache folder, so changes never reuse files."""
-
-    num_images: int = 256
-    seed: int = 0
-    min_size: int = 160  # image width and height are drawn independently in [min, max]
-    max_size: int = 256
-    min_objects: int = 1
-    max_objects: int = 5
-    min_visible_area: int = 30  # pixels; occluders that would leave less are re-placed
-    # How objects are filled: "solid" (a shaded colour that stands out from what lies beneath)
-    # or "texture" (fine stripes or checks whose mean colour is close to what lies beneath, so
-    # an object differs from its surroundings mainly by texture).
-    fill: str = "solid"
-
-    def __post_init__(self) -> None:
-        if self.num_images < 1:
-            raise ValueError(f"ShapesSpec.num_images must be >= 1, got {self.num_images}")
-        if not 32 <= self.min_size <= self.max_size:
-            raise ValueError(f"ShapesSpec needs 32 <= min_size <= max_size, got {self}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"ShapesSpec needs 1 <= min_objects <= max_objects, got {self}")
-        if self.min_visible_area < 1:
-            raise ValueError("ShapesSpec.min_visible_area must be >= 1")
-        if self.fill not in FILLS:
-            raise ValueError(f"ShapesSpec.fill must be one of {FILLS}, got {self.fill!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,25 +1,30 @@
 """Drawing the synthetic shapes: backgrounds, shape outlines, anti-aliased coverage and the
 solid or textured fills (one image per (spec, index), from its own seeded generator).
 
-Split from :mod:`.shapes` (which owns the spec, the cache folders and registration) so that the
-glyphs pre-text task (:mod:`.glyphs`) can draw on the same backgrounds. Changing anything here
-changes the images: bump ``shapes._VERSION`` then.
+Split from :mod:`.shapes` (the cache folders and registration; the spec is :mod:`.shapes_spec`)
+so that the glyphs pre-text task (:mod:`.glyphs`) can draw on the same backgrounds. Changing
+anything here changes the images: bump ``shapes._VERSION`` then.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .shapes import ShapesSpec
+from .shapes_spec import FILLS, THING_CLASSES, ShapesSpec
 
-__all__ = ["FILLS", "THING_CLASSES", "background", "paint_solid", "paint_texture", "render"]
+__all__ = [
+    "FILLS",
+    "THING_CLASSES",
+    "background",
+    "paint_solid",
+    "paint_texture",
+    "render",
+    "upsample",
+]
 
 SUPERSAMPLE = 4  # sub-pixel factor for anti-aliased edges and exact 50%-coverage masks
-THING_CLASSES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle")
-FILLS: Tuple[str, ...] = ("solid", "texture")  # ShapesSpec.fill
 
 
 def upsample(low: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -155,7 +160,9 @@ def render(spec: ShapesSpec, index: int) -> Tuple[np.ndarray, np.ndarray, List[T
     return image, owner, list(zip(classes, visible))
 
 
-def paint_solid(rng: np.random.Generator, img: np.ndarray, y0: int, x0: int, cov: np.ndarray) -> None:
+def paint_solid(
+    rng: np.random.Generator, img: np.ndarray, y0: int, x0: int, cov: np.ndarray
+) -> None:
     """Alpha-blend a shaded, slightly noisy object color into ``img`` using coverage ``cov``."""
     hh, ww = cov.shape
     patch = img[y0 : y0 + hh, x0 : x0 + ww]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modeling.backbone import TunedSwin, tuned_swins
-from ..modeling.e3va import E3VAHighway, TrunkTrace, trace_trunk
+from ..modeling.highway import E3VAHighway, TrunkTrace, trace_trunk
 from ..modeling.swin_weights import trunk_architecture
 from .predictor import Predictor
 
@@ -51,7 +51,7 @@ class SharedTrunkPass:
 
 def _tuned_swin(model: nn.Module, task: str) -> TunedSwin:
     found = tuned_swins(model)
-    if len(found) != 1 or not isinstance(found[0].side, E3VAHighway):
+    if len(found) != 1 or not isinstance(found[0].highway, E3VAHighway):
         raise TaskMismatchError(
             f"task {task!r}: only models with one E3VA-tuned Swin can share a frozen trunk "
             "(other methods change the trunk's computation)")
@@ -75,7 +75,7 @@ class MultiTaskPredictor:
                  base: Optional[str] = None):
         if not tasks:
             raise ValueError("no tasks given")
-        self.predictors: "OrderedDict[str, Predictor]" = OrderedDict(
+        self.predictors: OrderedDict[str, Predictor] = OrderedDict(
             (name, Predictor(cfg, checkpoint=base, delta=delta or ""))
             for name, (cfg, delta) in tasks.items())
         self.trunk_pass = SharedTrunkPass()
@@ -85,7 +85,7 @@ class MultiTaskPredictor:
         for name, swin in swins.items():
             self._check_same_trunk(first_name, first, name, swin, shared)
             self._tie(swin.trunk, shared)
-            swin.side.trace_source = self.trunk_pass
+            swin.highway.trace_source = self.trunk_pass
 
     @staticmethod
     def _check_same_trunk(first_name, first, name, swin, shared) -> None:

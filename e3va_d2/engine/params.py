@@ -23,14 +23,15 @@ def trainable_parameter_table(model: nn.Module) -> Tuple[str, Dict[str, int]]:
 
     The percentage is relative to the Swin trunk's size, as in the paper's tables.
     """
-    groups: "OrderedDict[str, List[int]]" = OrderedDict()
+    groups: OrderedDict[str, List[int]] = OrderedDict()
     for name, param in model.named_parameters():
         row = groups.setdefault(parameter_group(name), [0, 0])
         row[0 if param.requires_grad else 1] += param.numel()
     backbone = _backbone_size(model)
     rows = []
     for group, (trainable, frozen) in groups.items():
-        share = f"{100.0 * trainable / backbone:.2f}%" if backbone and group.startswith("backbone") else ""
+        in_backbone = backbone and group.startswith("backbone")
+        share = f"{100.0 * trainable / backbone:.2f}%" if in_backbone else ""
         rows.append([group, f"{trainable:,}", f"{frozen:,}", share])
     trainable_total = sum(t for t, _ in groups.values())
     frozen_total = sum(f for _, f in groups.values())

@@ -143,11 +143,12 @@ def load_training_state(model: torch.nn.Module, data_loader, ranks: List[Dict[st
 
 class GatherTrainingState(HookBase):
     """With several processes, collect every rank's :func:`training_state` at the iterations
-    the checkpointer saves, for the main process to write (``trainer.gathered_state``)."""
+    the checkpointer saves (``gathered``), for the main process to write."""
 
     def __init__(self, period: int, max_iter: int):
         self.period = period
         self.max_iter = max_iter
+        self.gathered: Optional[List[Dict[str, Any]]] = None  # at the last checkpoint iteration
 
     def after_step(self):
         if comm.get_world_size() == 1:
@@ -155,15 +156,15 @@ class GatherTrainingState(HookBase):
         it = self.trainer.iter
         if (it + 1) % self.period == 0 or it >= self.max_iter - 1:
             step = self.trainer._trainer
-            self.trainer.gathered_state = comm.all_gather(
-                training_state(step.model, step.data_loader)
-            )
+            self.gathered = comm.all_gather(training_state(step.model, step.data_loader))
 
 
 def gathered_or_local(trainer) -> List[Dict[str, Any]]:
-    """Every rank's training state: gathered by the hook, or this one process's now."""
+    """Every rank's training state: gathered by the trainer's :class:`GatherTrainingState`
+    hook, or this one process's now."""
     if comm.get_world_size() > 1:
-        gathered: Optional[List[Dict[str, Any]]] = getattr(trainer, "gathered_state", None)
+        hooks = [h for h in trainer._hooks if isinstance(h, GatherTrainingState)]
+        gathered = hooks[0].gathered if hooks else None
         if gathered is not None:
             return gathered
         logger.warning("Saving outside a checkpoint iteration with several processes: only "

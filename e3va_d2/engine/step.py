@@ -1,14 +1,19 @@
 """The training step: forward, backward and update, with mixed precision on CUDA *and* CPU.
 
-detectron2 0.6's ``AMPTrainer`` refuses CPU models; this step runs fp16 + GradScaler (or bf16)
-on CUDA and bf16 autocast on CPU, counts the steps the scaler skipped for overflow, and checks
-once, after the first backward, that every trainable parameter received a gradient.
+The one step every trainer (:class:`~e3va_d2.engine.trainer.E3VATrainer`) and the cost
+benchmark (:class:`~e3va_d2.engine.cost.TrainingStep`) take, so that what is measured is what
+trains. detectron2 0.6's ``AMPTrainer`` refuses CPU models; :class:`MixedPrecision` runs fp16 +
+GradScaler (or bf16) on CUDA and bf16 autocast on CPU, and is the only place that touches the
+grad scaler. :class:`TrainStep` calls every detectron2 hook method (``after_backward`` too,
+which detectron2 0.6's hooks lack and main's have), counts the steps the scaler skipped for
+overflow, and checks once, after the first backward, that every trainable parameter received a
+gradient.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
 from detectron2.engine import SimpleTrainer
@@ -16,12 +21,20 @@ from detectron2.utils.events import get_event_storage
 
 from .params import parameters_without_grad
 
-__all__ = ["TrainStep", "make_grad_scaler", "resolve_amp_dtype"]
+__all__ = [
+    "MixedPrecision",
+    "TrainStep",
+    "call_after_backward",
+    "make_grad_scaler",
+    "resolve_amp_dtype",
+]
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16}
+
+Losses = Callable[[torch.nn.Module, Any], Dict[str, torch.Tensor]]
 
 
 def resolve_amp_dtype(enabled: bool, device_type: str, dtype: Optional[str] = None):
@@ -48,31 +61,105 @@ def make_grad_scaler(device_type: str):
     return torch.cuda.amp.GradScaler()
 
 
+class MixedPrecision:
+    """Autocast for the forward pass and, for float16, a dynamic grad scaler for backward and
+    the update; ``dtype=None`` is full precision (every call a plain one)."""
+
+    def __init__(self, device_type: str, dtype: Optional[torch.dtype] = None):
+        self.device_type = device_type
+        self.dtype = dtype
+        self.grad_scaler = make_grad_scaler(device_type) if dtype == torch.float16 else None
+        self.skipped_steps = 0  # updates the scaler skipped for inf/NaN gradients
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32,
+                              enabled=self.dtype is not None)
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        """Backward of ``loss`` (scaled for float16). False, and nothing done, when the loss
+        depends on nothing that trains (a frozen backbone without a trainable neck)."""
+        if not loss.requires_grad:
+            return False
+        (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+        return True
+
+    def step(self, optimizer: torch.optim.Optimizer, had_gradients: bool = True) -> None:
+        """The optimizer's update. A step without gradients skips the scaler, which refuses an
+        optimizer step with nothing unscaled."""
+        if self.grad_scaler is None or not had_gradients:
+            optimizer.step()
+            return
+        scale = self.grad_scaler.get_scale()
+        self.grad_scaler.step(optimizer)
+        self.grad_scaler.update()
+        if self.grad_scaler.get_scale() < scale:  # inf/NaN gradients: the update was skipped
+            self.skipped_steps += 1
+
+    def describe(self) -> str:
+        if self.dtype is None:
+            return f"AMP off: training in float32 on {self.device_type}."
+        scaler = " with a dynamic grad scaler" if self.grad_scaler else ""
+        dtype = str(self.dtype).replace("torch.", "")
+        return f"AMP on: {dtype} autocast on {self.device_type}{scaler}."
+
+
+def call_after_backward(hooks: Iterable[object]) -> None:
+    """``after_backward()`` of every hook that has one: detectron2 main's ``HookBase`` defines
+    it, detectron2 0.6's does not (a hook written for main must still see it there)."""
+    for hook in hooks:
+        method = getattr(hook, "after_backward", None)
+        if method is not None:
+            method()
+
+
+def _model_losses(model: torch.nn.Module, data: Any) -> Dict[str, torch.Tensor]:
+    losses = model(data)
+    return {"total_loss": losses} if isinstance(losses, torch.Tensor) else losses
+
+
 class TrainStep(SimpleTrainer):
-    """``SimpleTrainer`` with autocast, a grad scaler for fp16 and a first-step gradient check.
+    """``SimpleTrainer`` with :class:`MixedPrecision`, ``after_backward`` hooks and a
+    first-step gradient check.
 
     Args:
         device_type: "cuda" or "cpu", where the model runs.
         amp_dtype: autocast dtype, or None for full precision.
         check_gradients: raise after the first backward if a trainable parameter got no
             gradient (it could never learn, and DDP would need ``find_unused_parameters``).
+        after_backward: called after every backward, before the update (gradient clipping,
+            logging). Default: ``after_backward`` of the hooks registered on this trainer; a
+            trainer that owns this step (``DefaultTrainer._trainer``) passes its own hooks'.
+        losses: ``(model, data) -> {name: loss}``; default ``model(data)``.
     """
 
     def __init__(self, model, data_loader, optimizer, *, device_type: str = "cpu",
-                 amp_dtype: Optional[torch.dtype] = None, check_gradients: bool = True):
+                 amp_dtype: Optional[torch.dtype] = None, check_gradients: bool = True,
+                 after_backward: Optional[Callable[[], None]] = None,
+                 losses: Optional[Losses] = None):
         super().__init__(model, data_loader, optimizer)
-        self.device_type = device_type
-        self.amp_dtype = amp_dtype
-        self.grad_scaler = make_grad_scaler(device_type) if amp_dtype == torch.float16 else None
-        self.skipped_steps = 0
+        self.precision = MixedPrecision(device_type, amp_dtype)
+        self._after_backward = after_backward
+        self._losses = losses or _model_losses
         self._gradients_checked = not check_gradients
-        if amp_dtype is None:
-            logger.info("AMP off: training in float32 on %s.", device_type)
+        logger.info(self.precision.describe())
+
+    @property
+    def amp_dtype(self) -> Optional[torch.dtype]:
+        return self.precision.dtype
+
+    @property
+    def grad_scaler(self):
+        return self.precision.grad_scaler
+
+    def compute_losses(self, data: Any) -> Dict[str, torch.Tensor]:
+        """The losses of one batch (call it under ``self.precision.autocast()``)."""
+        return self._losses(self.model, data)
+
+    def after_backward(self) -> None:
+        if self._after_backward is not None:
+            self._after_backward()
         else:
-            logger.info(
-                "AMP on: %s autocast on %s%s.", str(amp_dtype).replace("torch.", ""), device_type,
-                " with a dynamic grad scaler" if self.grad_scaler else "",
-            )
+            call_after_backward(self._hooks)
 
     def run_step(self):
         assert self.model.training, "[TrainStep] model was changed to eval mode!"
@@ -80,38 +167,27 @@ class TrainStep(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            loss_dict = self.model(data)
-            if isinstance(loss_dict, torch.Tensor):
-                loss_dict = {"total_loss": loss_dict}
+        with self.precision.autocast():
+            loss_dict = self.compute_losses(data)
             losses = sum(loss_dict.values())
 
         self.optimizer.zero_grad()
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(losses).backward()
-        else:
-            losses.backward()
+        had_gradients = self.precision.backward(losses)
+        self.after_backward()
         if not self._gradients_checked:
             self._check_gradients()
         self._write_metrics(loss_dict, data_time)
-
-        if self.grad_scaler is None:
-            self.optimizer.step()
-            return
-        scale = self.grad_scaler.get_scale()
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
-        if self.grad_scaler.get_scale() < scale:  # inf/NaN gradients: the update was skipped
-            self.skipped_steps += 1
-        get_event_storage().put_scalar("amp_skipped_steps", self.skipped_steps,
-                                       smoothing_hint=False)
+        self.precision.step(self.optimizer, had_gradients)
+        if self.precision.grad_scaler is not None:
+            get_event_storage().put_scalar("amp_skipped_steps", self.precision.skipped_steps,
+                                           smoothing_hint=False)
 
     def _check_gradients(self) -> None:
         missing = parameters_without_grad(self.model.named_parameters())
         self._gradients_checked = True
         if missing:
-            shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+            more = f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
+            shown = ", ".join(missing[:10]) + more
             raise RuntimeError(
                 f"{len(missing)} trainable parameters received no gradient in the first step: "
                 f"{shown}. They can never learn (and DDP would need find_unused_parameters): "
@@ -120,13 +196,13 @@ class TrainStep(SimpleTrainer):
 
     def state_dict(self):
         ret = super().state_dict()
-        if self.grad_scaler is not None:
-            ret["grad_scaler"] = self.grad_scaler.state_dict()
-        ret["amp_skipped_steps"] = self.skipped_steps
+        if self.precision.grad_scaler is not None:
+            ret["grad_scaler"] = self.precision.grad_scaler.state_dict()
+        ret["amp_skipped_steps"] = self.precision.skipped_steps
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        if self.grad_scaler is not None and "grad_scaler" in state_dict:
-            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
-        self.skipped_steps = state_dict.get("amp_skipped_steps", 0)
+        if self.precision.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.precision.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        self.precision.skipped_steps = state_dict.get("amp_skipped_steps", 0)

@@ -36,7 +36,7 @@ from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
 from .params import trainable_parameter_table
 from .resume import GatherTrainingState, gathered_or_local, load_training_state, preserved_rng
-from .step import TrainStep, resolve_amp_dtype
+from .step import TrainStep, call_after_backward, resolve_amp_dtype
 
 __all__ = ["E3VATrainer", "resolve_device", "test_dataset_names"]
 
@@ -117,12 +117,14 @@ class E3VATrainer(DefaultTrainer):
         model = create_ddp_model(model, **ddp_options)
 
         amp = cfg.train.get("amp", {})
+        hooks_owner = weakref.proxy(self)  # the step must not keep its trainer alive
         self._trainer = TrainStep(
             model,
             data_loader,
             optimizer,
             device_type=device_type,
             amp_dtype=resolve_amp_dtype(amp.get("enabled", False), device_type, amp.get("dtype")),
+            after_backward=lambda: call_after_backward(hooks_owner._hooks),
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = E3VACheckpointer(

@@ -85,12 +85,14 @@ class _RecomputedBottleneck(torch.autograd.Function):
         # The recomputation and the gradient products run under the forward's autocast, so
         # they round as the forward did; gradients are returned in their parameter's dtype.
         with torch.autocast(device, dtype=dtype) if enabled else contextlib.nullcontext():
-            inputs, pre_gelu = _inputs_of_layers(_widen(x, ctx.scale, ctx.x_dtype), layers, ctx.gelu_at)
+            widened = _widen(x, ctx.scale, ctx.x_dtype)
+            inputs, pre_gelu = _inputs_of_layers(widened, layers, ctx.gelu_at)
             grads: List[Optional[Tensor]] = [None] * (2 * len(layers))
             grad = grad_out
             for i in reversed(range(len(layers))):
                 weight, bias = layers[i]
-                rows, cols = grad.reshape(-1, grad.shape[-1]), inputs[i].reshape(-1, inputs[i].shape[-1])
+                rows = grad.reshape(-1, grad.shape[-1])
+                cols = inputs[i].reshape(-1, inputs[i].shape[-1])
                 grads[2 * i] = (rows.t() @ cols).to(weight.dtype)
                 if bias is not None:
                     grads[2 * i + 1] = rows.sum(0).to(bias.dtype)

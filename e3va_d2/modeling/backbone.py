@@ -7,7 +7,8 @@ import torch
 from detectron2.modeling import Backbone
 from torch import Tensor, nn
 
-from .side import SIDE_PREFIX, SideNetwork
+from .highway import HIGHWAY_PREFIX, Highway
+from .pretrained import load_pretrained_swin
 from .swin import SwinTransformer
 from .tuning import TuningMethod, build_tuning
 
@@ -25,12 +26,14 @@ class TunedSwin(Backbone):
     Args:
         trunk: the Swin trunk; its ``out_features`` are this backbone's outputs.
         tuning: a :class:`TuningMethod` or a registered name (see ``TUNING_METHODS``).
-        weights: a pre-trained Swin checkpoint (any layout :class:`E3VACheckpointer` reads, e.g.
-            the official ``swin_base_patch4_window7_224_22k.pth``) loaded into the trunk as the
-            model is built. So the model config alone says which trunk it starts from, and
-            tools that load ``train.init_checkpoint`` with a plain ``DetectionCheckpointer``
-            (detectron2's ``lazyconfig_train_net.py``, a yacs ``DefaultTrainer``) still start
-            from it. Empty: the trunk keeps its random initialisation, unless a later
+        weights: a pre-trained Swin checkpoint (any layout
+            :func:`~e3va_d2.modeling.swin_weights.convert_swin_checkpoint` reads, e.g. the
+            official ``swin_base_patch4_window7_224_22k.pth``) loaded into the trunk as the
+            model is built, as ``E3VACheckpointer`` loads ``train.init_checkpoint``. So the
+            model config alone says which trunk it starts from, and tools that load
+            ``train.init_checkpoint`` with a plain ``DetectionCheckpointer`` (detectron2's
+            ``lazyconfig_train_net.py``, a yacs ``DefaultTrainer``) still start from it.
+            Empty: the trunk keeps its random initialisation, unless a later
             ``train.init_checkpoint`` provides it.
         check_gradient_flow: refuse, at build time, trainable parameters that no output
             depends on (they would make DDP need ``find_unused_parameters``).
@@ -47,10 +50,10 @@ class TunedSwin(Backbone):
         super().__init__()
         self.tuning = build_tuning(tuning)
         self.trunk = trunk
-        # A SideNetwork (E3VA's highway), or None for methods that only edit the trunk.
-        self.side: Optional[SideNetwork] = self.tuning.attach(trunk)
+        # E3VA's highway, or None for methods that only edit the trunk.
+        self.highway: Optional[Highway] = self.tuning.attach(trunk)
         self.requires_grad_(False)
-        trainable = list(self.tuning.trainable_parameters(trunk, self.side))
+        trainable = list(self.tuning.trainable_parameters(trunk, self.highway))
         for _, param in trainable:
             param.requires_grad_(True)
         self.trainable_names = [name for name, _ in trainable]
@@ -68,15 +71,13 @@ class TunedSwin(Backbone):
                 )
         self.weights = weights
         if weights:
-            from ..checkpoint import E3VACheckpointer  # which imports this module
-
-            E3VACheckpointer(self, save_to_disk=False).load(weights)
+            load_pretrained_swin(self, weights)
 
     @property
     def size_divisibility(self) -> int:
         return self.trunk.size_divisibility
 
-    def train(self, mode: bool = True) -> "TunedSwin":
+    def train(self, mode: bool = True) -> TunedSwin:
         super().train(mode)
         if self.tuning.trunk_runs_without_grad:
             # A frozen trunk must not change behaviour (drop path) when the model trains.
@@ -85,11 +86,13 @@ class TunedSwin(Backbone):
 
     def inherited_weights(self) -> Dict[str, str]:
         """Parameter name -> trunk parameter it copies at load time (relative to self)."""
-        return {} if self.side is None else self.side.inherited_weights("trunk.", SIDE_PREFIX)
+        if self.highway is None:
+            return {}
+        return self.highway.inherited_weights("trunk.", HIGHWAY_PREFIX)
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        if self.side is not None:
-            return self.side(self.trunk, images)
+        if self.highway is not None:
+            return self.highway(self.trunk, images)
         if self.tuning.trunk_runs_without_grad:
             with torch.no_grad():
                 return self.trunk(images)

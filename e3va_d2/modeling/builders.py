@@ -11,16 +11,15 @@ come from the trunk.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
+from ..errors import ConfigError
 from .backbone import TunedSwin
 from .swin import SwinTransformer
-from .tuning import TUNING_METHODS, TuningMethod, build_tuning
+from .tuning import TUNING_METHODS, OptionError, TuningMethod, build_tuning
 
 __all__ = [
     "build_retinanet_tuned_swin_fpn_backbone",
@@ -31,22 +30,19 @@ __all__ = [
 
 
 def tuning_from_cfg(cfg) -> TuningMethod:
-    """``MODEL.TUNING``: the method's name and the options set (not None) for it."""
-    from ..config import ConfigError
-
+    """``MODEL.TUNING``: the method's name and the options set (not None) for it, passed to
+    the method as they are; its error names the yacs key."""
     method = cfg.MODEL.TUNING.METHOD
     if method not in TUNING_METHODS:
         raise ConfigError(f"MODEL.TUNING.METHOD={method!r}; registered methods: "
                           f"{sorted(TUNING_METHODS)}")
-    own = {f.name for f in dataclasses.fields(TUNING_METHODS[method]())}
     given = {k.lower(): v for k, v in cfg.MODEL.TUNING.items() if k != "METHOD" and v is not None}
-    foreign = sorted(k for k in given if k not in own)
-    if foreign:
-        raise ConfigError(
-            f"MODEL.TUNING.{foreign[0].upper()} is not an option of {method!r} (its options: "
-            f"{sorted(k.upper() for k in own) or 'none'}); leave it unset (None)")
-    return build_tuning(method, **{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in given.items()})
+    try:
+        return build_tuning(method, **{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in given.items()})
+    except OptionError as e:
+        hint = "; leave it unset (None)" if " is not an option of " in e.problem else ""
+        raise ConfigError(e.named(f"MODEL.TUNING.{e.option.upper()}") + hint) from e
 
 
 def _tuned_swin(cfg, input_shape: ShapeSpec) -> TunedSwin:

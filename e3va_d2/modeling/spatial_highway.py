@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.bottleneck import recomputed
-from .e3va import DualLowRankLinear, E3VAHighway, HighwayAdapter, TrunkTrace
+from .adapters import DualLowRankLinear, HighwayAdapter
+from .highway import E3VAHighway, TrunkTrace
 from .swin import SwinTransformer, tokens_to_map
 
 __all__ = ["GridMixer", "SpatialAdapter", "SpatialBlockAdapters", "SpatialHighway"]

@@ -18,7 +18,7 @@ it: its classes are only meaningful together, and checkpoint keys follow this mo
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -426,10 +426,6 @@ class SwinTransformer(Backbone):
     @property
     def size_divisibility(self) -> int:
         return self._out_feature_strides[f"p{self.num_stages - 1}"]
-
-    def output_norms(self) -> List[nn.LayerNorm]:
-        """The norms between the trunk and the neck (not pre-trained by classification)."""
-        return [getattr(self, f"norm{i}") for i in self.out_indices]
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         """(B, 3, H, W) -> {"p{i}": (B, C_i, ceil(H / stride_i), ceil(W / stride_i))}."""

@@ -1,5 +1,5 @@
 """Names in state dicts: the one place that knows DDP's ``module.`` prefix and how names group
-into the parts of a tuned model (trunk, output norms, side module, neck, heads)."""
+into the parts of a tuned model (trunk, output norms, highway, neck, heads)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping
@@ -37,8 +37,8 @@ def parameter_group(name: str) -> str:
         return "backbone: output norms"
     if ".trunk." in name or name.startswith("trunk."):
         return "backbone: Swin trunk"
-    if ".side." in name or name.startswith("side."):
-        return "backbone: side network"
+    if ".highway." in name or name.startswith("highway."):
+        return "backbone: highway"
     head = name.split(".")[0]
     if head == "backbone":
         return "neck (FPN)"

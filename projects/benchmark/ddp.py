@@ -5,7 +5,8 @@ gloo processes on this machine (DDP all-reduces the gradients of trainable param
 Every process builds the same model (the shapes Mask R-CNN demo, or ``--config-file``) once
 per method, trains ``--steps`` timed steps (after one warm-up) on its own synthetic batch, and
 counts the bytes of every gradient bucket DDP all-reduces (a communication hook). Methods run
-in turn, in every process at once. Writes ``ddp.md`` / ``ddp.json`` on the main process.
+in turn, in every process at once. Writes ``ddp.md`` / ``ddp.json`` on the main process (and
+with ``--record NAME`` the table into the docs, see projects/tables.py).
 
     python -m projects.benchmark.ddp --processes 2 --methods full,lora,e3va
 """
@@ -27,9 +28,10 @@ from detectron2.utils.events import EventStorage
 
 from e3va_d2.config import load_config, set_tuning_method
 from e3va_d2.engine import launch
+from e3va_d2.engine.cost import synthetic_detection_batch
 from e3va_d2.layers import adapt_sync_batchnorm
 from e3va_d2.modeling import build_tuning
-from e3va_d2.utils.cost import synthetic_detection_batch
+from projects.tables import command_line, publish
 
 DEFAULT_CONFIG = "configs/Shapes/mask_rcnn_swin_demo_e3va.py"
 
@@ -81,28 +83,38 @@ def measure(config: str, method: str, steps: int, size: int) -> Dict[str, float]
                 step_s=statistics.median(times))
 
 
-def worker(args) -> None:
-    torch.set_num_threads(1)
-    rows = [measure(args.config_file, m, args.steps, args.size) for m in args.methods.split(",")]
-    if not comm.is_main_process():
-        return
+def render(data: dict) -> str:
+    """The table from a record: ``rows`` (one per method) and ``setup``."""
+    rows = data["rows"]
     full = next((r for r in rows if r["method"] == "full"), rows[0])
     lines = ["| method | trainable | all-reduced per step | / full | step (s) | / full |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['trainable'] / 1e6:.3f}M | {r['bytes_per_step'] / 2**20:.2f} MiB "
+            f"| {r['method']} | {r['trainable'] / 1e6:.3f}M "
+            f"| {r['bytes_per_step'] / 2**20:.2f} MiB "
             f"| {r['bytes_per_step'] / full['bytes_per_step']:.1%} | {r['step_s']:.3f} "
             f"| {r['step_s'] / full['step_s']:.2f}x |")
+    return "\n".join(lines) + "\n\n" + data["setup"]
+
+
+def worker(args) -> None:
+    torch.set_num_threads(1)
+    rows = [measure(args.config_file, m, args.steps, args.size) for m in args.methods.split(",")]
+    if not comm.is_main_process():
+        return
     setup = (f"{comm.get_world_size()} gloo processes, 1 thread each, 2 images of {args.size} px "
              f"per process, median of {args.steps} steps; {os.path.basename(args.config_file)}")
-    text = "\n".join(lines)
+    data = dict(setup=setup, rows=rows)
+    text = render(data)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "ddp.md"), "w") as f:
-        f.write(text + "\n\n" + setup + "\n")
+        f.write(text + "\n")
     with open(os.path.join(args.output, "ddp.json"), "w") as f:
-        json.dump(dict(setup=setup, rows=rows), f, indent=2)
-    print(text + "\n\n" + setup)
+        json.dump(data, f, indent=2)
+    if args.record:
+        publish(args.record, data, "projects.benchmark.ddp:render", args.command)
+    print(text)
 
 
 def main(argv=None) -> None:
@@ -113,7 +125,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--output", default="output/ddp")
+    p.add_argument("--record", default="",
+                   help="also publish the table as this docs table (projects/tables.py)")
     args = p.parse_args(argv)
+    args.command = command_line("projects.benchmark.ddp", argv)
     launch(worker, args.processes, backend="gloo", dist_url="auto", args=(args,))
 
 

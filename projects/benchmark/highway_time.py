@@ -13,7 +13,7 @@ weights, interleaved in one process:
 So "gradient path - fixed" is what any method pays to send gradients below the FPN (the FPN's
 input gradients, the merges' and norms' backward), and "e3va - gradient path" is the adapters'
 own cost. Each step's matmul/conv FLOPs (forward and backward, ``FlopCounterMode``) are counted
-alongside its time:
+alongside its time (``--record NAME`` also writes the table into the docs, projects/tables.py):
 
     python -m projects.benchmark.highway_time --steps 10 [--amp]
 """
@@ -27,9 +27,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from e3va_d2.config import load_config
+from e3va_d2.engine.cost import TrainingStep, median, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
-from e3va_d2.modeling.e3va import BlockAdapters, E3VAHighway, trace_trunk
-from e3va_d2.utils.cost import TrainingStep, median, synthetic_detection_batch
+from e3va_d2.modeling.adapters import BlockAdapters
+from e3va_d2.modeling.highway import E3VAHighway, trace_trunk
+from projects.tables import command_line, publish
 
 from .tuning_cost import build_model, num_classes, share_common_tensors
 
@@ -80,6 +82,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--amp", action="store_true", help="as tuning_cost.py's --amp")
     parser.add_argument("--output", default="output/benchmark_highway_time")
+    parser.add_argument("--record", default="",
+                        help="also publish the table as this docs table (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
@@ -91,26 +95,38 @@ def main(argv=None):
         for step in steps.values():
             step.run(seed=100 + i)
     seconds = {v: median(s.times) for v, s in steps.items()}
+    setup = (f"{os.path.basename(args.config_file)}, 1 image of {args.size}x{args.size}, "
+             f"{'AMP' if args.amp else 'fp32'}, median of {args.steps} interleaved steps, "
+             f"{torch.get_num_threads()} threads on {device.type}")
+    data = dict(setup=setup, seconds=seconds, flops=counted)
+    text = render(data)
+    print(text)
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "highway_time.md"), "w") as f:
+        f.write(text + "\n")
+    if args.record:
+        publish(args.record, data, "projects.benchmark.highway_time:render",
+                command_line("projects.benchmark.highway_time", argv))
+    return dict(seconds=seconds, flops=counted)
+
+
+if __name__ == "__main__":
+    main()
+
+
+def render(data: dict) -> str:
+    """The table from a record: ``seconds`` and ``flops`` per variant, and ``setup``."""
+    seconds, counted = data["seconds"], data["flops"]
     base_s, base_f = seconds["fixed"], counted["fixed"]
     lines = ["| backbone step | time (s) | / fixed | GFLOPs | / fixed |", "|---|---|---|---|---|"]
     for v in VARIANTS:
         lines.append(f"| {v} | {seconds[v]:.3f} | {seconds[v] / base_s:.3f}x | "
                      f"{counted[v] / 1e9:.1f} | {counted[v] / base_f:.3f}x |")
     path, e3va = seconds["gradient path"] - base_s, seconds["e3va"] - seconds["gradient path"]
-    lines += ["", f"{os.path.basename(args.config_file)}, 1 image of {args.size}x{args.size}, "
-              f"{'AMP' if args.amp else 'fp32'}, median "
-              f"of {args.steps} interleaved steps, {torch.get_num_threads()} threads on {device.type}. "
-              f"Extra time over fixed: gradient path {100 * path / base_s:+.1f}% of fixed's step, "
-              f"adapters {100 * e3va / base_s:+.1f}%; extra FLOPs: gradient path "
-              f"{100 * (counted['gradient path'] - base_f) / base_f:+.1f}%, adapters "
-              f"{100 * (counted['e3va'] - counted['gradient path']) / base_f:+.1f}%."]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "highway_time.md"), "w") as f:
-        f.write(text + "\n")
-    return dict(seconds=seconds, flops=counted)
-
-
-if __name__ == "__main__":
-    main()
+    path_flops = counted["gradient path"] - base_f
+    e3va_flops = counted["e3va"] - counted["gradient path"]
+    lines += ["", f"{data['setup']}. Extra time over fixed: gradient path "
+              f"{100 * path / base_s:+.1f}% of fixed's step, adapters {100 * e3va / base_s:+.1f}%; "
+              f"extra FLOPs: gradient path {100 * path_flops / base_f:+.1f}%, adapters "
+              f"{100 * e3va_flops / base_f:+.1f}%."]
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Turning the benchmark's measurements into the README's tables and chart."""
+"""Turning the benchmark's measurements into its tables (docs/COST.md) and chart."""
 from __future__ import annotations
 
 import textwrap
@@ -23,7 +23,8 @@ def cost_table(results: Dict[str, dict]) -> str:
     for method, r in results.items():
         above = ""
         if full and fixed and full["saved_bytes"] > fixed["saved_bytes"]:
-            share = (r["saved_bytes"] - fixed["saved_bytes"]) / (full["saved_bytes"] - fixed["saved_bytes"])
+            floor = fixed["saved_bytes"]
+            share = (r["saved_bytes"] - floor) / (full["saved_bytes"] - floor)
             above = f"{100 * share:.1f}% of full's"
         row = [
             method,
@@ -45,7 +46,7 @@ def cost_table(results: Dict[str, dict]) -> str:
 
 def breakdown_table(results: Dict[str, dict]) -> str:
     """Saved activations per tensor kind (rows) and method (columns), in MiB."""
-    from e3va_d2.utils.cost import SAVED_KINDS
+    from e3va_d2.engine.cost import SAVED_KINDS
 
     methods = [m for m, r in results.items() if "saved_bytes_by_kind" in r]
     order = [kind for _, kind in SAVED_KINDS] + ["other"]
@@ -107,15 +108,17 @@ def plot(results: Dict[str, dict], path: str, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = ["tab:orange" if m.startswith("e3va") else "tab:blue" for m in methods]
     for ax, values, label in (
-        (axes[0], memory, "CUDA peak (MiB)" if has_cuda else "activations saved for backward (MiB)"),
+        (axes[0], memory,
+         "CUDA peak (MiB)" if has_cuda else "activations saved for backward (MiB)"),
         (axes[1], [t / full_time for t in times], "training step time / full"),
     ):
         bars = ax.bar(methods, values, color=colors)
         ax.set_ylabel(label)
         ax.tick_params(axis="x", rotation=45)
         for bar, m in zip(bars, methods):
-            ax.annotate(f"{results[m]['trainable_backbone'] / 1e6:.2f}M", (bar.get_x() + bar.get_width() / 2,
-                        bar.get_height()), ha="center", va="bottom", fontsize=7)
+            top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
+            ax.annotate(f"{results[m]['trainable_backbone'] / 1e6:.2f}M", top, ha="center",
+                        va="bottom", fontsize=7)
     wrapped = textwrap.fill(title + " (bar labels: trainable backbone parameters)", 150)
     fig.suptitle(wrapped, fontsize=8)
     fig.tight_layout()

@@ -13,11 +13,13 @@ For every (size, batch) point, every method's activations saved for backward and
   resolution 1333x800, padded to 1344x800, batch 2), with the GPUs of the paper's Table 4 it
   would fit.
 
-    python -m projects.benchmark.sweep --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py \\
+    python -m projects.benchmark.sweep \\
+        --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py \\
         --methods full,fixed,lora,e3va --sizes 384,512,768,1024 --batches 1,2
 
-Writes sweep.md, sweep.json and sweep.png to --output; ``--from-json`` redraws them from an
-earlier sweep.json without measuring.
+Writes sweep.md, sweep.json and sweep.png to --output (and with ``--record NAME`` the tables
+into the docs, see projects/tables.py); ``--from-json`` redraws them from an earlier
+sweep.json without measuring.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ import numpy as np
 import torch
 
 from e3va_d2.config import load_config
+from e3va_d2.engine.cost import median, release_freed_memory, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
-from e3va_d2.utils.cost import median, release_freed_memory, synthetic_detection_batch
+from projects.tables import command_line, publish
 
 from .report import GPUS, MIB, training_memory
 from .tuning_cost import Bench, method_names, num_classes
@@ -58,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--output", default="output/benchmark_sweep", help="folder for the results")
     parser.add_argument("--from-json", default="", help="redraw from this sweep.json")
+    parser.add_argument("--record", default="",
+                        help="also publish the tables as this docs table (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser.parse_args(argv)
 
@@ -99,8 +104,8 @@ def run(args) -> dict:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cfg = load_config(args.config_file, args.opts)
     classes = num_classes(cfg)
-    points = sorted(((int(s), int(b)) for s in args.sizes.split(",") for b in args.batches.split(",")),
-                    key=lambda p: (p[0] ** 2 * p[1], p[1]))
+    grid = [(int(s), int(b)) for s in args.sizes.split(",") for b in args.batches.split(",")]
+    points = sorted(grid, key=lambda p: (p[0] ** 2 * p[1], p[1]))
     batches = {f"{s}x{b}": synthetic_detection_batch(b, s, classes, seed=0) for s, b in points}
     amp_dtype = resolve_amp_dtype(args.amp, device.type)
     bench = Bench(cfg, method_names(args.methods), device, batches, amp_dtype=amp_dtype,
@@ -111,7 +116,8 @@ def run(args) -> dict:
         running = []
         for method in bench.methods:
             done = measured[method]
-            if done and done[-1]["saved_bytes"] * pixels / done[-1]["pixels"] > args.max_saved_gib * 2**30:
+            predicted = done[-1]["saved_bytes"] * pixels / done[-1]["pixels"] if done else 0
+            if predicted > args.max_saved_gib * 2**30:
                 logger.info("%s at %s: skipped, it would save more than %.0f GiB", method, label,
                             args.max_saved_gib)
                 continue
@@ -138,16 +144,21 @@ def run(args) -> dict:
             step = bench.steps[method][f"model{label}"]
             measured[method][-1]["step_seconds"] = median(step.times)
             step.times.clear()
-            logger.info("%s at %s: %.2f s per step", method, label, measured[method][-1]["step_seconds"])
+            logger.info("%s at %s: %.2f s per step", method, label,
+                        measured[method][-1]["step_seconds"])
         release_freed_memory()
     return dict(points=measured, models=bench.results)
+
+
+def _timed(points: Dict[str, List[dict]]) -> bool:
+    return any("step_seconds" in p for pts in points.values() for p in pts)
 
 
 def sweep_table(points: Dict[str, List[dict]]) -> str:
     methods = list(points)
     labels = sorted({(p["size"], p["batch"]) for pts in points.values() for p in pts},
                     key=lambda sb: (sb[0] ** 2 * sb[1], sb[1]))
-    timed = any("step_seconds" in p for pts in points.values() for p in pts)
+    timed = _timed(points)
     header = ["size x batch", "pixels x batch"] + [f"{m} saved" for m in methods]
     header += [f"{m} step (s)" for m in methods] if timed else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -157,7 +168,8 @@ def sweep_table(points: Dict[str, List[dict]]) -> str:
         row = [f"{size}x{size} x {batch}", f"{size * size * batch / 1e6:.2f}M"]
         row += [f"{p['saved_bytes'] / MIB:,.0f} MiB" if p else "skipped" for p in found.values()]
         if timed:
-            row += [f"{p['step_seconds']:.2f}" if p and "step_seconds" in p else "" for p in found.values()]
+            row += [f"{p['step_seconds']:.2f}" if p and "step_seconds" in p else ""
+                    for p in found.values()]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -166,7 +178,7 @@ def extrapolation_table(result: dict, target: Tuple[int, int, int]) -> str:
     """Per method: the log-log slopes, the per-pixel / per-image fit, and what it predicts at
     ``target`` (saved activations, and the training memory that implies on Table 4's GPUs)."""
     width, height, batch = target
-    points, timed = result["points"], any("step_seconds" in p for pts in result["points"].values() for p in pts)
+    points, timed = result["points"], _timed(result["points"])
     saved_slopes, time_slopes = slopes(points, "saved_bytes"), slopes(points, "step_seconds")
     header = ["method", "saved-bytes slope (batch 1, 2)"] + (["step-time slope"] if timed else [])
     header += ["saved per megapixel", "saved per image", f"saved at {width}x{height} x {batch}",
@@ -196,7 +208,7 @@ def plot(result: dict, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     keys = [("saved_bytes", "activations saved for backward (MiB)", MIB)]
-    if any("step_seconds" in p for pts in result["points"].values() for p in pts):
+    if _timed(result["points"]):
         keys.append(("step_seconds", "training step (s)", 1.0))
     fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.8), squeeze=False)
     for ax, (key, label, unit) in zip(axes[0], keys):
@@ -231,13 +243,12 @@ def main(argv=None):
         result = dict(points=saved["points"], models=saved["models"])
     else:
         result = run(args)
-    target = tuple(int(v) for v in args.extrapolate.lower().split("x"))
-    timing = ("saved activations only" if not any("step_seconds" in p for pts in result["points"].values()
-                                                  for p in pts)
-              else f"median of {args.steps} interleaved steps per point, {torch.get_num_threads()} threads")
+    timing = (f"median of {args.steps} interleaved steps per point, "
+              f"{torch.get_num_threads()} threads" if _timed(result["points"])
+              else "saved activations only")
     setup = f"{os.path.basename(args.config_file)}, {'AMP' if args.amp else 'fp32'}, {timing}"
-    text = "\n\n".join([sweep_table(result["points"]), setup,
-                        extrapolation_table(result, target)])
+    data = dict(setup=setup, extrapolate=args.extrapolate, **result)
+    text = render(data)
     print(text)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "sweep.md"), "w") as f:
@@ -245,7 +256,19 @@ def main(argv=None):
     with open(os.path.join(args.output, "sweep.json"), "w") as f:
         json.dump(dict(args=vars(args), **result), f, indent=2)  # over --from-json: the same
     plot(result, os.path.join(args.output, "sweep.png"), setup)
+    if args.record:
+        publish(args.record, data, "projects.benchmark.sweep:render",
+                command_line("projects.benchmark.sweep", argv))
     return result
+
+
+def render(data: dict) -> str:
+    """The sweep's tables from its record: ``points`` and ``models`` as measured, ``setup``
+    and the ``extrapolate`` target (WIDTHxHEIGHTxBATCH)."""
+    target = tuple(int(v) for v in data["extrapolate"].lower().split("x"))
+    result = dict(points=data["points"], models=data["models"])
+    return "\n\n".join([sweep_table(result["points"]), data["setup"],
+                         extrapolation_table(result, target)])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ sample the same proposals everywhere and costs differ by method only. Sharing al
 Swin-B detectors within a 24 GB machine.
 
 Writes cost.md (Table 1-style costs, where the saved activations come from, and Table 4-style
-"which GPU fits"), cost.png and cost.json to --output, and prints the tables:
+"which GPU fits"), cost.png and cost.json to --output, and prints the tables; ``--record NAME``
+also writes them into the docs (see projects/tables.py):
 
     python -m projects.benchmark.tuning_cost \
         --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py --methods all
@@ -36,17 +37,18 @@ from detectron2.config import instantiate
 from omegaconf import OmegaConf
 
 from e3va_d2.config import load_config, set_tuning_method
-from e3va_d2.engine.params import trainable_parameter_table
-from e3va_d2.engine.step import resolve_amp_dtype
-from e3va_d2.layers import adapt_sync_batchnorm
-from e3va_d2.modeling import TUNING_METHODS, build_tuning
-from e3va_d2.utils.cost import (
+from e3va_d2.engine.cost import (
     TrainingStep,
     median,
     release_freed_memory,
     saved_kind,
     synthetic_detection_batch,
 )
+from e3va_d2.engine.params import trainable_parameter_table
+from e3va_d2.engine.step import resolve_amp_dtype
+from e3va_d2.layers import adapt_sync_batchnorm
+from e3va_d2.modeling import TUNING_METHODS, build_tuning
+from projects.tables import command_line, publish
 
 from .report import breakdown_table, cost_table, fit_table, plot
 
@@ -69,6 +71,8 @@ def parse_args(argv=None):
                         help="autocast as train.amp.enabled=True does: fp16 + grad scaler on "
                              "CUDA, bf16 on CPU")
     parser.add_argument("--output", default="output/benchmark", help="folder for the results")
+    parser.add_argument("--record", default="",
+                        help="also publish the tables as this docs table (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser.parse_args(argv)
 
@@ -93,7 +97,8 @@ def method_options(spec: str):
     values are Python literals where they parse as one, else strings."""
     name, *pairs = spec.split(":")
     if name not in TUNING_METHODS:
-        raise SystemExit(f"Unknown method {name!r} in {spec!r}; registered: {sorted(TUNING_METHODS)}")
+        raise SystemExit(
+            f"Unknown method {name!r} in {spec!r}; registered: {sorted(TUNING_METHODS)}")
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -179,7 +184,8 @@ class Bench:
                 total_parameters=totals["trainable"] + totals["frozen"],
             )
             # One optimizer per model: its AdamW state is allocated once, whatever the step.
-            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, lr=0.0)
             self.steps[method] = {
                 f"{kind}{b}": TrainingStep(model, batches[b], device, optimizer=optimizer,
                                            backbone_only=kind == "backbone", amp_dtype=amp_dtype)
@@ -228,7 +234,8 @@ def run(args) -> Dict[str, dict]:
         for module, nbytes in r["saved_bytes_by_module"].items():
             kinds[saved_kind(module)] = kinds.get(saved_kind(module), 0) + nbytes
         if device.type == "cuda":
-            r["cuda_peak_by_batch"] = {str(b): steps[f"model{b}"].cuda_peak_bytes() for b in batches}
+            r["cuda_peak_by_batch"] = {str(b): steps[f"model{b}"].cuda_peak_bytes()
+                                       for b in batches}
             r["cuda_peak_bytes"] = r["cuda_peak_by_batch"][str(args.batch)]
         bench.on_device(method, torch.device("cpu"))
         release_freed_memory()
@@ -259,29 +266,47 @@ def describe(args, device: str) -> str:
     )
 
 
+# What render() reads of each method's results (the record leaves out the per-module bytes).
+RECORDED = ("trainable_backbone", "swin_parameters", "trainable_total", "total_parameters",
+            "saved_bytes", "saved_bytes_by_batch", "saved_bytes_by_kind", "cuda_peak_bytes",
+            "cuda_peak_by_batch", "step_seconds", "backbone_step_seconds")
+
+
+def render(data: dict) -> str:
+    """The benchmark's tables from its record: ``setup`` (what ran where), ``fit_batches`` and
+    per-method ``results``."""
+    results = data["results"]
+    return "\n\n".join([
+        cost_table(results),
+        data["setup"] + ". 'above fixed': saved bytes beyond the frozen-backbone model, as a "
+        "share of full fine-tuning's. 'backbone step': the loss on the backbone's outputs only "
+        "(FPN included, heads excluded).",
+        "Where the saved activations come from (MiB, by the innermost module that saved them):",
+        breakdown_table(results),
+        fit_table(results, data["fit_batches"]),
+    ])
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
     results = run(args)
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     device = f"cuda ({torch.cuda.get_device_name()})" if on_gpu else "cpu"
-    setup = describe(args, device)
-    text = "\n\n".join([
-        cost_table(results),
-        setup + ". 'above fixed': saved bytes beyond the frozen-backbone model, as a share of "
-        "full fine-tuning's. 'backbone step': the loss on the backbone's outputs only (FPN included, "
-        "heads excluded).",
-        "Where the saved activations come from (MiB, by the innermost module that saved them):",
-        breakdown_table(results),
-        fit_table(results, [int(b) for b in args.fit_batches.split(",")]),
-    ])
+    data = dict(setup=describe(args, device),
+                fit_batches=[int(b) for b in args.fit_batches.split(",")],
+                results={m: {k: r[k] for k in RECORDED if k in r} for m, r in results.items()})
+    text = render(data)
     print(text)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "cost.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.output, "cost.json"), "w") as f:
         json.dump(dict(args=vars(args), device=device, results=results), f, indent=2)
-    plot(results, os.path.join(args.output, "cost.png"), setup)
+    plot(results, os.path.join(args.output, "cost.png"), data["setup"])
+    if args.record:
+        publish(args.record, data, "projects.benchmark.tuning_cost:render",
+                command_line("projects.benchmark.tuning_cost", argv))
     return results
 
 

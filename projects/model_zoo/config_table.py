@@ -1,31 +1,34 @@
-"""The README's model-zoo table: every shipped row config, its trainable backbone parameters as
-built here, and the paper's figures for that row next to them.
+"""The model-zoo table of docs/CONFIGS.md: every shipped row config, its trainable backbone
+parameters as built here, and the paper's figures for that row next to them.
 
-Why a script: the parameter counts are measured on the instantiated models (random weights, no
-download), so the table cannot drift from the configs. Paper figures come from
+Why a script: the parameter counts are measured on the instantiated models (shapes only, no
+weights, no download), so the table cannot drift from the configs; ``tests/test_configs.py``
+checks the committed record against every config it builds. Paper figures come from
 :mod:`e3va_d2.paper`.
 
-    python -m projects.model_zoo.config_table > /tmp/configs.md
+    python -m projects.model_zoo.config_table                        # print the table
+    python -m projects.model_zoo.config_table --record config-table  # and update the docs
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import os
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-
 from detectron2.config import instantiate
 
 from e3va_d2.config import load_config
 from e3va_d2.engine.params import trainable_parameter_table
 from e3va_d2.paper import METRIC, ROWS
+from projects.tables import command_line, publish
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
+
 def _row_key(path: str) -> Tuple[str, str]:
-    folder = path.split(os.sep)[1]
+    folder = path.split("/")[1]
     stem = os.path.splitext(os.path.basename(path))[0]
     return folder, stem.split("_swin_", 1)[-1]
 
@@ -34,7 +37,7 @@ def row_configs() -> List[str]:
     """The paper-row configs, in the paper's order (Table 1 COCO, then VOC, then ADE20K)."""
     paths = glob.glob(os.path.join(ROOT, "configs", "*", "*.py"))
     order = {key: i for i, key in enumerate(ROWS)}
-    rows = [os.path.relpath(p, ROOT) for p in paths]
+    rows = [os.path.relpath(p, ROOT).replace(os.sep, "/") for p in paths]
     return sorted((p for p in rows if _row_key(p) in order), key=lambda p: order[_row_key(p)])
 
 
@@ -53,28 +56,39 @@ def trainable_backbone(path: str) -> int:
     return trainable_parameter_table(model)[1]["trainable_in_backbone"]
 
 
-def table(paths: List[str]) -> str:
+def measure(paths: List[str]) -> Dict[str, Any]:
+    """The record: each config's trainable backbone parameters, as built."""
+    return {"rows": [{"config": p, "trainable_backbone": trainable_backbone(p)} for p in paths]}
+
+
+def render(data: Dict[str, Any]) -> str:
+    """The Markdown table of a record; the paper's columns from :mod:`e3va_d2.paper`."""
     lines = [
         "| config | trainable backbone params (built) | paper: params | paper: metric |",
         "|---|---|---|---|",
     ]
-    for path in paths:
-        folder = path.split(os.sep)[1]
-        paper = paper_row(path)
-        params, metric = paper if paper else ("", "")
-        if metric and folder in METRIC:
-            metric = f"{metric} ({METRIC[folder]})" if "Table" not in metric else metric
-        count = f"{trainable_backbone(path) / 1e6:.2f}M"
-        lines.append(f"| [`{path}`]({path}) | {count} | {params} | {metric} |")
+    for row in data["rows"]:
+        path = row["config"]
+        folder = path.split("/")[1]
+        params, metric = paper_row(path) or ("", "")
+        if metric and folder in METRIC and "Table" not in metric:
+            metric = f"{metric} ({METRIC[folder]})"
+        count = f"{row['trainable_backbone'] / 1e6:.2f}M"
+        lines.append(f"| [`{path}`](../{path}) | {count} | {params} | {metric} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", help="configs (default: every paper row)")
+    parser.add_argument("--record", default="", help="publish as this table (config-table)")
     args = parser.parse_args(argv)
-    text = table(args.configs or row_configs())
+    data = measure(args.configs or row_configs())
+    text = render(data)
     print(text)
+    if args.record:
+        publish(args.record, data, "projects.model_zoo.config_table:render",
+                command_line("projects.model_zoo.config_table", argv))
     return text
 
 

@@ -53,7 +53,7 @@ def measure(cfg, images: torch.Tensor, init: str, zero_init: bool, seed: int) ->
 
     from e3va_d2.config import tuned_swin_node
     from e3va_d2.modeling import E3VATuning
-    from e3va_d2.modeling.e3va import trace_trunk
+    from e3va_d2.modeling.highway import trace_trunk
 
     node = tuned_swin_node(cfg.model)
     node.tuning = "fixed"  # the pre-trained trunk alone; each reading's highway is built here

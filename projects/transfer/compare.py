@@ -16,7 +16,7 @@ Every run trains in its own process into ``<output>/runs/<row>/seed<k>/`` and en
 from its last checkpoint. A row may carry options: ``e3va:zero_init=True``. Writes
 ``<output>/results.json``, ``results.md`` (the table), ``accuracy_vs_memory.png`` (the
 paper's Figure 1: accuracy against training memory) and ``curves.png`` (every row's training
-curves, first seed).
+curves, first seed); ``--record NAME`` also writes the table into the docs (projects/tables.py).
 """
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ def parse_args(argv=None):
                         "the cores, where oversubscribed threads slow a run many times over")
     p.add_argument("--cost-steps", type=int, default=3, help="timed benchmark steps per method")
     p.add_argument("--no-cost", action="store_true", help="skip the cost benchmark")
+    p.add_argument("--record", default="",
+                   help="also publish the table as this docs table (projects/tables.py)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     return p.parse_args(argv)
 
@@ -82,7 +84,6 @@ def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: s
     """The config of one (row, seed) run: the shared recipe with this row's tuning method."""
     from e3va_d2.config import apply_overrides, load_config, set_tuning_method, tuned_swin_node
     from e3va_d2.modeling import build_tuning
-
     from projects.benchmark.tuning_cost import method_options
 
     cfg = load_config(config_file, [f"train.output_dir={folder}", f"train.seed={seed}"])
@@ -292,11 +293,16 @@ def main(argv=None) -> Dict[str, dict]:
     seeds = args.seeds.replace(",", ", ")
     setup = (f"{os.path.basename(args.config_file)} {' '.join(args.opts)}".strip()
              + f"; seeds {seeds}")
-    text = table(summary)
+    text = render(dict(setup=setup, rows=summary))
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump(dict(setup=setup, args=vars(args), rows=summary), f, indent=2)
     with open(os.path.join(args.output, "results.md"), "w") as f:
-        f.write(text + "\n\n" + setup + "\n")
+        f.write(text + "\n")
+    if args.record:
+        from projects.tables import command_line, publish
+
+        publish(args.record, dict(setup=setup, rows=summary), "projects.transfer.compare:render",
+                command_line("projects.transfer.compare", argv))
     from e3va_d2.config import load_config
 
     held_out = load_config(args.config_file, list(args.opts)).dataloader.test.dataset.names
@@ -304,6 +310,11 @@ def main(argv=None) -> Dict[str, dict]:
     overlay_curves(args)
     print(text)
     return summary
+
+
+def render(data: dict) -> str:
+    """The table from a record (``results.json``'s ``rows`` and ``setup``)."""
+    return table(data["rows"]) + "\n\n" + data["setup"]
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def make_record(regime: str, result: dict, folder: str, max_iter: int) -> dict:
     return {"regime": regime, "row": result["row"], "seed": result["seed"],
             "trunk": result["trunk"],
             "final": {k: round(result["metrics"][k], 2) for k, _ in METRICS},
-            "eval_curve": eval_curve(metrics_file, max_iter), "loss_curve": loss_curve(metrics_file),
+            "eval_curve": eval_curve(metrics_file, max_iter),
+            "loss_curve": loss_curve(metrics_file),
             "trainable_in_backbone": result["trainable_in_backbone"],
             "minutes": round(result["minutes"], 1)}
 

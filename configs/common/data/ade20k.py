@@ -8,12 +8,11 @@ Augmentation of the Swin UPerNet recipe (mmseg): short side 512 x [0.5, 2.0] (lo
 2048), 512x512 crops where no class covers more than 75%, flips; test at short side 512. mmseg's
 photometric distortion is not reproduced (detectron2 has no equivalent in both 0.6 and main).
 """
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator
+from omegaconf import OmegaConf
 
 from e3va_d2.data import build_resumable_train_loader, load_sem_seg_dicts
 

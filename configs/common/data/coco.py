@@ -5,12 +5,11 @@ Multi-scale training (short side 480-800, long side <= 1333) with flips; test at
 Missing folders or broken annotation files fail at startup with a message that says how to fix
 them (e3va_d2.data.load_dataset_dicts).
 """
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator
+from omegaconf import OmegaConf
 
 from e3va_d2.compat import HAS_COMPILED_OPS
 from e3va_d2.data import build_resumable_train_loader, load_dataset_dicts

@@ -1,11 +1,10 @@
 """Loaders for the embedded synthetic shapes dataset (generated on first use, see
 e3va_d2.data.shapes): small images, so a CPU trains a detector on it in minutes."""
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator
+from omegaconf import OmegaConf
 
 from e3va_d2.compat import HAS_COMPILED_OPS
 from e3va_d2.data import build_resumable_train_loader, load_dataset_dicts

@@ -1,11 +1,10 @@
 """Semantic-segmentation loaders for the embedded synthetic shapes (background + 3 shapes,
 generated on first use, see e3va_d2.data.shapes): a CPU trains UPerNet on it in minutes."""
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator
+from omegaconf import OmegaConf
 
 from e3va_d2.data import build_resumable_train_loader, load_sem_seg_dicts
 

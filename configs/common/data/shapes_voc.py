@@ -1,11 +1,10 @@
 """Loaders for the synthetic shapes in Pascal VOC layout (exported on first use, see
 e3va_d2.data.shapes_voc), evaluated like VOC: "VOC2007 11-point AP50" (the paper's VOC AP_box)."""
 
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader
+from omegaconf import OmegaConf
 
 from e3va_d2.data import build_resumable_train_loader, load_dataset_dicts
 from e3va_d2.evaluation import VOCDetectionEvaluator

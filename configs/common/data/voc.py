@@ -7,11 +7,10 @@ The metric is the paper's VOC "AP_box": PascalVOCDetectionEvaluator's AP50 with 
 IoU 0.50:0.95 with the same interpolation, not COCO's AP.
 """
 
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader
+from omegaconf import OmegaConf
 
 from e3va_d2.data import build_resumable_train_loader, load_dataset_dicts
 from e3va_d2.evaluation import VOCDetectionEvaluator

@@ -16,7 +16,6 @@ from e3va_d2.modeling import (
 
 from .swin_fpn import pixel_normalization
 
-
 model = L(SemanticSegmentor)(
     backbone=L(TunedSwin)(
         trunk=L(SwinTransformer)(**swin_size("L"), window_size=7, drop_path_rate=0.3),

@@ -3,7 +3,7 @@
 Registered names (``TUNING_METHODS``): full, fixed, bitfit, norm, partial1, adapter, lora,
 adaptformer, e3va, e3va_plus, e3va_plusplus (the paper's), e3va_spatial (this project's).
 """
-from .base import TUNING_METHODS, TuningMethod, build_tuning, register_tuning
+from .base import TUNING_METHODS, OptionError, TuningMethod, build_tuning, register_tuning
 from .e3va import E3VATuning
 from .full import FixedTuning, FullTuning
 from .inserted import AdaptFormerTuning, HoulsbyAdapterTuning, LoRATuning
@@ -12,6 +12,7 @@ from .spatial import SpatialE3VATuning
 
 __all__ = [
     "TUNING_METHODS",
+    "OptionError",
     "TuningMethod",
     "build_tuning",
     "register_tuning",

@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 
-from ..e3va import ADAPTER_INITS, ADAPTER_KINDS, HIGHWAY_STRUCTURES, E3VAHighway
-from ..side import SIDE_PREFIX
-from .base import TuningMethod, check_positive_int, output_norm_parameters, register_tuning
+from ..adapters import ADAPTER_INITS, ADAPTER_KINDS, HIGHWAY_STRUCTURES
+from ..highway import HIGHWAY_PREFIX, E3VAHighway
+from .base import OptionError, TuningMethod, option, output_norm_parameters, register_tuning
 
 __all__ = ["E3VATuning"]
 
@@ -52,38 +52,27 @@ class E3VATuning(TuningMethod):
 
     trunk_runs_without_grad = True
 
-    rank: int = 8
+    rank: int = option(8, minimum=1)
     hidden_ratio: float = 0.5
-    hidden_dim: Optional[int] = None
-    init: str = "lorand"
-    adapter_kind: str = "dual_low_rank"
-    structure: str = "parallel"
+    hidden_dim: Optional[int] = option(None, minimum=1)
+    init: str = option("lorand", choices=ADAPTER_INITS)
+    adapter_kind: str = option("dual_low_rank", choices=ADAPTER_KINDS)
+    structure: str = option("parallel", choices=HIGHWAY_STRUCTURES)
     zero_init: bool = False
     recompute_adapters: bool = True
-    saved_input_dtype: Optional[str] = None
+    saved_input_dtype: Optional[str] = option(None, choices=tuple(SAVED_INPUT_DTYPES))
     trainable_downsampling: bool = False
     train_output_norms: bool = True
 
     def __post_init__(self):
-        if self.init not in ADAPTER_INITS:
-            raise ValueError(f"E3VATuning.init={self.init!r}; expected one of {ADAPTER_INITS}")
-        if self.adapter_kind not in ADAPTER_KINDS:
-            raise ValueError(f"adapter_kind={self.adapter_kind!r}; expected one of {ADAPTER_KINDS}")
-        if self.structure not in HIGHWAY_STRUCTURES:
-            raise ValueError(f"structure={self.structure!r}; expected one of {HIGHWAY_STRUCTURES}")
-        if self.saved_input_dtype not in SAVED_INPUT_DTYPES:
-            raise ValueError(f"E3VATuning.saved_input_dtype={self.saved_input_dtype!r}; expected "
-                             f"one of {sorted(SAVED_INPUT_DTYPES, key=str)}")
+        super().__post_init__()  # types, ranges and choices of every option
         if self.saved_input_dtype is not None and not self.recompute_adapters:
-            raise ValueError("E3VATuning.saved_input_dtype needs recompute_adapters=True (without "
-                             "it backward keeps the adapters' internals too, at full width)")
-        check_positive_int("E3VATuning.rank", self.rank)
-        if self.hidden_dim is not None:
-            check_positive_int("E3VATuning.hidden_dim", self.hidden_dim)
-        if isinstance(self.hidden_ratio, bool) or not isinstance(self.hidden_ratio, (int, float)):
-            raise ValueError(f"E3VATuning.hidden_ratio must be a number, got {self.hidden_ratio!r}")
+            raise OptionError("E3VATuning", "saved_input_dtype",
+                              " needs recompute_adapters=True (without it backward keeps the "
+                              "adapters' internals too, at full width)")
         if not 0 < self.hidden_ratio <= 4:
-            raise ValueError(f"E3VATuning.hidden_ratio must be in (0, 4], got {self.hidden_ratio}")
+            raise OptionError("E3VATuning", "hidden_ratio",
+                              f" must be in (0, 4], got {self.hidden_ratio}")
 
     def bottleneck_width(self, dim: int) -> int:
         """The adapters' middle width for ``dim`` channels; at least 1, or a clear error."""
@@ -108,8 +97,8 @@ class E3VATuning(TuningMethod):
             trainable_downsampling=self.trainable_downsampling,
         )
 
-    def trainable_parameters(self, trunk, side):
-        for name, param in side.named_parameters():
-            yield SIDE_PREFIX + name, param
+    def trainable_parameters(self, trunk, highway):
+        for name, param in highway.named_parameters():
+            yield HIGHWAY_PREFIX + name, param
         if self.train_output_norms:
             yield from output_norm_parameters(trunk)

@@ -13,8 +13,7 @@ __all__ = ["FullTuning", "FixedTuning"]
 class FullTuning(TuningMethod):
     """Every trunk parameter trains; backward runs through the whole trunk."""
 
-
-    def trainable_parameters(self, trunk, side):
+    def trainable_parameters(self, trunk, highway):
         for name, param in trunk.named_parameters():
             yield "trunk." + name, param
 
@@ -26,5 +25,5 @@ class FixedTuning(TuningMethod):
 
     trunk_runs_without_grad = True
 
-    def trainable_parameters(self, trunk, side):
+    def trainable_parameters(self, trunk, highway):
         return iter(())

@@ -16,15 +16,14 @@ module is token-wise, so windowing, shifting and padding commute with it.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..swin import SwinBlock
-from .base import TuningMethod, check_positive_int, output_norm_parameters, register_tuning
+from .base import TuningMethod, option, output_norm_parameters, register_tuning
 
 __all__ = [
     "Bottleneck",
@@ -100,7 +99,8 @@ def insert_into_blocks(trunk: nn.Module, make: Callable[[int], nn.Module]) -> in
             setattr(block, point, make(dim))
             inserted += 1
     if not inserted:
-        raise ValueError("No Swin blocks found to insert modules into; the method would train nothing")
+        raise ValueError(
+            "No Swin blocks found to insert modules into; the method would train nothing")
     return inserted
 
 
@@ -115,13 +115,8 @@ def inserted_parameters(trunk: nn.Module):
 @dataclass
 class _InsertedTuning(TuningMethod):
     train_output_norms: bool = True
-    size_option: ClassVar[str] = "width"  # the field that sizes every inserted module
 
-    def __post_init__(self):
-        option = self.size_option
-        check_positive_int(f"{type(self).__name__}.{option}", getattr(self, option))
-
-    def trainable_parameters(self, trunk, side):
+    def trainable_parameters(self, trunk, highway):
         yield from inserted_parameters(trunk)
         if self.train_output_norms:
             yield from output_norm_parameters(trunk)
@@ -132,8 +127,7 @@ class _InsertedTuning(TuningMethod):
 class HoulsbyAdapterTuning(_InsertedTuning):
     """Bottleneck adapters (width 64) stacked after MSA and after MLP in every block."""
 
-    width: int = 64
-
+    width: int = option(64, minimum=1)
 
     def attach(self, trunk):
         insert_into_blocks(trunk, lambda dim: StackedAdapter(Bottleneck(dim, self.width)))
@@ -143,19 +137,10 @@ class HoulsbyAdapterTuning(_InsertedTuning):
 @dataclass
 class LoRATuning(_InsertedTuning):
     """A rank-``rank`` linear pair (no bias) parallel to MSA and to MLP in every block;
-    ``scale`` is LoRA's alpha / rank. ``width`` is a deprecated alias of ``rank``."""
+    ``scale`` is LoRA's alpha / rank."""
 
-    rank: int = 64
+    rank: int = option(64, minimum=1)
     scale: float = 1.0
-    width: Optional[int] = None
-    size_option: ClassVar[str] = "rank"
-
-    def __post_init__(self):
-        if self.width is not None:
-            warnings.warn("LoRATuning(width=...) is deprecated: it is the rank, pass rank=...",
-                          FutureWarning, stacklevel=3)
-            self.rank, self.width = self.width, None
-        super().__post_init__()
 
     def attach(self, trunk):
         insert_into_blocks(
@@ -171,13 +156,14 @@ class LoRATuning(_InsertedTuning):
 class AdaptFormerTuning(_InsertedTuning):
     """A GELU bottleneck (width 64) parallel to MSA and to MLP, scaled by a learned scalar."""
 
-    width: int = 64
-
+    width: int = option(64, minimum=1)
     scale: float = 0.1
     learnable_scale: bool = True
 
     def attach(self, trunk):
         insert_into_blocks(
             trunk,
-            lambda dim: ParallelBranch(Bottleneck(dim, self.width), self.scale, self.learnable_scale),
+            lambda dim: ParallelBranch(
+                Bottleneck(dim, self.width), self.scale, self.learnable_scale
+            ),
         )

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import TuningMethod, check_positive_int, register_tuning
+from .base import TuningMethod, option, register_tuning
 
 __all__ = ["BitFitTuning", "NormTuning", "PartialTuning"]
 
@@ -20,10 +20,11 @@ class BitFitTuning(TuningMethod):
 
     include_position_bias: bool = True
 
-    def trainable_parameters(self, trunk, side):
+    def trainable_parameters(self, trunk, highway):
         for name, param in trunk.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            if leaf == "bias" or (self.include_position_bias and leaf == "relative_position_bias_table"):
+            table = self.include_position_bias and leaf == "relative_position_bias_table"
+            if leaf == "bias" or table:
                 yield "trunk." + name, param
 
 
@@ -32,8 +33,7 @@ class BitFitTuning(TuningMethod):
 class NormTuning(TuningMethod):
     """Only the trunk's normalisation layers train (selected by module type, not by name)."""
 
-
-    def trainable_parameters(self, trunk, side):
+    def trainable_parameters(self, trunk, highway):
         for module_name, module in trunk.named_modules():
             if isinstance(module, _NORMS):
                 for name, param in module.named_parameters(recurse=False):
@@ -46,16 +46,14 @@ class PartialTuning(TuningMethod):
     """Only the last ``last_blocks`` Swin blocks train. Earlier blocks get no autograd graph
     (their inputs and weights need no gradient), so they store nothing for backward."""
 
-    last_blocks: int = 1
+    last_blocks: int = option(1, minimum=1)
 
-    def __post_init__(self):
-        check_positive_int("PartialTuning.last_blocks", self.last_blocks)
-
-    def trainable_parameters(self, trunk, side):
+    def trainable_parameters(self, trunk, highway):
         blocks = [(f"layers.{i}.blocks.{j}", b) for i, stage in enumerate(trunk.layers)
                   for j, b in enumerate(stage.blocks)]
         if self.last_blocks > len(blocks):
-            raise ValueError(f"last_blocks={self.last_blocks} but the trunk has {len(blocks)} blocks")
+            raise ValueError(
+                f"last_blocks={self.last_blocks} but the trunk has {len(blocks)} blocks")
         for prefix, block in blocks[-self.last_blocks :]:
             for name, param in block.named_parameters():
                 yield f"trunk.{prefix}.{name}", param

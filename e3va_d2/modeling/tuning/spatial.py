@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Tuple
 
 from ..spatial_highway import SpatialHighway
-from .base import register_tuning
+from .base import OptionError, register_tuning
 from .e3va import SAVED_INPUT_DTYPES, E3VATuning
 
 __all__ = ["SpatialE3VATuning"]
@@ -32,11 +32,12 @@ class SpatialE3VATuning(E3VATuning):
         self.conv_kernels = tuple(self.conv_kernels)
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0
                for k in self.conv_kernels):
-            raise ValueError(f"SpatialE3VATuning.conv_kernels must be odd sizes >= 1, got "
-                             f"{self.conv_kernels!r}")
+            raise OptionError("SpatialE3VATuning", "conv_kernels",
+                              f" must be odd sizes >= 1, got {self.conv_kernels!r}")
         if self.adapter_kind != "dual_low_rank" or self.structure != "parallel":
-            raise ValueError("SpatialE3VATuning supports adapter_kind='dual_low_rank' and "
-                             "structure='parallel' only")
+            raise OptionError("SpatialE3VATuning", "adapter_kind",
+                              " must be 'dual_low_rank' (and structure 'parallel'): the spatial "
+                              "highway builds on E3VA's parallel dual low-rank adapters")
 
     def attach(self, trunk):
         return SpatialHighway(

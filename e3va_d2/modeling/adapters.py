@@ -1,39 +1,27 @@
-"""E3VA adapters and the adapter highway (paper sections 3.2-3.4).
+"""E3VA's adapters (paper sections 3.2-3.3): what the highway adds at every block.
 
-For block ``i`` of the frozen trunk with attention branch ``a1`` and MLP branch ``a2``::
+    A(x) = x + U(GELU(D(x)))      (D: C -> C/2, U: C/2 -> C, each a dual low-rank linear)
 
-    l_{i+1} = l_i + a1 + a2                       (frozen trunk, no autograd)
-    e_{i+1} = e_i + A1(a1) + A2(a2)               (highway, the only autograd graph)
-    A(x)    = x + U(GELU(D(x)))                   (D: C -> C/2, U: C/2 -> C)
-
-``e`` starts as the patch embedding and passes through the trunk's frozen patch merging at
-each stage end (gradients flow through it, its weights stay fixed). Because ``A(x) == x``
-when ``U`` is zero, a zero-initialised highway reproduces the frozen trunk bit for bit.
+Because ``A(x) == x`` when ``U`` is zero, a zero-initialised highway reproduces the frozen
+trunk bit for bit. The highway that runs them is :mod:`.highway`.
 
 Shape legend: B batch, L tokens, C channels, r rank.
 """
 from __future__ import annotations
 
-import copy
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers.bottleneck import recomputed_bottleneck
-from .side import SideNetwork
-from .swin import SwinTransformer, next_grid, tokens_to_map
 
 __all__ = [
     "DualLowRankLinear",
     "HighwayAdapter",
     "BlockAdapters",
-    "E3VAHighway",
-    "TrunkTrace",
-    "trace_trunk",
     "ADAPTER_INITS",
     "ADAPTER_KINDS",
     "HIGHWAY_STRUCTURES",
@@ -75,7 +63,8 @@ class DualLowRankLinear(nn.Module):
             raise ValueError(f"rank must be >= 1, got {rank}")
         if init not in ADAPTER_INITS:
             raise ValueError(f"init={init!r}; expected one of {ADAPTER_INITS}")
-        self.in_features, self.out_features, self.rank, self.init = in_features, out_features, rank, init
+        self.in_features, self.out_features = in_features, out_features
+        self.rank, self.init = rank, init
         self.input_factors = nn.Parameter(torch.empty(2, rank, in_features))  # [t1; t2]
         self.output_factors = nn.Parameter(torch.empty(out_features, 2, rank))  # [s1 s2]
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
@@ -229,150 +218,3 @@ class BlockAdapters(nn.Module):
 
     def extra_repr(self) -> str:
         return f"structure={self.structure}"
-
-
-class E3VAHighway(SideNetwork):
-    """Adapters beside every block of a Swin trunk, plus (optionally) trainable copies of the
-    trunk's patch merging layers.
-
-    Module names mirror the trunk (``layers.{i}.blocks.{j}``) so a parameter's place in the
-    highway reads like the block it adapts. ``hidden_dims``: the adapters' bottleneck width per
-    stage (``E3VATuning.bottleneck_width`` derives and validates them from its options).
-    """
-
-    def __init__(
-        self,
-        trunk: SwinTransformer,
-        *,
-        rank: int = 8,
-        hidden_dims: Sequence[int],
-        init: str = "lorand",
-        adapter_kind: str = "dual_low_rank",
-        structure: str = "parallel",
-        zero_init: bool = False,
-        recompute: bool = True,
-        saved_dtype: Optional[torch.dtype] = None,
-        trainable_downsampling: bool = False,
-    ):
-        super().__init__()
-        self.recompute = recompute
-        self.layers = nn.ModuleList()
-        for i, stage in enumerate(trunk.layers):
-            dim, width = trunk.num_features[i], hidden_dims[i]
-            blocks = nn.ModuleList(
-                BlockAdapters(
-                    dim,
-                    structure,
-                    hidden_dim=width,
-                    kind=adapter_kind,
-                    rank=rank,
-                    init=init,
-                    zero_init=zero_init,
-                    recompute=recompute,
-                    saved_dtype=saved_dtype,
-                )
-                for _ in stage.blocks
-            )
-            self.layers.append(nn.ModuleDict({"blocks": blocks}))
-        # Trainable reductions (Table 7 ablation) start as copies of the pre-trained ones; the
-        # checkpointer fills them from the trunk's weights (see ``inherited_weights``).
-        self.downsample = (
-            nn.ModuleList(
-                copy.deepcopy(stage.downsample)
-                for stage in trunk.layers
-                if stage.downsample is not None
-            )
-            if trainable_downsampling
-            else None
-        )
-
-    def inherited_weights(self, trunk_prefix: str, side_prefix: str) -> Dict[str, str]:
-        """Highway parameter name -> trunk parameter name it is initialised from."""
-        if self.downsample is None:
-            return {}
-        return {
-            f"{side_prefix}downsample.{i}.{name}": f"{trunk_prefix}layers.{i}.downsample.{name}"
-            for i, merge in enumerate(self.downsample)
-            for name, _ in merge.named_parameters()
-        }
-
-    def forward(self, trunk: SwinTransformer, images: Tensor) -> Dict[str, Tensor]:
-        """Run the frozen trunk without autograd, then the highway on its branch outputs.
-
-        With ``trace_source`` set (see :mod:`e3va_d2.engine.multitask`), the trunk's pass
-        comes from there: several tasks on one frozen trunk then share it.
-        """
-        source = getattr(self, "trace_source", None)
-        if source is not None:
-            return self.from_trace(trunk, source(trunk, images))
-        return self.from_trace(trunk, trace_trunk(trunk, images), consume=True)
-
-    def from_trace(
-        self, trunk: SwinTransformer, trace: "TrunkTrace", consume: bool = False
-    ) -> Dict[str, Tensor]:
-        """The highway (the only autograd graph) on a recorded pass of the frozen trunk.
-
-        ``consume``: drop each branch output from ``trace`` once its adapters have read it, so
-        that what backward keeps (possibly a narrower copy) does not coexist with the whole
-        recorded pass. Only for a trace nothing else reads.
-        """
-        e = trace.embedding
-        outs = {}
-        for i, (stage, adapters, branches) in enumerate(
-            zip(trunk.layers, self.layers, trace.branches)
-        ):
-            hw = trace.grids[i]
-            for j, block_adapters in enumerate(adapters["blocks"]):
-                a1, a2 = branches[j]
-                if consume:
-                    branches[j] = None
-                e = block_adapters(e, a1, a2)
-            del a1, a2
-            if i in trunk.out_indices:
-                outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
-            if stage.downsample is not None:
-                e = self._merge(stage.downsample if self.downsample is None else self.downsample[i],
-                                e, hw)
-        return outs
-
-    def _merge(self, merge: nn.Module, e: Tensor, hw: Tuple[int, int]) -> Tensor:
-        """Patch merging of the highway. With ``recompute``, its norm is recomputed in backward
-        from ``e``, which the output norm keeps anyway, instead of keeping the norm's input,
-        a rearranged second copy of ``e``. Its reduction needs no activation for backward
-        while frozen: the gradient of its input needs its weight only."""
-        if not self.recompute or not torch.is_grad_enabled():
-            return merge(e, hw)
-        normed = checkpoint(merge.merged_norm, e, hw, use_reentrant=False, preserve_rng_state=False)
-        return merge.reduction(normed)
-
-
-class TrunkTrace:
-    """What the highway reads from one pass of the frozen trunk: the patch embedding, each
-    stage's token grid, and every block's two branch outputs ``(a1, a2)``."""
-
-    def __init__(self, embedding: Tensor):
-        self.embedding = embedding
-        self.grids: List[Tuple[int, int]] = []
-        self.branches: List[List[Tuple[Tensor, Tensor]]] = []
-
-
-@torch.no_grad()
-def trace_trunk(trunk: SwinTransformer, images: Tensor) -> TrunkTrace:
-    """Run the frozen trunk block by block without autograd, recording its branch outputs."""
-    x, hw = trunk.patch_embed(images)
-    trace = TrunkTrace(x)
-    for stage in trunk.layers:
-        mask = stage.shift_mask(hw, images.device)
-        branches = []
-        for block in stage.blocks:
-            a1 = block.attention_branch(x, hw, mask)
-            x = x + a1
-            a2 = block.mlp_branch(x)
-            x = x + a2
-            branches.append((a1, a2))
-        trace.grids.append(hw)
-        trace.branches.append(branches)
-        if stage.downsample is not None:
-            x = stage.downsample(x, hw)
-            hw = next_grid(hw)
-    return trace

@@ -6,13 +6,15 @@ The tasks are the three shapes demos (Mask R-CNN instances, RetinaNet boxes, UPe
 segmentation) on the shipped trunk, each with its own delta (their random trainable weights:
 inference cost does not depend on training). Shared and separate runs alternate, image by
 image, with the first task's model alone in the same loop (the ratio's reference), so machine
-noise hits all alike. Writes ``multitask.md`` and ``multitask.json``.
+noise hits all alike. Writes ``shared_trunk.md`` and ``shared_trunk.json`` (and with ``--record
+NAME`` the table into the docs, see projects/tables.py).
 
-    python -m projects.benchmark.multitask --output output/multitask
+    python -m projects.benchmark.shared_trunk --output output/shared_trunk
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -28,6 +30,7 @@ from e3va_d2.checkpoint import export_delta
 from e3va_d2.config import load_config
 from e3va_d2.engine.multitask import MultiTaskPredictor
 from e3va_d2.engine.predictor import Predictor
+from projects.tables import command_line, publish
 
 TASKS = {
     "instances (Mask R-CNN)": "configs/Shapes/mask_rcnn_swin_demo_e3va.py",
@@ -45,11 +48,17 @@ def weight_bytes(models: List[torch.nn.Module]) -> int:
     return sum(seen.values())
 
 
+def _each(predictors: List[Predictor], image) -> list:
+    return [predictor(image, "RGB") for predictor in predictors]
+
+
 def main(argv=None) -> List[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="output/multitask")
+    p.add_argument("--output", default="output/shared_trunk")
     p.add_argument("--images", type=int, default=16, help="shapes_val images, each timed")
     p.add_argument("--dataset", default="shapes_val")
+    p.add_argument("--record", default="",
+                   help="also publish the table as this docs table (projects/tables.py)")
     args = p.parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
     torch.set_grad_enabled(False)
@@ -69,10 +78,11 @@ def main(argv=None) -> List[dict]:
         chosen = dict(list(tasks.items())[:k])
         shared = MultiTaskPredictor(chosen)
         separate = [Predictor(cfg, checkpoint="", delta=delta) for cfg, delta in chosen.values()]
-        runners = {"alone": lambda im: alone(im, "RGB"), "shared": lambda im: shared(im, "RGB"),
-                   "separate": lambda im: [q(im, "RGB") for q in separate]}
+        runners = {"alone": functools.partial(alone, image_format="RGB"),
+                   "shared": functools.partial(shared, image_format="RGB"),
+                   "separate": functools.partial(_each, separate)}
         times = {name: [] for name in runners}
-        for name, run in runners.items():  # warm-up
+        for run in runners.values():  # warm-up
             run(images[0])
         for image in images:  # interleaved: the first task alone, shared, separate
             for name, run in runners.items():
@@ -88,22 +98,31 @@ def main(argv=None) -> List[dict]:
             shared_weights_mb=weight_bytes([q.model for q in shared.predictors.values()]) / 2**20,
             separate_weights_mb=weight_bytes([q.model for q in separate]) / 2**20,
         ))
-    lines = ["| tasks | shared trunk: ms / image | separate models: ms / image | shared / first "
-             "task alone | weights, shared | weights, separate |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['tasks']} | {r['shared_ms']:.0f} | {r['separate_ms']:.0f} | "
-                     f"{r['shared_ms'] / r['alone_ms']:.2f}x | {r['shared_weights_mb']:.1f} MB | "
-                     f"{r['separate_weights_mb']:.1f} MB |")
-    text = "\n".join(lines)
     setup = (f"{len(images)} {args.dataset} images, median per image, {torch.get_num_threads()} "
              f"threads, torch {torch.__version__}; tasks in order: {', '.join(tasks)}")
-    with open(os.path.join(args.output, "multitask.md"), "w") as f:
-        f.write(text + "\n\n" + setup + "\n")
-    with open(os.path.join(args.output, "multitask.json"), "w") as f:
-        json.dump(dict(setup=setup, rows=rows), f, indent=2)
-    print(text + "\n\n" + setup)
+    data = dict(setup=setup, rows=rows)
+    text = render(data)
+    with open(os.path.join(args.output, "shared_trunk.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.output, "shared_trunk.json"), "w") as f:
+        json.dump(data, f, indent=2)
+    if args.record:
+        publish(args.record, data, "projects.benchmark.shared_trunk:render",
+                command_line("projects.benchmark.shared_trunk", argv))
+    print(text)
     return rows
 
 
 if __name__ == "__main__":
     main()
+
+
+def render(data: dict) -> str:
+    """The table from a record: ``rows`` (1, 2, 3 tasks) and ``setup``."""
+    lines = ["| tasks | shared trunk: ms / image | separate models: ms / image | shared / first "
+             "task alone | weights, shared | weights, separate |", "|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['tasks']} | {r['shared_ms']:.0f} | {r['separate_ms']:.0f} | "
+                     f"{r['shared_ms'] / r['alone_ms']:.2f}x | {r['shared_weights_mb']:.1f} MB | "
+                     f"{r['separate_weights_mb']:.1f} MB |")
+    return "\n".join(lines) + "\n\n" + data["setup"]

@@ -1,6 +1,7 @@
 """Measuring what training costs: activations kept for backward, step time, CUDA peak.
 
-Used by the benchmark (projects/benchmark/tuning_cost.py) and its tests. Saved activations are
+Used by the benchmark (projects/benchmark/tuning_cost.py) and its tests; a measured step is the
+trainer's own :class:`~e3va_d2.engine.step.TrainStep`. Saved activations are
 counted with ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd keeps for the
 backward pass, each storage counted once, parameters and buffers excluded (they are model state,
 not activations).
@@ -19,7 +20,7 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from ..engine.step import make_grad_scaler
+from .step import TrainStep
 
 __all__ = [
     "SAVED_KINDS",
@@ -43,7 +44,7 @@ def _state_storages(model: nn.Module) -> set:
 # adapter baselines' modules live inside trunk blocks, so they count as trunk blocks).
 SAVED_KINDS = (
     ("_adapter", "highway adapters' inputs"),
-    ("side.", "highway, other"),
+    ("highway.", "highway, other"),
     ("downsample", "patch merging"),
     ("trunk.norm", "output norms"),
     ("patch_embed", "patch embedding"),
@@ -133,11 +134,6 @@ def synthetic_detection_batch(
     return batch
 
 
-def _loss(model: nn.Module, batch) -> torch.Tensor:
-    losses = model(batch)
-    return losses if isinstance(losses, torch.Tensor) else sum(losses.values())
-
-
 class TrainingStep:
     """One optimizer step of a detectron2 model on a fixed batch, timed and measured.
 
@@ -151,7 +147,8 @@ class TrainingStep:
     measures the tuned backbone alone, without the heads.
 
     ``amp_dtype``: run the forward under the trainer's autocast (``train.amp``); float16
-    steps through a grad scaler, as the trainer's do.
+    steps through a grad scaler: the step is the trainer's :class:`TrainStep`, on a loader
+    that repeats ``batch``.
 
     With one image, BatchNorm layers use their running statistics: batch statistics of a single
     value per channel (UPerNet's 1x1 pyramid pooling, RetinaNet's smallest levels) are refused
@@ -162,29 +159,22 @@ class TrainingStep:
                  backbone_only: bool = False, optimizer: Optional[torch.optim.Optimizer] = None,
                  amp_dtype: Optional[torch.dtype] = None):
         self.model = model
-        self.batch = list(batch)
+        self.batch = list(batch)  # replaced when the model moves (the loader reads it anew)
         self.device = torch.device(device)
         self.backbone_only = backbone_only
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = optimizer or torch.optim.AdamW(params, lr=lr)
-        self.amp_dtype = amp_dtype
-        self.grad_scaler = make_grad_scaler(self.device.type) if amp_dtype == torch.float16 else None
+        # A benchmark measures methods whose heads alone may train (no gradient check).
+        self.step = TrainStep(model, iter(lambda: self.batch, None), self.optimizer,
+                              device_type=self.device.type, amp_dtype=amp_dtype,
+                              check_gradients=False,
+                              losses=_backbone_losses if backbone_only else None)
         self.times: List[float] = []
 
     def _loss(self) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            if not self.backbone_only:
-                return _loss(self.model, self.batch)
-            features = self.model.backbone(self._images()).values()
-            return sum(f.float().square().mean() for f in features)
-
-    def _images(self) -> torch.Tensor:
-        """The backbone's input as the meta-architecture would build it (normalised, padded)."""
-        model = self.model
-        images = [(d["image"].to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
-                  for d in self.batch]
-        return ImageList.from_tensors(images, model.backbone.size_divisibility).tensor
+        """The step's loss (forward only), under the step's autocast."""
+        with self.step.precision.autocast():
+            return sum(self.step.compute_losses(self.batch).values())
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -205,16 +195,7 @@ class TrainingStep:
             self._sync()
             start = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss()
-            # A frozen backbone without a trainable neck has no gradient to scale or step.
-            scaled = self.grad_scaler is not None and loss.requires_grad
-            if loss.requires_grad:
-                (self.grad_scaler.scale(loss) if scaled else loss).backward()
-            if scaled:
-                self.grad_scaler.step(self.optimizer)
-                self.grad_scaler.update()
-            else:
-                self.optimizer.step()
+            self.step.run_step()
             self._sync()
             elapsed = time.perf_counter() - start
             self.optimizer.zero_grad(set_to_none=True)  # gradients need not outlive the step
@@ -239,6 +220,15 @@ class TrainingStep:
         torch.cuda.reset_peak_memory_stats(self.device)
         self.run(seed, record=False)
         return torch.cuda.max_memory_allocated(self.device)
+
+
+def _backbone_losses(model: nn.Module, batch: Sequence[dict]) -> Dict[str, torch.Tensor]:
+    """The mean square of the backbone's (FPN's) outputs: the tuned backbone's cost alone."""
+    images = [(d["image"].to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
+              for d in batch]  # normalised and padded, as the meta-architecture does
+    padded = ImageList.from_tensors(images, model.backbone.size_divisibility).tensor
+    features = model.backbone(padded)
+    return {"backbone_loss": sum(f.float().square().mean() for f in features.values())}
 
 
 def median(values: Sequence[float]) -> float:

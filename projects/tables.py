@@ -1,0 +1,244 @@
+"""Tables in the docs that a script computes: written by that script, from committed records.
+
+A script that measures something (``--record NAME``) writes its result as a JSON record,
+``docs/records/NAME.json``, then renders the table from that record into the Markdown file
+registered for ``NAME``, between the markers ``<!-- begin: NAME -->`` and
+``<!-- end: NAME -->``. Rendering reads the record only, so ``tests/test_tables.py`` re-renders
+every registered table from the committed records and fails when a committed table differs:
+nothing in a generated table is typed by hand.
+
+A table that was typed in from a script's output before records existed is registered with
+``measured_at`` (the commit that typed it): its block is kept as it was, marked as such, until
+its command is run again with ``--record``.
+
+    python -m projects.tables            # re-render every table from its record
+    python -m projects.tables --check    # exit 1 if a committed table differs from its record
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+RECORDS = "docs/records"
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """Where a table lives and what makes it."""
+
+    doc: str  # the Markdown file holding its block, relative to the repository root
+    render: str  # "module:function" turning a record's ``data`` into the block's Markdown
+    command: str  # what measures it and writes its record (``--record NAME`` added)
+    measured_at: str = ""  # typed in at this commit, before records existed: no record yet
+
+
+_BENCH = "python -m projects.benchmark"
+_SWIN_B = "configs/COCO/cascade_mask_rcnn_swin_b_e3va.py"
+
+TABLES: Dict[str, Table] = {
+    "config-table": Table(
+        "docs/CONFIGS.md", "projects.model_zoo.config_table:render",
+        "python -m projects.model_zoo.config_table"),
+    "transfer": Table(
+        "README.md", "projects.transfer.compare:render",
+        "python -m projects.transfer.compare", measured_at="074435d"),
+    "cost-swin-b": Table(
+        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
+        "full,fixed,bitfit,norm,partial1,adapter,lora,adaptformer,e3va,e3va_plus,e3va_plusplus,"
+        "e3va:saved_input_dtype=bfloat16 --size 512 --steps 3 --warmup 1",
+        measured_at="6fc810a"),
+    "cost-retinanet": Table(
+        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        f"{_BENCH}.tuning_cost --config-file configs/PascalVOC/retinanet_swin_l_e3va.py "
+        "--methods full,fixed,bitfit,lora,e3va --size 512 --steps 3 --warmup 1 --fit-batches 1",
+        measured_at="c63bb5b"),
+    "cost-upernet": Table(
+        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        f"{_BENCH}.tuning_cost --config-file configs/ADE20K/upernet_swin_l_e3va.py "
+        "--methods full,fixed,bitfit,lora,e3va --size 512 --steps 3 --warmup 1 --fit-batches 1",
+        measured_at="c63bb5b"),
+    "highway-time": Table(
+        "docs/COST.md", "projects.benchmark.highway_time:render",
+        f"{_BENCH}.highway_time --steps 10", measured_at="be4fe81"),
+    "sweep-swin-b": Table(
+        "docs/COST.md", "projects.benchmark.sweep:render",
+        f"{_BENCH}.sweep --methods full,fixed,lora,e3va --sizes 384,512,768,1024 "
+        "--batches 1,2 --steps 1", measured_at="be4fe81"),
+    "sweep-swin-l": Table(
+        "docs/COST.md", "projects.benchmark.sweep:render",
+        f"{_BENCH}.sweep --config-file configs/COCO/cascade_mask_rcnn_swin_l_e3va.py "
+        "--methods full,fixed,lora,e3va --sizes 384,512,768 --batches 1,2 --no-time",
+        measured_at="be4fe81"),
+    "ddp-shapes": Table(
+        "docs/COST.md", "projects.benchmark.ddp:render",
+        f"{_BENCH}.ddp --processes 2", measured_at="4b2623a"),
+    "ddp-swin-b": Table(
+        "docs/COST.md", "projects.benchmark.ddp:render",
+        f"{_BENCH}.ddp --processes 2 --config-file {_SWIN_B} --steps 3",
+        measured_at="4b2623a"),
+    "shared-trunk": Table(
+        "docs/INFERENCE.md", "projects.benchmark.shared_trunk:render",
+        f"{_BENCH}.shared_trunk --images 32", measured_at="26c49d4"),
+}
+
+
+def _path(relative: str) -> str:
+    return os.path.join(ROOT, relative)
+
+
+def record_path(name: str) -> str:
+    return _path(os.path.join(RECORDS, f"{name}.json"))
+
+
+def _commit() -> str:
+    """The commit measured (``-dirty`` when the tree has changes), or ``unknown``."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain")
+                                                      else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def markers(name: str):
+    return f"<!-- begin: {name} -->", f"<!-- end: {name} -->"
+
+
+def block(text: str, name: str) -> Optional[str]:
+    """The Markdown between ``name``'s markers (without them), or None when absent."""
+    begin, end = markers(name)
+    match = re.search(re.escape(begin) + r"\n(.*?)" + re.escape(end), text, flags=re.S)
+    return None if match is None else match.group(1)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with ``name``'s block replaced by ``body``; the markers must be there."""
+    if block(text, name) is None:
+        raise KeyError(f"no '{markers(name)[0]}' ... '{markers(name)[1]}' block")
+    begin, end = markers(name)
+    pattern = re.escape(begin) + r"\n.*?" + re.escape(end)
+    return re.sub(pattern, lambda _: f"{begin}\n{body.rstrip()}\n{end}", text, count=1,
+                  flags=re.S)
+
+
+def renderer(name: str) -> Callable[[Dict[str, Any]], str]:
+    module, function = TABLES[name].render.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def render(name: str, record: Optional[Dict[str, Any]] = None) -> str:
+    """The block of table ``name`` from its record (default: the committed one): the table,
+    then where it comes from."""
+    if record is None:
+        with open(record_path(name)) as f:
+            record = json.load(f)
+    body = renderer(name)(record["data"]).rstrip()
+    link = os.path.relpath(record_path(name), os.path.dirname(_path(TABLES[name].doc)))
+    source = (f"_Generated from [`{RECORDS}/{name}.json`]({link}), measured at "
+              f"{record['commit']} by `{record['command']}`; regenerate with "
+              f"`{TABLES[name].command} --record {name}`._")
+    return f"{body}\n\n{source}\n"
+
+
+def publish(name: str, data: Dict[str, Any], render_function: str, command: str) -> str:
+    """Write ``data`` as table ``name``'s record and its block into its document; returns the
+    record's path. ``render_function`` ("module:function") must be the table's renderer: a
+    script cannot publish into another script's table. ``command``: what measured ``data``."""
+    if name not in TABLES:
+        raise SystemExit(f"--record {name}: no such table; registered: {sorted(TABLES)} "
+                         "(projects/tables.py)")
+    table = TABLES[name]
+    if table.render != render_function:
+        raise SystemExit(f"--record {name}: that table is rendered by {table.render}, "
+                         f"not by {render_function}")
+    record = {"table": name, "commit": _commit(), "command": command, "data": data}
+    body = render(name, json.loads(json.dumps(record)))  # as it will be read back
+    path = record_path(name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=False)
+        f.write("\n")
+    doc = _path(table.doc)
+    with open(doc) as f:
+        text = f.read()
+    with open(doc, "w") as f:
+        f.write(replace_block(text, name, body))
+    return path
+
+
+def problems() -> List[str]:
+    """Every way the committed docs and records disagree (empty when they agree)."""
+    found = []
+    documents: Dict[str, str] = {}
+    for name, table in TABLES.items():
+        if table.doc not in documents:
+            with open(_path(table.doc)) as f:
+                documents[table.doc] = f.read()
+        current = block(documents[table.doc], name)
+        has_record = os.path.isfile(record_path(name))
+        if current is None:
+            found.append(f"{name}: no block in {table.doc}")
+        elif table.measured_at:
+            if has_record:
+                found.append(f"{name}: has a record now; drop its measured_at in "
+                             "projects/tables.py")
+            elif f"measured at {table.measured_at}" not in current or table.command not in current:
+                found.append(f"{name}: its block must say 'measured at {table.measured_at}' and "
+                             f"name its command `{table.command}`")
+        elif not has_record:
+            found.append(f"{name}: no record {RECORDS}/{name}.json")
+        elif current != render(name):
+            found.append(f"{name}: the table in {table.doc} differs from what its record gives; "
+                         "run `python -m projects.tables`")
+    for doc, text in documents.items():
+        for name in re.findall(r"<!-- begin: (\S+) -->", text):
+            if name not in TABLES:
+                found.append(f"{name}: a block in {doc} that no table is registered for")
+    for file in sorted(os.listdir(_path(RECORDS))) if os.path.isdir(_path(RECORDS)) else []:
+        if file.endswith(".json") and file[:-5] not in TABLES:
+            found.append(f"{RECORDS}/{file}: a record of no registered table")
+    return found
+
+
+def command_line(module: str, argv: Optional[List[str]]) -> str:
+    """How a script was run, for its record: ``python -m module args`` without ``--record``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--record" in args:
+        i = args.index("--record")
+        del args[i : i + 2]
+    return " ".join(["python -m", module, *(shlex.quote(a) for a in args)])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report differences")
+    args = parser.parse_args(argv)
+    if not args.check:
+        for name, table in TABLES.items():
+            if os.path.isfile(record_path(name)):
+                doc = _path(table.doc)
+                with open(doc) as f:
+                    text = f.read()
+                with open(doc, "w") as f:
+                    f.write(replace_block(text, name, render(name)))
+    found = problems()
+    for problem in found:
+        print(problem, file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

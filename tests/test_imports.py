@@ -1,0 +1,134 @@
+"""The package's shape: no import cycles (function-level imports included), between modules or
+between subpackages, and no two modules with the same file name.
+
+Imports are read with ``ast``, so an import inside a function or under ``TYPE_CHECKING`` counts
+as much as one at the top: each is a dependency a reader must follow.
+"""
+import ast
+import collections
+import os
+from typing import Dict, List, Set
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+PACKAGE = "e3va_d2"
+
+
+def modules(root: str = ROOT, package: str = PACKAGE) -> Dict[str, str]:
+    """Dotted module name -> file, every ``.py`` of ``package`` (packages as their name)."""
+    found = {}
+    for folder, _, files in os.walk(os.path.join(root, package)):
+        for name in files:
+            if name.endswith(".py"):
+                parts = os.path.relpath(os.path.join(folder, name), root)[:-3].split(os.sep)
+                found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = (
+                    os.path.join(folder, name))
+    return found
+
+
+def imports(module: str, path: str, known: Set[str]) -> Set[str]:
+    """The modules of ``known`` that ``module`` imports anywhere in its file. ``from pkg import
+    name`` depends on ``pkg.name`` when that is a module, else on ``pkg``."""
+    is_package = path.endswith("__init__.py")
+    here = module.split(".") if is_package else module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                if f"{target}.{alias.name}" in known:
+                    found.add(f"{target}.{alias.name}")
+                elif target in known:
+                    found.add(target)
+    found.discard(module)
+    return found
+
+
+def import_graph() -> Dict[str, Set[str]]:
+    found = modules()
+    return {m: imports(m, path, set(found)) for m, path in found.items()}
+
+
+def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """The strongly connected components with more than one node (Tarjan), each sorted."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    found: List[List[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for child in graph.get(node, ()):
+            if child not in index:
+                visit(child)
+                low[node] = min(low[node], low[child])
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                child = stack.pop()
+                on_stack.discard(child)
+                component.append(child)
+                if child == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def subpackage(module: str) -> str:
+    """``e3va_d2.modeling.tuning.e3va`` -> ``e3va_d2.modeling``."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_imports_are_read_inside_functions(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("def f():\n    from . import b\n")
+    (tmp_path / "pkg" / "b.py").write_text("from .a import f\n")
+    found = modules(str(tmp_path), "pkg")
+    assert imports("pkg.a", found["pkg.a"], set(found)) == {"pkg.b"}
+    assert imports("pkg.b", found["pkg.b"], set(found)) == {"pkg.a"}
+
+
+def test_no_import_cycles_between_modules():
+    assert cycles(import_graph()) == []
+
+
+def test_no_import_cycles_between_subpackages():
+    graph = collections.defaultdict(set)
+    for module, targets in import_graph().items():
+        if module == PACKAGE:  # the package's __init__ imports what it re-exports
+            continue
+        for target in targets:
+            if subpackage(target) != subpackage(module):
+                graph[subpackage(module)].add(subpackage(target))
+    assert cycles(dict(graph)) == []
+
+
+def test_no_two_modules_share_a_file_name():
+    names = collections.defaultdict(list)
+    for folder in (PACKAGE, "projects"):
+        for path, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if name.endswith(".py") and name != "__init__.py":
+                    names[name].append(os.path.relpath(os.path.join(path, name), ROOT))
+    assert {n: paths for n, paths in names.items() if len(paths) > 1} == {}
