@@ -10,6 +10,7 @@
 
 On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). ``--eval-only``
 refuses a model whose trainable part was never loaded (``train.eval_untrained=True`` allows it).
+Checkpoints are read as data only (``--trust-checkpoint-code`` for a file you trust).
 """
 import logging
 
@@ -21,7 +22,9 @@ from detectron2.utils.logger import setup_logger
 
 import e3va_d2  # noqa: F401  (registers datasets and backbones)
 from e3va_d2.checkpoint import E3VACheckpointer, load_delta
+from e3va_d2.checkpoint.safe_load import trust_checkpoint_code
 from e3va_d2.config import ConfigError, add_e3va_config, load_config
+from e3va_d2.config.reliability import reliability_settings
 from e3va_d2.engine import E3VATrainer, YacsTrainer, launch
 
 logger = logging.getLogger("e3va_d2")
@@ -30,8 +33,11 @@ logger = logging.getLogger("e3va_d2")
 def do_eval(cfg):
     """Evaluate ``train.init_checkpoint`` (+ ``train.delta_checkpoint``) on ``dataloader.test``."""
     model = E3VATrainer.build_model(cfg)
-    checkpointer = E3VACheckpointer(model, cfg.train.output_dir)
-    checkpointer.load(cfg.train.init_checkpoint)
+    settings = reliability_settings(cfg)
+    checkpointer = E3VACheckpointer(model, cfg.train.output_dir,
+                                    allow_shape_mismatch=settings.allow_shape_mismatch)
+    with trust_checkpoint_code(settings.trust_checkpoint_code):
+        checkpointer.load(cfg.train.init_checkpoint)
     if cfg.train.get("delta_checkpoint", ""):
         load_delta(model, cfg.train.delta_checkpoint)
     elif checkpointer.untrained and not cfg.train.get("eval_untrained", False):
@@ -57,12 +63,19 @@ def untrained_eval_message(cfg, checkpointer) -> str:
         "train.eval_untrained=True evaluates it anyway (debugging).")
 
 
-def yacs_main(args):
-    """detectron2's tools/train_net.py, with the e3va-d2 keys and trainer."""
+def yacs_config(args):
     cfg = get_cfg()
     add_e3va_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if args.trust_checkpoint_code:
+        cfg.MODEL.TRUST_CHECKPOINT_CODE = True
+    return cfg
+
+
+def yacs_main(args):
+    """detectron2's tools/train_net.py, with the e3va-d2 keys and trainer."""
+    cfg = yacs_config(args)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
                        cfg.MODEL.DEVICE)
@@ -72,7 +85,11 @@ def yacs_main(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="e3va_d2")
     if args.eval_only:
         model = YacsTrainer.build_model(cfg)
-        E3VACheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        settings = reliability_settings(cfg)
+        with trust_checkpoint_code(settings.trust_checkpoint_code):
+            E3VACheckpointer(model, cfg.OUTPUT_DIR,
+                             allow_shape_mismatch=settings.allow_shape_mismatch
+                             ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return YacsTrainer.test(cfg, model)
     trainer = YacsTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -83,6 +100,8 @@ def main(args):
     if args.config_file.endswith((".yaml", ".yml")):
         return yacs_main(args)
     cfg = load_config(args.config_file, args.opts)
+    if args.trust_checkpoint_code:
+        cfg.train.trust_checkpoint_code = True
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="e3va_d2")
     if args.eval_only:
@@ -95,8 +114,16 @@ def main(args):
     return results
 
 
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument("--trust-checkpoint-code", action="store_true",
+                        help="read checkpoint files that need full unpickling, which can run "
+                        "any code they hold (files you trust only)")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     launch(
         main,
         args.num_gpus,

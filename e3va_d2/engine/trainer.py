@@ -7,7 +7,9 @@ test,evaluator}``, which are instantiated as they are):
     train.device ("auto" | "cuda" | "cpu"), train.amp.enabled, train.amp.dtype (optional),
     train.ddp.{broadcast_buffers, find_unused_parameters, fp16_compression},
     train.checkpointer.{period, max_to_keep}, train.eval_period, train.log_period,
-    train.optimize_torchscript, train.reference_world_size (optional, see auto_scale_workers)
+    train.optimize_torchscript, train.reference_world_size (optional, see auto_scale_workers),
+    train.trust_checkpoint_code, train.allow_shape_mismatch (optional, see
+    e3va_d2.config.reliability)
 
 About 350 lines: one method per ``DefaultTrainer`` method it must keep honest, each short.
 """
@@ -31,7 +33,9 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 
 from ..checkpoint import E3VACheckpointer, PeriodicCheckpointer, export_delta, load_delta
+from ..checkpoint.safe_load import trust_checkpoint_code
 from ..compat import HAS_COMPILED_OPS, detectron2_build
+from ..config.reliability import reliability_settings
 from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
 from .params import trainable_parameter_table
@@ -126,7 +130,8 @@ class E3VATrainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = E3VACheckpointer(
-            model, cfg.train.output_dir, trainer=weakref.proxy(self)
+            model, cfg.train.output_dir, trainer=weakref.proxy(self),
+            allow_shape_mismatch=reliability_settings(cfg).allow_shape_mismatch,
         )
         self.start_iter = 0
         self.max_iter = cfg.train.max_iter
@@ -137,7 +142,8 @@ class E3VATrainer(DefaultTrainer):
     def build_model(cls, cfg):
         """``instantiate(cfg.model)`` on ``train.device``, with its trainable set logged."""
         device = resolve_device(cfg.train.get("device", "auto"))
-        model = instantiate(cfg.model)
+        with trust_checkpoint_code(reliability_settings(cfg).trust_checkpoint_code):
+            model = instantiate(cfg.model)  # a backbone's ``weights`` load here
         model.to(device)
         adapt_sync_batchnorm(model, comm.get_world_size(), device)
         table, totals = trainable_parameter_table(model)
@@ -305,7 +311,8 @@ class E3VATrainer(DefaultTrainer):
                 "its RANDOM initialisation (fine for the synthetic demo; set either to an "
                 "ImageNet checkpoint for real use)."
             )
-        self.checkpointer.resume_or_load(init, resume=resume)
+        with trust_checkpoint_code(reliability_settings(self.cfg).trust_checkpoint_code):
+            self.checkpointer.resume_or_load(init, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
             return

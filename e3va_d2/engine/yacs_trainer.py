@@ -3,7 +3,8 @@
 detectron2's ``DefaultTrainer`` trains an e3va-d2 yacs config as it is (the backbone builders
 load the pre-trained trunk themselves); this subclass adds what every project's ``train_net.py``
 adds (an evaluator per dataset type) and crash-safe checkpoints that also read Swin layouts in
-``MODEL.WEIGHTS``.
+``MODEL.WEIGHTS``, read as data (``MODEL.TRUST_CHECKPOINT_CODE``) with their shapes checked
+(``MODEL.ALLOW_SHAPE_MISMATCH``).
 """
 from __future__ import annotations
 
@@ -14,18 +15,32 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 
 from ..checkpoint import E3VACheckpointer
+from ..checkpoint.safe_load import trust_checkpoint_code
 from ..compat import HAS_COMPILED_OPS
+from ..config.reliability import reliability_settings
 from ..evaluation import VOCDetectionEvaluator
 
 __all__ = ["YacsTrainer"]
 
 
 class YacsTrainer(DefaultTrainer):
+    @classmethod
+    def build_model(cls, cfg):
+        with trust_checkpoint_code(reliability_settings(cfg).trust_checkpoint_code):
+            return super().build_model(cfg)  # MODEL.SWIN.WEIGHTS load here
+
     def build_hooks(self):
         # DefaultTrainer.__init__ builds a DetectionCheckpointer just before its hooks.
         old = self.checkpointer
-        self.checkpointer = E3VACheckpointer(old.model, old.save_dir, **old.checkpointables)
+        self.checkpointer = E3VACheckpointer(
+            old.model, old.save_dir,
+            allow_shape_mismatch=reliability_settings(self.cfg).allow_shape_mismatch,
+            **old.checkpointables)
         return super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        with trust_checkpoint_code(reliability_settings(self.cfg).trust_checkpoint_code):
+            super().resume_or_load(resume=resume)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
