@@ -25,7 +25,9 @@ class E3VATuning(TuningMethod):
 
     rank: rank of each of the two low-rank branches (8 / 16 / 32 for E3VA / + / ++).
     hidden_ratio: adapter bottleneck width as a fraction of the channels (paper: 1/2).
-    hidden_dim: a fixed bottleneck width instead (Table 5's standard adapter uses 32).
+    hidden_dim: a fixed bottleneck width instead (Table 5's standard adapter uses 32). Setting
+        it together with a non-default hidden_ratio is an error: both would name the width,
+        and whichever won, the other value the config states would be silently ignored.
     adapter_kind: "dual_low_rank" or "standard" (Table 5).
     structure: "parallel" or "stacked" (Table 6).
     zero_init: start with ``A(x) == x`` so training starts exactly at the frozen model
@@ -75,6 +77,12 @@ class E3VATuning(TuningMethod):
             raise ValueError(f"E3VATuning.hidden_ratio must be a number, got {self.hidden_ratio!r}")
         if not 0 < self.hidden_ratio <= 4:
             raise ValueError(f"E3VATuning.hidden_ratio must be in (0, 4], got {self.hidden_ratio}")
+        default_ratio = type(self).hidden_ratio
+        if self.hidden_dim is not None and self.hidden_ratio != default_ratio:
+            raise ValueError(
+                f"E3VATuning.hidden_dim={self.hidden_dim} and hidden_ratio={self.hidden_ratio} "
+                f"both set the adapters' width; set one: hidden_dim (a fixed width) or "
+                f"hidden_ratio (a fraction of each stage's channels; default {default_ratio})")
 
     def bottleneck_width(self, dim: int) -> int:
         """The adapters' middle width for ``dim`` channels; at least 1, or a clear error."""
