@@ -1,6 +1,7 @@
 """Nothing silently wrong in or out of a checkpoint: another adapter rank is an error (a partial
 load only on request, never on resume), NaN weights are neither saved as last_checkpoint nor
-evaluated, and --resume falls back past a missing or truncated last checkpoint."""
+evaluated, --resume falls back past a missing or truncated last checkpoint, and resuming beyond
+max_iter says so."""
 import logging
 import os
 import shutil
@@ -10,13 +11,13 @@ import torch
 from detectron2.config import instantiate
 from detectron2.utils.env import seed_all_rng
 
-from e3va_d2.checkpoint import E3VACheckpointer
+from e3va_d2.checkpoint import CheckpointReadError, E3VACheckpointer
 from e3va_d2.checkpoint.sanity import (
     CheckpointShapeError,
     NonFiniteCheckpointError,
     NonFiniteWeightsError,
 )
-from e3va_d2.config import load_config
+from e3va_d2.config import ConfigError, load_config
 from e3va_d2.engine import E3VATrainer
 
 from .helpers import short_run_config
@@ -130,21 +131,66 @@ def test_non_finite_checkpoints_are_refused_by_evaluation(tmp_path):
 # ------------------------------------------------------------------ resume
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "non_finite"])
-def test_resume_falls_back_past_an_unusable_last_checkpoint(run_copy, damage, caplog):
-    last = run_copy / (run_copy / "last_checkpoint").read_text()
-    assert last.name == "model_final.pth"
-    if damage == "missing":
-        last.unlink()
-    elif damage == "truncated":
-        last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
+class Counter:
+    """A checkpointable, as the trainer is: what --resume restores besides the weights."""
+
+    def __init__(self):
+        self.iteration = 0
+
+    def state_dict(self):
+        return {"iteration": self.iteration}
+
+    def load_state_dict(self, state):
+        self.iteration = state["iteration"]
+
+
+def damage(path, how):
+    if how == "missing":
+        os.unlink(path)
+    elif how == "truncated":
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 3])
     else:
-        checkpoint = torch.load(last, weights_only=True)
-        next(iter(checkpoint["model"].values())).fill_(float("nan"))
-        torch.save(checkpoint, last)
-    trainer = E3VATrainer(run_cfg(str(run_copy), max_iter=6))
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["model"]["weight"].fill_(float("nan"))
+        torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "non_finite"])
+def test_resume_falls_back_past_an_unusable_last_checkpoint(tmp_path, how, caplog):
+    counter = Counter()
+    checkpointer = E3VACheckpointer(torch.nn.Linear(2, 2), str(tmp_path), trainer=counter)
+    for iteration in (1, 3, 5):
+        counter.iteration = iteration
+        checkpointer.save(f"model_{iteration:07d}")
+        os.utime(tmp_path / f"model_{iteration:07d}.pth", (iteration, iteration))  # write order
+    damage(str(tmp_path / "model_0000005.pth"), how)
+    counter.iteration = 0
     with caplog.at_level(logging.WARNING, logger="e3va_d2.checkpoint"):
-        trainer.resume_or_load(resume=True)
+        checkpointer.resume_or_load("", resume=True)
+    assert counter.iteration == 3 and checkpointer.resumed_from.endswith("model_0000003.pth")
+    assert "Resuming from" in caplog.text and "model_0000005.pth" in caplog.text
+
+
+def test_resume_without_any_usable_checkpoint_is_an_error(tmp_path):
+    checkpointer = E3VACheckpointer(torch.nn.Linear(2, 2), str(tmp_path), trainer=Counter())
+    checkpointer.save("model_0000001")
+    damage(str(tmp_path / "model_0000001.pth"), "truncated")
+    with pytest.raises(CheckpointReadError, match="no usable checkpoint.*Remove .*last_checkpoint"):
+        checkpointer.resume_or_load("", resume=True)
+
+
+def test_the_trainer_resumes_from_the_previous_checkpoint(run_copy):
+    damage(str(run_copy / "model_final.pth"), "truncated")  # what last_checkpoint names
+    trainer = E3VATrainer(run_cfg(str(run_copy), max_iter=6))
+    trainer.resume_or_load(resume=True)
     assert trainer.checkpointer.resumed_from.endswith("model_0000003.pth")
     assert trainer.start_iter == 4
-    assert "Resuming from" in caplog.text and "model_final.pth" in caplog.text
+
+
+def test_resume_with_max_iter_below_the_checkpoint_says_so(run_copy):
+    trainer = E3VATrainer(run_cfg(str(run_copy), max_iter=2))
+    with pytest.raises(ConfigError, match="iteration 3, but train.max_iter=2"):
+        trainer.resume_or_load(resume=True)

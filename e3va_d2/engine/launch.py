@@ -17,6 +17,7 @@ from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
 from ..compat import init_local_process_group
+from .checks import check_process_count
 
 __all__ = ["launch", "free_local_url"]
 
@@ -47,6 +48,7 @@ def launch(
         backend: "auto" (NCCL through detectron2's launch when CUDA is available, else gloo),
             "nccl" or "gloo".
     """
+    check_process_count(num_processes_per_machine, num_machines)
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     world_size = num_machines * num_processes_per_machine

@@ -38,6 +38,7 @@ from ..compat import HAS_COMPILED_OPS, detectron2_build
 from ..config.reliability import reliability_settings
 from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
+from .checks import check_max_iter, check_resume_iteration
 from .params import trainable_parameter_table
 from .resume import GatherTrainingState, gathered_or_local, load_training_state, preserved_rng
 from .step import TrainStep, resolve_amp_dtype
@@ -103,6 +104,7 @@ class E3VATrainer(DefaultTrainer):
         # DefaultTrainer.__init__ reads yacs keys (cfg.SOLVER, cfg.MODEL.WEIGHTS); this builds
         # the same parts, in the same order, from the LazyConfig keys.
         TrainerBase.__init__(self)
+        check_max_iter(cfg.train.max_iter, "train.max_iter")  # before minutes of building
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         if not logger.isEnabledFor(logging.INFO):
@@ -315,6 +317,8 @@ class E3VATrainer(DefaultTrainer):
             self.checkpointer.resume_or_load(init, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
+            check_resume_iteration(self.start_iter, self.max_iter, "train.max_iter",
+                                   self.checkpointer.resumed_from)
             return
         delta = self.cfg.train.get("delta_checkpoint", "")
         if delta:
