@@ -10,8 +10,10 @@
 
 On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). ``--eval-only``
 refuses a model whose trainable part was never loaded (``train.eval_untrained=True`` allows it).
-Checkpoints are read as data only (``--trust-checkpoint-code`` for a file you trust).
+Checkpoints are read as data only (``--trust-checkpoint-code`` for a file you trust); a training
+run holds its output folder (one run per folder); see docs/RELIABILITY.md.
 """
+import contextlib
 import logging
 
 import torch
@@ -26,6 +28,7 @@ from e3va_d2.checkpoint.safe_load import trust_checkpoint_code
 from e3va_d2.config import ConfigError, add_e3va_config, load_config
 from e3va_d2.config.reliability import reliability_settings
 from e3va_d2.engine import E3VATrainer, YacsTrainer, launch
+from e3va_d2.engine.run_lock import OutputDirLock
 
 logger = logging.getLogger("e3va_d2")
 
@@ -73,6 +76,14 @@ def yacs_config(args):
     return cfg
 
 
+def holding(output_dir, args):
+    """The output folder's lock for a training run (main process); nothing for --eval-only,
+    which may run beside a training."""
+    if args.eval_only or not comm.is_main_process():
+        return contextlib.nullcontext()
+    return OutputDirLock(output_dir)
+
+
 def yacs_main(args):
     """detectron2's tools/train_net.py, with the e3va-d2 keys and trainer."""
     cfg = yacs_config(args)
@@ -81,19 +92,20 @@ def yacs_main(args):
                        cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="e3va_d2")
-    if args.eval_only:
-        model = YacsTrainer.build_model(cfg)
-        settings = reliability_settings(cfg)
-        with trust_checkpoint_code(settings.trust_checkpoint_code):
-            E3VACheckpointer(model, cfg.OUTPUT_DIR,
-                             allow_shape_mismatch=settings.allow_shape_mismatch
-                             ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return YacsTrainer.test(cfg, model)
-    trainer = YacsTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with holding(cfg.OUTPUT_DIR, args):
+        default_setup(cfg, args)
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="e3va_d2")
+        if args.eval_only:
+            model = YacsTrainer.build_model(cfg)
+            settings = reliability_settings(cfg)
+            with trust_checkpoint_code(settings.trust_checkpoint_code):
+                E3VACheckpointer(model, cfg.OUTPUT_DIR,
+                                 allow_shape_mismatch=settings.allow_shape_mismatch
+                                 ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            return YacsTrainer.test(cfg, model)
+        trainer = YacsTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 def main(args):
@@ -102,6 +114,11 @@ def main(args):
     cfg = load_config(args.config_file, args.opts)
     if args.trust_checkpoint_code:
         cfg.train.trust_checkpoint_code = True
+    with holding(cfg.train.output_dir, args):
+        return lazy_main(cfg, args)
+
+
+def lazy_main(cfg, args):
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="e3va_d2")
     if args.eval_only:
