@@ -28,6 +28,7 @@ from e3va_d2.checkpoint.safe_load import trust_checkpoint_code
 from e3va_d2.config import ConfigError, add_e3va_config, load_config
 from e3va_d2.config.reliability import reliability_settings
 from e3va_d2.engine import E3VATrainer, YacsTrainer, launch
+from e3va_d2.engine.launch import DEFAULT_TIMEOUT
 from e3va_d2.engine.run_lock import OutputDirLock
 
 logger = logging.getLogger("e3va_d2")
@@ -131,6 +132,16 @@ def lazy_main(cfg, args):
     return results
 
 
+def dist_timeout(args):
+    """train.dist_timeout_minutes (yacs: DIST_TIMEOUT_MINUTES): the process group is created
+    with it, so it is read here, before the processes start."""
+    if args.num_gpus * args.num_machines <= 1:
+        return DEFAULT_TIMEOUT
+    is_yacs = args.config_file.endswith((".yaml", ".yml"))
+    cfg = yacs_config(args) if is_yacs else load_config(args.config_file, args.opts)
+    return reliability_settings(cfg).dist_timeout
+
+
 def parse_args(argv=None):
     parser = default_argument_parser()
     parser.add_argument("--trust-checkpoint-code", action="store_true",
@@ -148,4 +159,5 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        timeout=dist_timeout(args),
     )

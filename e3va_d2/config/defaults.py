@@ -53,7 +53,7 @@ def add_e3va_config(cfg: CN) -> CN:
     # trainable tensors do not all fit; how long a process waits for the others.
     cfg.MODEL.TRUST_CHECKPOINT_CODE = False
     cfg.MODEL.ALLOW_SHAPE_MISMATCH = False
-    cfg.DIST_TIMEOUT_MINUTES = 10
+    cfg.DIST_TIMEOUT_MINUTES = 10.0  # a float: yacs refuses 0.5 for an int key
 
     cfg.MODEL.TUNING = CN()
     cfg.MODEL.TUNING.METHOD = "e3va"

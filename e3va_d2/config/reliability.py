@@ -16,7 +16,7 @@ from datetime import timedelta
 
 __all__ = ["DEFAULT_DIST_TIMEOUT_MINUTES", "ReliabilitySettings", "reliability_settings"]
 
-DEFAULT_DIST_TIMEOUT_MINUTES = 10
+DEFAULT_DIST_TIMEOUT_MINUTES = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

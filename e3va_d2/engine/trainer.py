@@ -40,7 +40,14 @@ from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
 from .checks import check_max_iter, check_resume_iteration
 from .params import trainable_parameter_table
-from .resume import GatherTrainingState, gathered_or_local, load_training_state, preserved_rng
+from .resume import (
+    GatherTrainingState,
+    gathered_or_local,
+    load_training_state,
+    preserved_rng,
+    training_state,
+)
+from .signals import StopOnSignal
 from .step import TrainStep, resolve_amp_dtype
 
 __all__ = ["E3VATrainer", "resolve_device", "test_dataset_names"]
@@ -289,7 +296,14 @@ class E3VATrainer(DefaultTrainer):
             hooks.EvalHook(cfg.train.eval_period, self._evaluate),
             hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period)
             if main else None,
+            StopOnSignal(self.checkpointer, before_save=self._gather_training_state),
         ]
+
+    def _gather_training_state(self):
+        """Every rank's training state, for a save outside the checkpoint period (SIGTERM)."""
+        if comm.get_world_size() > 1:
+            step = self._trainer
+            self.gathered_state = comm.all_gather(training_state(step.model, step.data_loader))
 
     def build_writers(self):
         """detectron2's default writers (console, metrics.json, TensorBoard) into

@@ -5,7 +5,7 @@ load the pre-trained trunk themselves); this subclass adds what every project's 
 adds (an evaluator per dataset type) and crash-safe checkpoints that also read Swin layouts in
 ``MODEL.WEIGHTS``; and the reliability of the LazyConfig trainer: ``SOLVER.MAX_ITER`` and the
 resumed iteration checked, checkpoints read as data (``MODEL.TRUST_CHECKPOINT_CODE``), shapes
-checked (``MODEL.ALLOW_SHAPE_MISMATCH``).
+checked (``MODEL.ALLOW_SHAPE_MISMATCH``), SIGTERM saving a checkpoint.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ..compat import HAS_COMPILED_OPS
 from ..config.reliability import reliability_settings
 from ..evaluation import VOCDetectionEvaluator
 from .checks import check_max_iter, check_resume_iteration
+from .signals import StopOnSignal
 
 __all__ = ["YacsTrainer"]
 
@@ -42,7 +43,7 @@ class YacsTrainer(DefaultTrainer):
             old.model, old.save_dir,
             allow_shape_mismatch=reliability_settings(self.cfg).allow_shape_mismatch,
             **old.checkpointables)
-        return super().build_hooks()
+        return super().build_hooks() + [StopOnSignal(self.checkpointer)]
 
     def resume_or_load(self, resume=True):
         with trust_checkpoint_code(reliability_settings(self.cfg).trust_checkpoint_code):
