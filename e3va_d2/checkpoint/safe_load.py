@@ -141,8 +141,10 @@ def read_checkpoint_file(path_manager, filename: str) -> Any:
             if not trusted:
                 raise
         except pickle.UnpicklingError as e:
-            if "weights only load failed" not in str(e).lower():
-                raise  # corrupt, not unsafe
+            # torch words both alike; only a refused global (a function or class to import)
+            # means "needs code". Anything else (an unknown opcode: a text file) is corrupt.
+            if "GLOBAL" not in str(e):
+                raise
             if not trusted:
                 raise UnsafeCheckpointError(
                     f"{filename} holds Python objects besides tensors and plain containers, and "
