@@ -48,7 +48,8 @@ def hostile(tmp_path):
 
     def make(name="model_final.pth", folder=tmp_path):
         path = os.path.join(str(folder), name)
-        payload = {"model": {"w": torch.zeros(2)}, "extra": Payload(f"touch {shlex.quote(str(marker))}")}
+        command = f"touch {shlex.quote(str(marker))}"
+        payload = {"model": {"w": torch.zeros(2)}, "extra": Payload(command)}
         if name.endswith(".pkl"):
             with open(path, "wb") as f:
                 pickle.dump(payload, f)

@@ -24,7 +24,6 @@ import zipfile
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from torch import Tensor, nn

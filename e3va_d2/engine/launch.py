@@ -10,7 +10,6 @@ and fails after ``timeout`` (:mod:`.dist_wait`).
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import socket
 from datetime import timedelta

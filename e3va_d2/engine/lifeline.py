@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 import signal
 import sys
@@ -18,8 +17,6 @@ import threading
 import time
 
 __all__ = ["die_with_parent"]
-
-logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
