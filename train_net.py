@@ -11,7 +11,10 @@
 
 On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). ``--eval-only``
 refuses a model whose trainable part was never loaded (``train.eval_untrained=True`` allows it).
+Checkpoints are read as data only (``--trust-checkpoint-code`` for a file you trust); a training
+run holds its output folder (one run per folder); see docs/RELIABILITY.md.
 """
+import contextlib
 import logging
 
 import torch
@@ -23,7 +26,11 @@ from detectron2.utils.logger import setup_logger
 import e3va_d2  # noqa: F401  (registers datasets and backbones)
 from e3va_d2.checkpoint import E3VACheckpointer, load_delta
 from e3va_d2.config import ConfigError, add_e3va_config, load_config
+from e3va_d2.config.reliability import reliability_settings
 from e3va_d2.engine import E3VATrainer, YacsTrainer, launch
+from e3va_d2.engine.launch import DEFAULT_TIMEOUT
+from e3va_d2.engine.run_lock import OutputDirLock
+from e3va_d2.utils.safe_load import trust_checkpoint_code
 
 logger = logging.getLogger("e3va_d2")
 
@@ -31,8 +38,11 @@ logger = logging.getLogger("e3va_d2")
 def do_eval(cfg):
     """Evaluate ``train.init_checkpoint`` (+ ``train.delta_checkpoint``) on ``dataloader.test``."""
     model = E3VATrainer.build_model(cfg)
-    checkpointer = E3VACheckpointer(model, cfg.train.output_dir)
-    checkpointer.load(cfg.train.init_checkpoint)
+    settings = reliability_settings(cfg)
+    checkpointer = E3VACheckpointer(model, cfg.train.output_dir,
+                                    allow_shape_mismatch=settings.allow_shape_mismatch)
+    with trust_checkpoint_code(settings.trust_checkpoint_code):
+        checkpointer.load(cfg.train.init_checkpoint)
     if cfg.train.get("delta_checkpoint", ""):
         load_delta(model, cfg.train.delta_checkpoint)
     elif checkpointer.untrained and not cfg.train.get("eval_untrained", False):
@@ -58,33 +68,59 @@ def untrained_eval_message(cfg, checkpointer) -> str:
         "train.eval_untrained=True evaluates it anyway (debugging).")
 
 
-def yacs_main(args):
-    """detectron2's tools/train_net.py, with the e3va-d2 keys and trainer."""
+def yacs_config(args):
     cfg = get_cfg()
     add_e3va_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if args.trust_checkpoint_code:
+        cfg.MODEL.TRUST_CHECKPOINT_CODE = True
+    return cfg
+
+
+def holding(output_dir, args):
+    """The output folder's lock for a training run (main process); nothing for --eval-only,
+    which may run beside a training."""
+    if args.eval_only or not comm.is_main_process():
+        return contextlib.nullcontext()
+    return OutputDirLock(output_dir)
+
+
+def yacs_main(args):
+    """detectron2's tools/train_net.py, with the e3va-d2 keys and trainer."""
+    cfg = yacs_config(args)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
                        cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="e3va_d2")
-    if args.eval_only:
-        model = YacsTrainer.build_model(cfg)
-        checkpointer = E3VACheckpointer(model, cfg.OUTPUT_DIR)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return YacsTrainer.test(cfg, model)
-    trainer = YacsTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with holding(cfg.OUTPUT_DIR, args):
+        default_setup(cfg, args)
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="e3va_d2")
+        if args.eval_only:
+            model = YacsTrainer.build_model(cfg)
+            settings = reliability_settings(cfg)
+            with trust_checkpoint_code(settings.trust_checkpoint_code):
+                E3VACheckpointer(model, cfg.OUTPUT_DIR,
+                                 allow_shape_mismatch=settings.allow_shape_mismatch
+                                 ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            return YacsTrainer.test(cfg, model)
+        trainer = YacsTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 def main(args):
     if args.config_file.endswith((".yaml", ".yml")):
         return yacs_main(args)
     cfg = load_config(args.config_file, args.opts)
+    if args.trust_checkpoint_code:
+        cfg.train.trust_checkpoint_code = True
+    with holding(cfg.train.output_dir, args):
+        return lazy_main(cfg, args)
+
+
+def lazy_main(cfg, args):
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="e3va_d2")
     if args.eval_only:
@@ -97,8 +133,26 @@ def main(args):
     return results
 
 
+def dist_timeout(args):
+    """train.dist_timeout_minutes (yacs: DIST_TIMEOUT_MINUTES): the process group is created
+    with it, so it is read here, before the processes start."""
+    if args.num_gpus * args.num_machines <= 1:
+        return DEFAULT_TIMEOUT
+    is_yacs = args.config_file.endswith((".yaml", ".yml"))
+    cfg = yacs_config(args) if is_yacs else load_config(args.config_file, args.opts)
+    return reliability_settings(cfg).dist_timeout
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument("--trust-checkpoint-code", action="store_true",
+                        help="read checkpoint files that need full unpickling, which can run "
+                        "any code they hold (files you trust only)")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     launch(
         main,
         args.num_gpus,
@@ -106,4 +160,5 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        timeout=dist_timeout(args),
     )

@@ -346,15 +346,23 @@ def test_timm_safetensors_load_into_detector(tmp_path):
     )
 
 
-def test_file_with_python_objects_still_loads(source, tmp_path, caplog):
+def test_file_with_python_objects_is_refused_unless_trusted(source, tmp_path, caplog):
     import argparse
+
+    from e3va_d2.utils.safe_load import UnsafeCheckpointError, trust_checkpoint_code
 
     path = str(tmp_path / "with_config.pth")  # torch.load(weights_only=True) refuses this
     torch.save({**official_classification(source), "config": argparse.Namespace(lr=1)}, path)
     model = tiny_detector()
+    before = clone_state(model)
+    with pytest.raises(UnsafeCheckpointError, match="trust_checkpoint_code=True") as info:
+        E3VACheckpointer(model).load(path)
+    assert path in str(info.value) and "argparse.Namespace" in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with caplog.at_level(logging.WARNING, logger="e3va_d2.checkpoint"):
-        assert E3VACheckpointer(model).load(path) == {}
-    assert "weights_only=False" in caplog.text
+        with trust_checkpoint_code():  # the user's explicit opt-in for a file they trust
+            assert E3VACheckpointer(model).load(path) == {}
+    assert "full unpickling" in caplog.text
     trunk = model.backbone.bottom_up.trunk.state_dict()
     assert all(torch.equal(trunk[k], v) for k, v in trunk_weights(source).items())
 

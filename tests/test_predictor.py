@@ -40,7 +40,7 @@ def test_predictor_takes_either_channel_order():
 def test_demo_writes_one_picture_per_input(config, dataset, tmp_path):
     written = demo.main(["--config-file", config, "--dataset", dataset, "--num-images", "2",
                          "--output", str(tmp_path), "--confidence-threshold", "0",
-                         "--opts", "train.device=cpu"])
+                         "--opts", "train.device=cpu", "train.eval_untrained=True"])
     assert len(written) == 2 and all(os.path.isfile(p) for p in written)
     source = Image.open(DatasetCatalog.get(dataset)[0]["file_name"])
     drawn = Image.open(written[0])

@@ -136,6 +136,7 @@ def test_override_types_are_checked_at_load_time():
     (dict(rank=0), "rank must be an integer >= 1"),
     (dict(hidden_dim=0), "hidden_dim must be an integer >= 1"),
     (dict(hidden_ratio=0.001), "hidden_ratio=0.001 leaves the 32-channel stage"),
+    (dict(hidden_dim=32, hidden_ratio=0.25), "hidden_dim=32 and hidden_ratio=0.25 both set"),
 ])
 def test_e3va_options_are_validated_where_declared(options, message):
     from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin

@@ -15,6 +15,17 @@ train = dict(
     # --eval-only refuses a model whose trainable part was never loaded (untrained adapters and
     # heads would be evaluated: AP ~0). True evaluates it anyway, for debugging.
     eval_untrained=False,
+    # Checkpoints are read as data (tensors, arrays, plain containers), never as code: a file
+    # that needs more is refused. True reads such a file with full unpickling, which can run
+    # any code it holds: only for files you trust (--trust-checkpoint-code does the same).
+    trust_checkpoint_code=False,
+    # A checkpoint whose tensors of trainable modules have other shapes than the model's
+    # (another adapter rank, another number of classes) is an error. True loads what fits and
+    # leaves the rest as initialised (fine-tuning a detector on other classes). Never on resume.
+    allow_shape_mismatch=False,
+    # How long a process waits for the others (joining the process group, any collective)
+    # before it fails with a message, instead of hanging.
+    dist_timeout_minutes=10.0,
     log_period=20,
     # The process count the batch size and lr are meant for; E3VATrainer.auto_scale_workers
     # rescales them to the processes in use (detectron2's SOLVER.REFERENCE_WORLD_SIZE). 0: off.

@@ -8,6 +8,10 @@ provide would stay random forever, so that is an error. It saves through
 
 It overrides detectron2's ``_load_file``, ``_load_model`` and ``_log_incompatible_keys``: fvcore's
 ``Checkpointer`` documents these three as the places to customise reading, loading and reporting.
+
+Files are read as data only (:mod:`.safe_load`), and nothing loads or saves silently wrong
+weights (:mod:`.sanity`): NaN weights are neither read nor saved, tensors of trainable modules
+must fit the model, and ``--resume`` falls back to the newest usable checkpoint.
 """
 from __future__ import annotations
 
@@ -32,8 +36,17 @@ from ..modeling.pretrained import (
     required_pretrained_keys,
 )
 from ..modeling.swin_weights import ConversionReport, SwinCheckpointError
-from ..utils.state import parameter_group, strip_prefix
+from ..utils.state import parameter_group, strip_ddp_prefix, strip_prefix
 from .files import atomic_save, atomic_write, is_local, remove_stale_temporaries
+from .sanity import (
+    CheckpointShapeError,
+    NonFiniteCheckpointError,
+    NonFiniteWeightsError,
+    describe_mismatches,
+    non_finite_tensors,
+    resume_candidates,
+    trainable_shape_mismatches,
+)
 
 __all__ = ["CheckpointReadError", "E3VACheckpointer", "PeriodicCheckpointer"]
 
@@ -50,12 +63,22 @@ class E3VACheckpointer(DetectionCheckpointer):
     highway's inherited weights are copied from their trunk sources. detectron2's
     name-matching heuristics never run on such models. Missing frozen parameters are errors;
     missing trainable ones are summarised per module instead of listed one by one.
+
+    Args:
+        allow_shape_mismatch: load a checkpoint whose tensors of trainable modules have other
+            shapes than the model's (e.g. a classifier for another number of classes), leaving
+            those tensors as initialised. Off: that is an error, since it silently evaluates
+            random adapters when the checkpoint is of another rank. Never allowed on resume.
     """
 
     def __init__(
-        self, model: nn.Module, save_dir: str = "", *, save_to_disk=None, **checkpointables
+        self, model: nn.Module, save_dir: str = "", *, save_to_disk=None,
+        allow_shape_mismatch: bool = False, **checkpointables
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.allow_shape_mismatch = allow_shape_mismatch
+        self._loading: Tuple[str, bool] = ("", False)  # (file, whether it is a resume)
+        self.resumed_from = ""  # the file the last resume_or_load resumed from
         # (prefix of the TunedSwin, what the conversion did, the TunedSwin) after a load that
         # converted a pre-trained Swin; None after loading a checkpoint of this model.
         self._conversion: Optional[Tuple[str, ConversionReport, TunedSwin]] = None
@@ -75,7 +98,42 @@ class E3VACheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, checkpointables=None):
         self.untrained = self._trainable_names()
-        return super().load(path, checkpointables=checkpointables)
+        names = self.checkpointables if checkpointables is None else checkpointables
+        # Loading the trainer's state (optimizer, iteration) means resuming a run: the model
+        # must then be exactly the one that was saved.
+        self._loading = (path, any(n in self.checkpointables for n in names))
+        try:
+            return super().load(path, checkpointables=checkpointables)
+        finally:
+            self._loading = ("", False)
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        """fvcore's, but when the file ``last_checkpoint`` names is missing, unreadable
+        (truncated) or non-finite, resume from the newest usable checkpoint of the folder
+        instead, with a warning; an error when there is none."""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        last = self.get_checkpoint_file()
+        candidates = resume_candidates(self.save_dir, last) if is_local(self.save_dir) else [last]
+        problems = []
+        for candidate in candidates:
+            if is_local(candidate) and not os.path.isfile(candidate):
+                problems.append(f"{candidate} does not exist")
+                continue
+            try:
+                loaded = self.load(candidate)
+            except (CheckpointReadError, NonFiniteCheckpointError) as e:
+                problems.append(str(e))
+                continue
+            if problems:
+                logger.warning("Resuming from %s: the checkpoint last_checkpoint names is not "
+                               "usable (%s)", candidate, " | ".join(problems))
+            self.resumed_from = candidate
+            return loaded
+        raise CheckpointReadError(
+            f"--resume found no usable checkpoint in {self.save_dir}: "
+            f"{' | '.join(problems)}. Remove {os.path.join(self.save_dir, 'last_checkpoint')} "
+            "to start over from the initial weights.")
 
     # ---- loading
 
@@ -85,6 +143,12 @@ class E3VACheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> Dict[str, Any]:
         self._conversion = None
         loaded = read_checkpoint(filename, reader=self)
+        bad = non_finite_tensors(loaded["model"])
+        if bad:
+            raise NonFiniteCheckpointError(
+                f"{filename} holds {len(bad)} tensors with NaN or infinite values (saved by a "
+                f"diverged run), e.g. {bad[:4]}: its predictions would be NaN. Use an earlier "
+                "checkpoint of that run.")
         tuned = self._tuned_swins()
         if not tuned:
             return loaded
@@ -105,6 +169,7 @@ class E3VACheckpointer(DetectionCheckpointer):
         return {"model": {prefix + k: v for k, v in state.items()}}
 
     def _load_model(self, checkpoint: Dict[str, Any]):
+        mismatched = self._check_shapes(checkpoint["model"])
         tuned = self._tuned_swins()
         if not tuned:
             return super()._load_model(checkpoint)
@@ -112,8 +177,45 @@ class E3VACheckpointer(DetectionCheckpointer):
             logger.info("Ignoring matching_heuristics: a TunedSwin model loads names exactly.")
         self._convert_ndarray_to_tensor(checkpoint["model"])
         self._check_required(checkpoint["model"])
-        self.untrained = [k for k in self._trainable_names() if k not in checkpoint["model"]]
+        self.untrained = [k for k in self._trainable_names()
+                          if k not in checkpoint["model"] or k in mismatched]
         return super()._load_model(checkpoint)
+
+    def _check_shapes(self, state: Mapping[str, Any]) -> List[str]:
+        """Refuse tensors of trainable modules whose shapes differ from the model's (a
+        checkpoint of another rank would otherwise be evaluated with random adapters), unless
+        ``allow_shape_mismatch``; on resume, also refuse a different trainable set (the
+        optimizer's state would not fit). Returns the mismatched keys."""
+        path, resuming = self._loading
+        mismatches = trainable_shape_mismatches(self.model, state)
+        if resuming:
+            present = strip_prefix(state)
+            missing = [k for k in map(strip_ddp_prefix, self._trainable_names())
+                       if k not in present]
+            if mismatches or missing:
+                found = describe_mismatches(mismatches) if mismatches else (
+                    f"{len(missing)} trainable tensors are missing, e.g. {missing[:4]}")
+                raise CheckpointShapeError(
+                    f"Cannot resume from {path}: it was saved from a model with other trainable "
+                    f"tensors ({found}). The config changed since (a tuning rank, hidden width, "
+                    "method or number of classes?). Restore those options, or start a new run "
+                    "in another train.output_dir from its weights (train.init_checkpoint=<that "
+                    "file>, with train.allow_shape_mismatch=True to skip what does not fit).")
+            return []
+        if not mismatches:
+            return []
+        if not self.allow_shape_mismatch:
+            raise CheckpointShapeError(
+                f"{path or 'The checkpoint'} has {len(mismatches)} tensors of modules that train "
+                f"whose shapes differ from the model's: {describe_mismatches(mismatches)}. They "
+                "would stay randomly initialised (is it a checkpoint of another tuning rank, "
+                "hidden width or number of classes?). Load a checkpoint of this model, or, to "
+                "start from the tensors that fit on purpose, set train.allow_shape_mismatch=True "
+                "(yacs: MODEL.ALLOW_SHAPE_MISMATCH True).")
+        logger.warning("Partial load (allow_shape_mismatch): %d tensors of trainable modules keep "
+                       "their initialisation: %s", len(mismatches),
+                       describe_mismatches(mismatches))
+        return [k for k, _, _ in mismatches]
 
     def _check_required(self, state: Mapping[str, Tensor]) -> None:
         """Refuse a load that would leave frozen weights (or trunk weights) uninitialised."""
@@ -161,9 +263,18 @@ class E3VACheckpointer(DetectionCheckpointer):
     # ---- saving
 
     def save(self, name: str, **kwargs: Any) -> None:
-        """Same as detectron2's, but crash-safe on local disks (see :func:`atomic_save`)."""
+        """Same as detectron2's, but crash-safe on local disks (see :func:`atomic_save`), and
+        refusing non-finite weights, so ``last_checkpoint`` keeps naming the last good file."""
         if not self.save_dir or not self.save_to_disk:
             return
+        bad = non_finite_tensors(self.model.state_dict())
+        if bad:
+            last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            kept = f"last_checkpoint still names {last}" if last else "no checkpoint was saved"
+            raise NonFiniteWeightsError(
+                f"Not saving {name}.pth: {len(bad)} tensors of the model are NaN or infinite "
+                f"(training diverged: lower the learning rate or clip gradients), e.g. "
+                f"{bad[:4]}; {kept}, the last one with finite weights.")
         if not is_local(self.save_dir):
             return super().save(name, **kwargs)
         data = {"model": self.model.state_dict()}

@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from ..compat import E3VA_D2_VERSION
 from ..modeling.backbone import tuned_swins
 from ..modeling.highway import rename_legacy_highway_keys
+from ..utils.safe_load import read_checkpoint_file
 from ..utils.state import unwrap_ddp
 from .files import atomic_save
+from .sanity import NonFiniteCheckpointError, non_finite_tensors
 
 __all__ = ["DeltaMismatchError", "base_fingerprint", "export_delta", "load_delta"]
 
@@ -139,10 +141,13 @@ def load_delta(model: nn.Module, path: str, strict: bool = True) -> dict:
     ``strict=False`` those become warnings, and only the matching tensors are loaded. Shape
     mismatches are always errors.
     """
-    with PathManager.open(path, "rb") as f:
-        payload = torch.load(f, map_location="cpu", weights_only=True)
+    payload = read_checkpoint_file(PathManager, path)  # data only, never code
     if not isinstance(payload, dict) or payload.get("format") != DELTA_FORMAT:
         raise DeltaMismatchError(f"{path} is not a delta checkpoint (written by export_delta)")
+    bad = non_finite_tensors(payload["tensors"])
+    if bad:
+        raise NonFiniteCheckpointError(f"{path} holds {len(bad)} tensors with NaN or infinite "
+                                       f"values (a diverged run), e.g. {bad[:4]}")
     model = unwrap_ddp(model)
     state, trainable, buffers, base = _split_state(model)
     # Deltas written before the highway had one name call it "side".

@@ -46,6 +46,12 @@ def add_e3va_config(cfg: CN) -> CN:
     # A pre-trained Swin loaded into the trunk as the model is built (TunedSwin's ``weights``),
     # so detectron2's plain DetectionCheckpointer (MODEL.WEIGHTS) never has to read Swin layouts.
     cfg.MODEL.SWIN.WEIGHTS = ""
+    # Reliability keys of the LazyConfig's train.* (see configs/common/train.py): read files
+    # that need full unpickling (can run code: trusted files only); load checkpoints whose
+    # trainable tensors do not all fit; how long a process waits for the others.
+    cfg.MODEL.TRUST_CHECKPOINT_CODE = False
+    cfg.MODEL.ALLOW_SHAPE_MISMATCH = False
+    cfg.DIST_TIMEOUT_MINUTES = 10.0  # a float: yacs refuses 0.5 for an int key
 
     cfg.MODEL.TUNING = CN()
     cfg.MODEL.TUNING.METHOD = "e3va"

@@ -2,10 +2,15 @@
 
 detectron2's ``launch`` asserts CUDA in every worker, so several CPU processes (the test suite,
 machines without GPUs) need their own spawn; everything after process-group setup is shared.
+
+With several processes, workers die with the launcher (:mod:`.lifeline`), SIGTERM to the
+launcher reaches them (:mod:`.signals`), and joining the process group says what it waits for
+and fails after ``timeout`` (:mod:`.dist_wait`).
 """
 from __future__ import annotations
 
-import logging
+import functools
+import os
 import socket
 from datetime import timedelta
 from typing import Callable, Optional, Sequence
@@ -17,10 +22,15 @@ from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
 from ..compat import init_local_process_group
+from ..config.reliability import DEFAULT_DIST_TIMEOUT_MINUTES
+from .checks import check_process_count
+from .dist_wait import announced_wait
+from .lifeline import die_with_parent
+from .signals import forward_signals_to_children
 
 __all__ = ["launch", "free_local_url"]
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
+DEFAULT_TIMEOUT = timedelta(minutes=DEFAULT_DIST_TIMEOUT_MINUTES)
 
 
 def free_local_url() -> str:
@@ -46,20 +56,45 @@ def launch(
     Args:
         backend: "auto" (NCCL through detectron2's launch when CUDA is available, else gloo),
             "nccl" or "gloo".
+        timeout: how long a process waits for the others (process group, collectives).
     """
+    check_process_count(num_processes_per_machine, num_machines)
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     world_size = num_machines * num_processes_per_machine
-    if backend == "nccl" or world_size == 1:
-        d2_launch(
-            main_func,
-            num_processes_per_machine,
-            num_machines=num_machines,
-            machine_rank=machine_rank,
-            dist_url=dist_url,
-            args=tuple(args),
-        )
+    if world_size == 1:
+        main_func(*args)
         return
+    with forward_signals_to_children() as forwarded:
+        try:
+            if backend == "nccl":
+                d2_launch(
+                    functools.partial(_die_with_launcher, os.getpid(), main_func),
+                    num_processes_per_machine,
+                    num_machines=num_machines,
+                    machine_rank=machine_rank,
+                    dist_url=dist_url,
+                    args=tuple(args),
+                    timeout=timeout,
+                )
+            else:
+                _spawn_gloo(main_func, num_processes_per_machine, num_machines, machine_rank,
+                            dist_url, args, backend, timeout)
+        except mp.ProcessExitedException:
+            if forwarded.received is None:
+                raise
+            # The workers saved and stopped on the signal passed on to them: exit as they did.
+            raise SystemExit(128 + forwarded.received) from None
+
+
+def _die_with_launcher(launcher: int, main_func: Callable, *args) -> None:
+    die_with_parent(launcher)
+    main_func(*args)
+
+
+def _spawn_gloo(main_func, num_processes_per_machine, num_machines, machine_rank, dist_url,
+                args, backend, timeout) -> None:
+    world_size = num_machines * num_processes_per_machine
     if backend != "gloo":
         raise ValueError(f"backend must be 'auto', 'nccl' or 'gloo', got {backend!r}")
     if dist_url in (None, "auto"):
@@ -70,7 +105,7 @@ def launch(
         _gloo_worker,
         nprocs=num_processes_per_machine,
         args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url,
-              tuple(args), timeout),
+              tuple(args), timeout, os.getpid()),
         daemon=False,
     )
 
@@ -84,18 +119,20 @@ def _gloo_worker(
     dist_url: str,
     args: tuple,
     timeout: timedelta,
+    launcher: Optional[int] = None,
 ) -> None:
+    if launcher is not None:
+        die_with_parent(launcher)
     rank = machine_rank * num_processes_per_machine + local_rank
-    try:
+    what = f"{world_size} processes to join the process group at {dist_url} (this is rank {rank})"
+    with announced_wait(what, timeout):
         dist.init_process_group(
             backend="gloo", init_method=dist_url, world_size=world_size, rank=rank,
             timeout=timeout,
         )
-    except Exception:
-        logging.getLogger(__name__).error("Process group URL: %s", dist_url)
-        raise
     init_local_process_group(num_processes_per_machine, machine_rank)
-    comm.synchronize()
+    with announced_wait(f"the other {world_size - 1} processes at the start barrier", timeout):
+        comm.synchronize()
     try:
         main_func(*args)
     finally:

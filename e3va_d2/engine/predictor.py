@@ -3,7 +3,8 @@
 One image in (numpy, H x W x 3, BGR as detectron2's or RGB: say which), one output dict out,
 with the test mapper's augmentations (resizing) and image format of ``cfg.dataloader.test``.
 Weights: ``train.init_checkpoint`` (a model trained here, or its base), then
-``train.delta_checkpoint`` if set; arguments override both.
+``train.delta_checkpoint`` if set; arguments override both. ``untrained`` lists the trainable
+tensors no file provided (tools refuse to show predictions of a model that never trained).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
 from ..checkpoint import E3VACheckpointer, load_delta
+from ..config.reliability import reliability_settings
+from ..utils.safe_load import trust_checkpoint_code
 from .trainer import E3VATrainer, test_dataset_names
 
 __all__ = ["Predictor"]
@@ -29,10 +32,15 @@ class Predictor:
         self.model = E3VATrainer.build_model(cfg).eval()  # device, SyncBN as in training
         checkpoint = cfg.train.get("init_checkpoint", "") if checkpoint is None else checkpoint
         delta = cfg.train.get("delta_checkpoint", "") if delta is None else delta
-        if checkpoint:
-            E3VACheckpointer(self.model).load(checkpoint)
+        settings = reliability_settings(cfg)
+        checkpointer = E3VACheckpointer(self.model,
+                                        allow_shape_mismatch=settings.allow_shape_mismatch)
+        with trust_checkpoint_code(settings.trust_checkpoint_code):
+            if checkpoint:
+                checkpointer.load(checkpoint)
         if delta:
             load_delta(self.model, delta)
+        self.untrained = [] if delta else checkpointer.untrained
         mapper = cfg.dataloader.test.mapper
         self.augmentations = T.AugmentationList(
             [instantiate(a) for a in mapper.get("augmentations", [])])

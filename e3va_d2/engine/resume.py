@@ -155,6 +155,12 @@ class GatherTrainingState(HookBase):
             return
         it = self.trainer.iter
         if (it + 1) % self.period == 0 or it >= self.max_iter - 1:
+            self.gather()
+
+    def gather(self):
+        """Collect every rank's state now (all ranks call it): also before a save outside the
+        checkpoint period (SIGTERM)."""
+        if comm.get_world_size() > 1:
             step = self.trainer._trainer
             self.gathered = comm.all_gather(training_state(step.model, step.data_loader))
 

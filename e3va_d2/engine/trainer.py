@@ -7,7 +7,9 @@ test,evaluator}``, which are instantiated as they are):
     train.device ("auto" | "cuda" | "cpu"), train.amp.enabled, train.amp.dtype (optional),
     train.ddp.{broadcast_buffers, find_unused_parameters, fp16_compression},
     train.checkpointer.{period, max_to_keep}, train.eval_period, train.log_period,
-    train.optimize_torchscript, train.reference_world_size (optional, see auto_scale_workers)
+    train.optimize_torchscript, train.reference_world_size (optional, see auto_scale_workers),
+    train.trust_checkpoint_code, train.allow_shape_mismatch (optional, see
+    e3va_d2.config.reliability)
 
 About 350 lines: one method per ``DefaultTrainer`` method it must keep honest, each short.
 """
@@ -32,10 +34,19 @@ from detectron2.utils.registry import locate
 
 from ..checkpoint import E3VACheckpointer, PeriodicCheckpointer, export_delta, load_delta
 from ..compat import HAS_COMPILED_OPS, detectron2_build
+from ..config.reliability import reliability_settings
 from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
+from ..utils.safe_load import trust_checkpoint_code
+from .checks import check_max_iter, check_resume_iteration
 from .params import trainable_parameter_table
-from .resume import GatherTrainingState, gathered_or_local, load_training_state, preserved_rng
+from .resume import (
+    GatherTrainingState,
+    gathered_or_local,
+    load_training_state,
+    preserved_rng,
+)
+from .signals import StopOnSignal
 from .step import TrainStep, call_after_backward, resolve_amp_dtype
 
 __all__ = ["E3VATrainer", "resolve_device", "test_dataset_names"]
@@ -99,6 +110,7 @@ class E3VATrainer(DefaultTrainer):
         # DefaultTrainer.__init__ reads yacs keys (cfg.SOLVER, cfg.MODEL.WEIGHTS); this builds
         # the same parts, in the same order, from the LazyConfig keys.
         TrainerBase.__init__(self)
+        check_max_iter(cfg.train.max_iter, "train.max_iter")  # before minutes of building
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         if not logger.isEnabledFor(logging.INFO):
@@ -128,7 +140,8 @@ class E3VATrainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = E3VACheckpointer(
-            model, cfg.train.output_dir, trainer=weakref.proxy(self)
+            model, cfg.train.output_dir, trainer=weakref.proxy(self),
+            allow_shape_mismatch=reliability_settings(cfg).allow_shape_mismatch,
         )
         self.start_iter = 0
         self.max_iter = cfg.train.max_iter
@@ -139,7 +152,8 @@ class E3VATrainer(DefaultTrainer):
     def build_model(cls, cfg):
         """``instantiate(cfg.model)`` on ``train.device``, with its trainable set logged."""
         device = resolve_device(cfg.train.get("device", "auto"))
-        model = instantiate(cfg.model)
+        with trust_checkpoint_code(reliability_settings(cfg).trust_checkpoint_code):
+            model = instantiate(cfg.model)  # a backbone's ``weights`` load here
         model.to(device)
         adapt_sync_batchnorm(model, comm.get_world_size(), device)
         table, totals = trainable_parameter_table(model)
@@ -274,15 +288,17 @@ class E3VATrainer(DefaultTrainer):
         cfg = self.cfg
         main = comm.is_main_process()
         ckpt = cfg.train.checkpointer
+        gather = GatherTrainingState(ckpt.period, self.max_iter)
         return [
             hooks.IterationTimer(),
             hooks.LRScheduler(self._trainer.optimizer, self.scheduler),
-            GatherTrainingState(ckpt.period, self.max_iter),
+            gather,
             PeriodicCheckpointer(self.checkpointer, ckpt.period, max_to_keep=ckpt.get(
                 "max_to_keep")) if main else None,
             hooks.EvalHook(cfg.train.eval_period, self._evaluate),
             hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period)
             if main else None,
+            StopOnSignal(self.checkpointer, before_save=gather.gather),
         ]
 
     def build_writers(self):
@@ -307,9 +323,12 @@ class E3VATrainer(DefaultTrainer):
                 "its RANDOM initialisation (fine for the synthetic demo; set either to an "
                 "ImageNet checkpoint for real use)."
             )
-        self.checkpointer.resume_or_load(init, resume=resume)
+        with trust_checkpoint_code(reliability_settings(self.cfg).trust_checkpoint_code):
+            self.checkpointer.resume_or_load(init, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
+            check_resume_iteration(self.start_iter, self.max_iter, "train.max_iter",
+                                   self.checkpointer.resumed_from)
             return
         delta = self.cfg.train.get("delta_checkpoint", "")
         if delta:

@@ -3,7 +3,9 @@
 detectron2's ``DefaultTrainer`` trains an e3va-d2 yacs config as it is (the backbone builders
 load the pre-trained trunk themselves); this subclass adds what every project's ``train_net.py``
 adds (an evaluator per dataset type) and crash-safe checkpoints that also read Swin layouts in
-``MODEL.WEIGHTS``.
+``MODEL.WEIGHTS``; and the reliability of the LazyConfig trainer: ``SOLVER.MAX_ITER`` and the
+resumed iteration checked, checkpoints read as data (``MODEL.TRUST_CHECKPOINT_CODE``), shapes
+checked (``MODEL.ALLOW_SHAPE_MISMATCH``), SIGTERM saving a checkpoint.
 """
 from __future__ import annotations
 
@@ -15,17 +17,40 @@ from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 
 from ..checkpoint import E3VACheckpointer
 from ..compat import HAS_COMPILED_OPS
+from ..config.reliability import reliability_settings
 from ..evaluation import VOCDetectionEvaluator
+from ..utils.safe_load import trust_checkpoint_code
+from .checks import check_max_iter, check_resume_iteration
+from .signals import StopOnSignal
 
 __all__ = ["YacsTrainer"]
 
 
 class YacsTrainer(DefaultTrainer):
+    def __init__(self, cfg):
+        check_max_iter(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")  # before the model is built
+        super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        with trust_checkpoint_code(reliability_settings(cfg).trust_checkpoint_code):
+            return super().build_model(cfg)  # MODEL.SWIN.WEIGHTS load here
+
     def build_hooks(self):
         # DefaultTrainer.__init__ builds a DetectionCheckpointer just before its hooks.
         old = self.checkpointer
-        self.checkpointer = E3VACheckpointer(old.model, old.save_dir, **old.checkpointables)
-        return super().build_hooks()
+        self.checkpointer = E3VACheckpointer(
+            old.model, old.save_dir,
+            allow_shape_mismatch=reliability_settings(self.cfg).allow_shape_mismatch,
+            **old.checkpointables)
+        return super().build_hooks() + [StopOnSignal(self.checkpointer)]
+
+    def resume_or_load(self, resume=True):
+        with trust_checkpoint_code(reliability_settings(self.cfg).trust_checkpoint_code):
+            super().resume_or_load(resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            check_resume_iteration(self.start_iter, self.max_iter, "SOLVER.MAX_ITER",
+                                   self.checkpointer.resumed_from)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -14,10 +14,10 @@ import pickle
 import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import Tensor, nn
 
+from ..utils.safe_load import UnsafeCheckpointError, read_checkpoint_file
 from .swin_weights import (
     ConversionReport,
     SwinCheckpointError,
@@ -57,6 +57,8 @@ def read_checkpoint(
         filename = local
     try:
         return _read(filename, reader)
+    except UnsafeCheckpointError:
+        raise  # readable, but only by running its code: refused, with the opt-in named
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError,
             zipfile.BadZipFile, UnicodeDecodeError) as e:
         if isinstance(e, SwinCheckpointError):
@@ -73,21 +75,26 @@ def _read(filename: str, reader: DetectionCheckpointer) -> Dict[str, Any]:
         from safetensors.torch import load_file
 
         return {"model": load_file(filename, device="cpu")}
-    try:
-        # detectron2's reader, not the caller's override: .pkl model-zoo formats and .pth files.
-        return DetectionCheckpointer._load_file(reader, filename)
-    except pickle.UnpicklingError as e:
-        # torch >= 2.6 loads tensors only; some releases also pickle their configs.
-        if "weights_only" not in str(e):
-            raise
-        logger.warning(
-            "%s holds Python objects besides tensors; loading it with weights_only=False "
-            "(only do this for files you trust).",
-            filename,
-        )
-        with reader.path_manager.open(filename, "rb") as f:
-            loaded = torch.load(f, map_location="cpu", weights_only=False)
-        return loaded if isinstance(loaded.get("model"), Mapping) else {"model": loaded}
+    # Never detectron2's own _load_file: it unpickles .pkl files without restriction.
+    return _as_checkpoint(filename, read_checkpoint_file(reader.path_manager, filename))
+
+
+def _as_checkpoint(filename: str, loaded: Any) -> Dict[str, Any]:
+    """What a file holds, in the layout fvcore's loader expects (``{"model": state, ...}``):
+    detectron2's handling of its own, Detectron's and pycls's formats, on data read safely."""
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"it holds a {type(loaded).__name__}, not a dict of tensors")
+    if filename.endswith(".pkl"):
+        if "model" in loaded and "__author__" in loaded:  # detectron2's model zoo
+            return dict(loaded)
+        data = loaded.get("blobs", loaded)  # Caffe2 / Detectron: detection models have blobs
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+    if filename.endswith(".pyth"):  # pycls
+        state = {k: v for k, v in loaded["model_state"].items()
+                 if not k.endswith("num_batches_tracked")}
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    return dict(loaded) if isinstance(loaded.get("model"), Mapping) else {"model": dict(loaded)}
 
 
 def pretrained_state(

@@ -12,18 +12,22 @@ the semantic segmentation. Without ``--input``, draws the first ``--num-images``
 ``<train.output_dir>/model_final.pth`` and also draws that run's training curves
 (``curves.png``, see :mod:`.curves`); ``--output`` defaults to
 ``<train.output_dir>/predictions``.
+
+A model with untrained adapters or heads is refused, as ``--eval-only`` refuses it
+(``train.eval_untrained=True`` draws it anyway). Inputs are read by :mod:`.inputs` (folders
+expanded, 16-bit images scaled, each scaled down to the config's test size); a file that cannot
+be read is skipped and named in a summary, and the demo then exits with status 1.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import os
+import sys
 from typing import List
 
 import numpy as np
 import tqdm
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
@@ -33,12 +37,21 @@ from e3va_d2.engine.predictor import Predictor
 from e3va_d2.engine.trainer import test_dataset_names
 
 from . import curves
+from .inputs import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIZE,
+    InputError,
+    config_test_max_size,
+    expand_inputs,
+    read_rgb,
+)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", required=True)
-    p.add_argument("--input", nargs="+", default=[], help="image files or glob patterns")
+    p.add_argument("--input", nargs="+", default=[],
+                   help="image files, folders of images or glob patterns")
     p.add_argument("--dataset", help="without --input: draw the first --num-images images of this "
                    "registered dataset (default: the config's test dataset)")
     p.add_argument("--num-images", type=int, default=4)
@@ -53,19 +66,37 @@ def parse_args(argv=None):
     p.add_argument("--delta", help="with --tasks: --config-file's delta (default: its run's)")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
     p.add_argument("--scale", type=float, default=2.0, help="drawing scale (small images)")
+    p.add_argument("--max-size", type=int, help="scale inputs down to this longer side "
+                   f"(default: the config's test max_size, else {DEFAULT_MAX_SIZE})")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="skip larger images without decoding them")
+    p.add_argument("--trust-checkpoint-code", action="store_true",
+                   help="read checkpoints that need full unpickling (can run code they hold)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     return p.parse_args(argv)
 
 
 def input_paths(args, cfg) -> List[str]:
-    paths = sorted(p for pattern in args.input for p in (glob.glob(pattern) or [pattern]))
+    paths = expand_inputs(args.input)
     if args.dataset or not args.input:
         dataset = args.dataset or test_dataset_names(cfg)[0]
         paths += [d["file_name"] for d in DatasetCatalog.get(dataset)[: args.num_images]]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if not paths or missing:
-        raise ConfigError(f"no images to draw: {missing or 'give --input or --dataset'}")
+    if not paths:
+        raise ConfigError(f"no images to draw in {args.input}: give image files, folders of "
+                          "images or --dataset")
     return paths
+
+
+def refuse_untrained(cfg, predictor: Predictor) -> None:
+    """What --eval-only refuses, the demo refuses too: drawing adapters and heads that never
+    trained shows an untrained model's boxes as if they were the method's."""
+    if predictor.untrained and not cfg.train.get("eval_untrained", False):
+        raise ConfigError(
+            f"The model has {len(predictor.untrained)} trainable tensors that were never trained "
+            f"(e.g. {predictor.untrained[:3]}): no trained checkpoint was given. Pass --trained "
+            f"(the config's run, {cfg.train.output_dir}/model_final.pth), --opts "
+            "train.init_checkpoint=<a trained model_final.pth>, or --opts "
+            "train.eval_untrained=True to draw the untrained model anyway.")
 
 
 def draw(image_rgb: np.ndarray, outputs: dict, metadata, threshold: float, scale: float):
@@ -100,6 +131,8 @@ def multi_task_predictor(args, cfg) -> MultiTaskPredictor:
 def main(argv=None) -> List[str]:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
+    if args.trust_checkpoint_code:
+        cfg.train.trust_checkpoint_code = True
     if args.tasks:
         multi = multi_task_predictor(args, cfg)
 
@@ -111,6 +144,7 @@ def main(argv=None) -> List[str]:
     else:
         checkpoint = trained_file(cfg, "model_final.pth") if args.trained else None
         predictor = Predictor(cfg, checkpoint=checkpoint)
+        refuse_untrained(cfg, predictor)
 
         def predict(image):
             outputs = predictor(image, image_format="RGB")
@@ -118,15 +152,24 @@ def main(argv=None) -> List[str]:
                         args.scale)
     output = args.output or os.path.join(cfg.train.output_dir, "predictions")
     os.makedirs(output, exist_ok=True)
-    written = []
+    max_size = args.max_size or config_test_max_size(cfg) or DEFAULT_MAX_SIZE
+    written, failed = [], []
     for path in tqdm.tqdm(input_paths(args, cfg), desc="drawing", unit="image"):
-        picture = predict(read_image(path, format="RGB"))
+        try:
+            image = read_rgb(path, max_size=max_size, max_pixels=args.max_pixels)
+        except InputError as e:  # one bad file must not cost the others their pictures
+            failed.append(str(e))
+            continue
+        picture = predict(image)
         target = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
         Image.fromarray(picture).save(target)
         written.append(target)
     print(f"Wrote {len(written)} pictures of predictions to {output}")
     if args.trained and os.path.isfile(os.path.join(cfg.train.output_dir, "metrics.json")):
         curves.main([cfg.train.output_dir])  # the training run's losses and metrics
+    if failed:
+        sys.exit(f"Skipped {len(failed)} of {len(failed) + len(written)} inputs:\n  "
+                 + "\n  ".join(failed))
     return written
 
 

@@ -25,7 +25,9 @@ class E3VATuning(TuningMethod):
 
     rank: rank of each of the two low-rank branches (8 / 16 / 32 for E3VA / + / ++).
     hidden_ratio: adapter bottleneck width as a fraction of the channels (paper: 1/2).
-    hidden_dim: a fixed bottleneck width instead (Table 5's standard adapter uses 32).
+    hidden_dim: a fixed bottleneck width instead (Table 5's standard adapter uses 32). Setting
+        it together with a non-default hidden_ratio is an error: both would name the width,
+        and whichever won, the other value the config states would be silently ignored.
     init: how the dual low-rank factors are drawn; the paper says only "Kaiming Norm".
         "lorand" (default): the same lab's released LoRand code (kaiming_uniform_ with
         a=sqrt(5) over its (in, r) / (r, out) factor layout; adapters start at about a tenth
@@ -73,6 +75,13 @@ class E3VATuning(TuningMethod):
         if not 0 < self.hidden_ratio <= 4:
             raise OptionError("E3VATuning", "hidden_ratio",
                               f" must be in (0, 4], got {self.hidden_ratio}")
+        default_ratio = type(self).hidden_ratio
+        if self.hidden_dim is not None and self.hidden_ratio != default_ratio:
+            raise OptionError(
+                "E3VATuning", "hidden_dim",
+                f"={self.hidden_dim} and hidden_ratio={self.hidden_ratio} both set the adapters' "
+                f"width; set one: hidden_dim (a fixed width) or hidden_ratio (a fraction of each "
+                f"stage's channels; default {default_ratio})")
 
     def bottleneck_width(self, dim: int) -> int:
         """The adapters' middle width for ``dim`` channels; at least 1, or a clear error."""

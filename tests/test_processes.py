@@ -1,0 +1,232 @@
+"""Processes end cleanly: SIGTERM saves a checkpoint at the next iteration boundary and exits
+non-zero (and --resume continues from it); workers die with a launcher killed by SIGKILL; a
+process waiting for a missing peer says what it waits for and gives up after the configured
+timeout instead of 30 silent minutes."""
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
+
+from e3va_d2.engine import E3VATrainer
+from e3va_d2.engine.dist_wait import announced_wait
+from e3va_d2.engine.signals import TrainingStopped
+
+from .helpers import short_run_config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+DEMO = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+# ------------------------------------------------------------------ SIGTERM
+
+
+class TerminateAt(HookBase):
+    """Send this process SIGTERM as the given iteration starts (a scheduler preempting it)."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def before_step(self):
+        if self.trainer.iter == self.iteration:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def sigterm_cfg(out, max_iter):
+    cfg = short_run_config(DEMO, out, "shapes_mini_train", "shapes_mini_val", max_iter,
+                           "train.checkpointer.period=100", "dataloader.train.total_batch_size=1")
+    del cfg.dataloader.evaluator
+    return cfg
+
+
+def test_sigterm_saves_a_checkpoint_then_exits_non_zero(tmp_path):
+    seed_all_rng(0)
+    trainer = E3VATrainer(sigterm_cfg(str(tmp_path), max_iter=5))
+    trainer.register_hooks([TerminateAt(1)])
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.train()
+    assert info.value.code == 128 + signal.SIGTERM
+    assert trainer.iter == 1  # stopped at the boundary after the iteration it was in
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not (tmp_path / "model_final_delta.pth").exists()  # the run did not finish
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored
+    trainer.start_iter = 0
+    trainer.resume_or_load(resume=True)  # what --resume does in the next process
+    assert trainer.start_iter == 2
+
+
+# ------------------------------------------------------------------ dying with the launcher
+
+CHILD = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("lifeline", sys.argv[1])
+lifeline = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lifeline)
+lifeline.die_with_parent(int(sys.argv[2]))
+print("armed", flush=True)
+time.sleep(120)
+"""
+PARENT = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], str(os.getpid())],
+                         stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline().strip() == "armed"
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_process_dies_with_its_parent():
+    lifeline = os.path.join(ROOT, "e3va_d2", "engine", "lifeline.py")
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, lifeline],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert alive(child)
+    parent.kill()
+    parent.wait()
+    assert wait_until(lambda: not alive(child), 10), "the child outlived its parent"
+
+
+def write_pid_and_sleep(folder):
+    """A worker's main function: say who it is, then work 'forever'."""
+    with open(os.path.join(folder, f"worker_{os.getpid()}"), "w"):
+        pass
+    time.sleep(300)
+
+
+# Started as a script's background job (`train_net.py ... &`) is: SIGINT ignored, inherited by the
+# workers. torch's spawn arms a parent-death SIGINT, which such workers then ignore.
+LAUNCHER = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+from e3va_d2.engine import launch
+from tests.test_processes import write_pid_and_sleep
+launch(write_pid_and_sleep, 2, args=(sys.argv[1],), backend="gloo")
+"""
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_launcher(tmp_path):
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(tmp_path)], cwd=ROOT,
+                                env=ENV)
+    try:
+        assert wait_until(lambda: len(os.listdir(tmp_path)) == 2, 240), "workers did not start"
+        workers = [int(name.split("_")[1]) for name in os.listdir(tmp_path)]
+        assert all(alive(pid) for pid in workers)
+        launcher.send_signal(signal.SIGKILL)  # the OOM killer, kill -9, a scheduler
+        launcher.wait()
+        assert wait_until(lambda: not any(alive(pid) for pid in workers), 15), \
+            "orphaned workers kept running"
+    finally:
+        launcher.kill()
+        for name in os.listdir(tmp_path):
+            try:
+                os.kill(int(name.split("_")[1]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ------------------------------------------------------------------ waiting for peers
+
+
+def test_a_wait_says_what_it_waits_for_and_names_it_when_it_fails(caplog):
+    with caplog.at_level(logging.INFO, logger="e3va_d2.launch"):
+        with pytest.raises(RuntimeError, match="Gave up waiting for rank 1 .* TimeoutError"):
+            with announced_wait("rank 1", timedelta(minutes=2), every=0.1):
+                time.sleep(0.35)
+                raise TimeoutError("the store timed out")
+    assert "Waiting for rank 1 (fails after 2 min" in caplog.text
+    assert "Still waiting for rank 1 after" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_missing_peer_fails_after_the_configured_timeout(tmp_path):
+    """One of two machines never starts: the other gives up after 5 s, naming the wait."""
+    code = ("from datetime import timedelta; from e3va_d2.engine import launch; "
+            "from e3va_d2.engine.launch import free_local_url; "
+            "from tests.test_processes import write_pid_and_sleep; "
+            "launch(write_pid_and_sleep, 1, num_machines=2, machine_rank=0, "
+            "dist_url=free_local_url(), args=('.',), backend='gloo', "
+            "timeout=timedelta(seconds=5))")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0
+    assert "Waiting for 2 processes to join the process group" in run.stderr, run.stderr[-3000:]
+    assert "Gave up waiting for 2 processes" in run.stderr, run.stderr[-3000:]
+    assert time.monotonic() - start < 200
+
+
+@pytest.mark.parametrize("config, opts, seconds", [
+    (DEMO, ["train.dist_timeout_minutes=0.5"], 30),
+    (DEMO.replace(".py", ".yaml"), ["DIST_TIMEOUT_MINUTES", "2.0"], 120),
+])
+def test_train_net_creates_the_process_group_with_the_configured_timeout(config, opts, seconds):
+    import train_net
+
+    args = train_net.parse_args(["--num-gpus", "2", "--config-file", config, *opts])
+    assert train_net.dist_timeout(args) == timedelta(seconds=seconds)
+
+
+def test_a_timeout_that_is_no_number_of_minutes_is_refused():
+    import train_net
+    from e3va_d2.config import ConfigError
+
+    args = train_net.parse_args(["--num-gpus", "2", "--config-file", DEMO,
+                                 "train.dist_timeout_minutes=-1"])
+    with pytest.raises(ConfigError, match="train.dist_timeout_minutes=-1"):
+        train_net.dist_timeout(args)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_both_processes_at_one_saved_iteration(tmp_path):
+    import torch
+
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2",
+           "--config-file", DEMO, f"train.output_dir={tmp_path}", "train.max_iter=1000",
+           "train.eval_period=0", "train.log_period=1", "train.checkpointer.period=1000",
+           "train.device=cpu", "dataloader.train.dataset.names=shapes_mini_train",
+           "dataloader.test.dataset.names=shapes_mini_val", "dataloader.train.num_workers=0",
+           "dataloader.train.total_batch_size=2"]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        metrics = tmp_path / "metrics.json"
+        assert wait_until(lambda: metrics.exists() and metrics.stat().st_size > 0, 400)
+        launcher.send_signal(signal.SIGTERM)  # a scheduler preempting the job
+        err, _ = launcher.communicate(timeout=200)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Stopped by SIGTERM after iteration" in err, err[-3000:]
+    saved = (tmp_path / "last_checkpoint").read_text()
+    ranks = torch.load(tmp_path / saved, weights_only=True)["trainer"]["resume"]
+    assert len(ranks) == 2  # both ranks' data positions and RNGs, gathered at that iteration
+    assert saved == f"model_{torch.load(tmp_path / saved, weights_only=True)['iteration']:07d}.pth"
