@@ -2,17 +2,19 @@
 """What each tuning method costs to train, measured side by side in one process.
 
 For every method, on the same detector, input and process: trainable parameters (and their
-share of the Swin trunk), bytes autograd saves for backward (each storage once), the median
-time of a full training step (forward, backward, AdamW update) and of the backbone alone, and
-on CUDA the peak memory of a step. Methods run interleaved, so machine noise hits all alike.
+share of the Swin trunk), bytes autograd saves for backward (each storage once), the peak
+memory of a full training step by category (profiler timeline; on CUDA also the allocator's
+peak), the median time of a full training step (forward, backward, AdamW update) and of the
+backbone alone. Methods run interleaved, so machine noise hits all alike.
 
 Every method starts from the same function (zero-initialised adapters, and one shared copy of
 every tensor the models have in common: trunk, neck, heads) and steps with lr=0, so the heads
 sample the same proposals everywhere and costs differ by method only. Sharing also keeps eleven
 Swin-B detectors within a 24 GB machine.
 
-Writes cost.md (Table 1-style costs, where the saved activations come from, and Table 4-style
-"which GPU fits"), cost.png and cost.json to --output, and prints the tables:
+Writes cost.md (Table 1-style costs, peak memory by category, where the saved activations
+come from, and Table 4-style "which GPU fits"), cost.png, peak.png and cost.json to --output,
+and prints the tables (``--steps 0``: memory only, no timing):
 
     python -m projects.benchmark.tuning_cost \
         --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py --methods all
@@ -47,7 +49,9 @@ from e3va_d2.utils.cost import (
     saved_kind,
     synthetic_detection_batch,
 )
+from e3va_d2.utils.memory import step_peak_memory
 
+from .peak_report import PEAK_NOTE, peak_table, plot_peak
 from .report import breakdown_table, cost_table, fit_table, plot
 
 logger = logging.getLogger("e3va_d2.benchmark")
@@ -62,7 +66,9 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=512, help="square input side, pixels")
     parser.add_argument("--batch", type=int, default=1, help="images per timed step")
     parser.add_argument("--fit-batches", default="1,2", help="batches for the GPU-fit table")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (0: none)")
+    parser.add_argument("--no-peak", action="store_true",
+                        help="skip the profiled step that measures each method's peak memory")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--amp", action="store_true",
@@ -157,16 +163,19 @@ class Bench:
 
     ``batches``: label -> model input; ``steps[method][f"{kind}{label}"]`` is a training step
     of each of ``kinds`` ("model": the whole detector, "backbone": the backbone alone).
+
+    ``build(cfg, method, seed)`` makes a method's model (default :func:`build_model`; the
+    PEFT comparison builds a model this project has no tuning method for).
     """
 
     def __init__(self, cfg, methods: List[str], device: torch.device, batches: Dict[str, list],
-                 amp_dtype=None, kinds=("model", "backbone")):
+                 amp_dtype=None, kinds=("model", "backbone"), build=None):
         self.device, self.methods = device, methods
         self.steps: Dict[str, Dict[str, TrainingStep]] = {}
         self.results: Dict[str, dict] = {}
         reference = None
         for method in methods:
-            model = build_model(cfg, method, seed=0)
+            model = (build or build_model)(cfg, method, seed=0)
             if reference is None:
                 reference = model.state_dict()
             else:
@@ -230,9 +239,15 @@ def run(args) -> Dict[str, dict]:
         if device.type == "cuda":
             r["cuda_peak_by_batch"] = {str(b): steps[f"model{b}"].cuda_peak_bytes() for b in batches}
             r["cuda_peak_bytes"] = r["cuda_peak_by_batch"][str(args.batch)]
+        if not args.no_peak:  # after a warm-up: AdamW's moments exist, as in training
+            step = steps[timed]
+            if not args.warmup:
+                step.run(seed=0, record=False)
+            r["peak"] = step_peak_memory(lambda: step.run(seed=0, record=False), device).to_dict()
         bench.on_device(method, torch.device("cpu"))
         release_freed_memory()
-        logger.info("%s: %.1f MiB saved for backward", method, r["saved_bytes"] / 2**20)
+        logger.info("%s: %.1f MiB saved for backward%s", method, r["saved_bytes"] / 2**20,
+                    f", peak {r['peak']['peak_bytes'] / 2**20:.1f} MiB" if "peak" in r else "")
 
     for i in range(args.steps):  # interleaved timing
         for method in bench.methods:
@@ -266,11 +281,14 @@ def main(argv=None):
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     device = f"cuda ({torch.cuda.get_device_name()})" if on_gpu else "cpu"
     setup = describe(args, device)
+    peaks = peak_table(results)
     text = "\n\n".join([
         cost_table(results),
         setup + ". 'above fixed': saved bytes beyond the frozen-backbone model, as a share of "
         "full fine-tuning's. 'backbone step': the loss on the backbone's outputs only (FPN included, "
         "heads excluded).",
+        *([f"Peak memory of a training step ({args.batch} image(s) of {args.size}x{args.size}):",
+           peaks, PEAK_NOTE] if peaks else []),
         "Where the saved activations come from (MiB, by the innermost module that saved them):",
         breakdown_table(results),
         fit_table(results, [int(b) for b in args.fit_batches.split(",")]),
@@ -282,6 +300,8 @@ def main(argv=None):
     with open(os.path.join(args.output, "cost.json"), "w") as f:
         json.dump(dict(args=vars(args), device=device, results=results), f, indent=2)
     plot(results, os.path.join(args.output, "cost.png"), setup)
+    if peaks:
+        plot_peak(results, os.path.join(args.output, "peak.png"), setup)
     return results
 
 
