@@ -37,6 +37,11 @@ class SpatialE3VATuning(E3VATuning):
         if self.adapter_kind != "dual_low_rank" or self.structure != "parallel":
             raise ValueError("SpatialE3VATuning supports adapter_kind='dual_low_rank' and "
                              "structure='parallel' only")
+        # Its adapters read the highway itself, so a stage's gradient is not shared by its
+        # blocks (recompute_branches), and its stream bookkeeping is float32 (trunk_dtype).
+        if self.recompute_branches is not None or self.trunk_dtype is not None:
+            raise ValueError("SpatialE3VATuning supports recompute_branches=None and "
+                             "trunk_dtype=None only")
 
     def attach(self, trunk):
         return SpatialHighway(
