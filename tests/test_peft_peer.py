@@ -60,12 +60,19 @@ def test_peft_peer_script_reports_ratios_from_one_run(tmp_path):
         "--size", "96", "--steps", "1", "--warmup", "1", "--output", str(tmp_path),
     ])
     results, ratios = out["results"], out["ratios"]
-    assert list(results) == ["fixed", "full", "e3va", "peft_lora"]
+    recomputing = "e3va:recompute_branches=stage"
+    assert list(results) == ["fixed", "full", "e3va", recomputing, "peft_lora"]
+    assert list(ratios) == ["e3va", recomputing]
     saved = {m: r["saved_bytes"] for m, r in results.items()}
     # PEFT LoRA backpropagates through the trunk: it keeps nearly what full keeps.
-    assert saved["fixed"] < saved["e3va"] < saved["peft_lora"] <= saved["full"] * 1.2
-    assert 0 < ratios["saved_above_fixed"] < 0.25
-    assert ratios["backbone_step_ratio"] > 0 and "peak_above_fixed" in ratios
+    assert saved["fixed"] < saved[recomputing] < saved["e3va"] < saved["peft_lora"]
+    assert saved["peft_lora"] <= saved["full"] * 1.2
+    assert 0 < ratios[recomputing]["saved_above_fixed"] < ratios["e3va"]["saved_above_fixed"] < 0.25
+    assert ratios["e3va"]["backbone_step_ratio"] > 0 and "peak_above_fixed" in ratios["e3va"]
     text = (tmp_path / "peft_peer.md").read_text()
-    assert "| peft_lora |" in text and "PEFT LoRA's (goal <= 0.40x)" in text
-    assert json.loads((tmp_path / "peft_peer.json").read_text())["ratios"] == pytest.approx(ratios)
+    assert "| peft_lora |" in text and "- e3va: backbone step" in text
+    assert "PEFT LoRA's (goal <= 0.40x)" in text
+    saved_ratios = json.loads((tmp_path / "peft_peer.json").read_text())["ratios"]
+    assert saved_ratios.keys() == ratios.keys()
+    for method, values in ratios.items():
+        assert saved_ratios[method] == pytest.approx(values)
