@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .adapters import BlockAdapters
+from .branch_recompute import BranchRecomputation
 from .swin import SwinTransformer, next_grid, tokens_to_map
+from .trunk_precision import narrowed_dtype, to_highway
 
 __all__ = [
     "HIGHWAY_PREFIX",
@@ -84,7 +86,10 @@ def trace_trunk(trunk: SwinTransformer, images: Tensor) -> TrunkTrace:
     """Run the frozen trunk block by block without autograd, recording its branch outputs."""
     x, hw = trunk.patch_embed(images)
     trace = TrunkTrace(x)
+    narrow = narrowed_dtype(trunk)  # blocks in another dtype than embedding and merging
     for stage in trunk.layers:
+        if narrow is not None:
+            x = x.to(narrow)
         mask = stage.shift_mask(hw, images.device)
         branches = []
         for block in stage.blocks:
@@ -96,7 +101,7 @@ def trace_trunk(trunk: SwinTransformer, images: Tensor) -> TrunkTrace:
         trace.grids.append(hw)
         trace.branches.append(branches)
         if stage.downsample is not None:
-            x = stage.downsample(x, hw)
+            x = stage.downsample(x if narrow is None else x.to(trace.embedding.dtype), hw)
             hw = next_grid(hw)
     return trace
 
@@ -108,6 +113,9 @@ class E3VAHighway(Highway):
     Module names mirror the trunk (``layers.{i}.blocks.{j}``) so a parameter's place in the
     highway reads like the block it adapts. ``hidden_dims``: the adapters' bottleneck width per
     stage (``E3VATuning.bottleneck_width`` derives and validates them from its options).
+    ``recompute_branches``: None, or "block" / "stage": while training, keep one tensor of the
+    trunk's stream per block / stage for backward instead of the adapters' inputs, and
+    recompute the trunk's branch outputs from it there (see :mod:`.branch_recompute`).
     """
 
     def __init__(
@@ -123,9 +131,12 @@ class E3VAHighway(Highway):
         recompute: bool = True,
         saved_dtype: Optional[torch.dtype] = None,
         trainable_downsampling: bool = False,
+        recompute_branches: Optional[str] = None,
     ):
         super().__init__()
         self.recompute = recompute
+        self.branch_recompute = BranchRecomputation(recompute_branches) if recompute_branches \
+            else None
         self.layers = nn.ModuleList()
         for i, stage in enumerate(trunk.layers):
             dim, width = trunk.num_features[i], hidden_dims[i]
@@ -177,6 +188,8 @@ class E3VAHighway(Highway):
         """
         if self.trace_source is not None:
             return self.from_trace(trunk, self.trace_source(trunk, images))
+        if self.branch_recompute is not None and torch.is_grad_enabled():
+            return self.branch_recompute(self, trunk, images)
         return self.from_trace(trunk, trace_trunk(trunk, images), consume=True)
 
     def from_trace(
@@ -189,6 +202,8 @@ class E3VAHighway(Highway):
         recorded pass. Only for a trace nothing else reads.
         """
         e = trace.embedding
+        # A narrowed trunk (``trunk_dtype``) hands its branches to the highway in e's dtype.
+        highway_dtype = e.dtype if narrowed_dtype(trunk) is not None else None
         outs = {}
         for i, (stage, adapters, branches) in enumerate(
             zip(trunk.layers, self.layers, trace.branches)
@@ -198,7 +213,7 @@ class E3VAHighway(Highway):
                 a1, a2 = branches[j]
                 if consume:
                     branches[j] = None
-                e = block_adapters(e, a1, a2)
+                e = block_adapters(e, to_highway(a1, highway_dtype), to_highway(a2, highway_dtype))
             del a1, a2
             if i in trunk.out_indices:
                 outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)

@@ -9,7 +9,8 @@ MIB = 2**20
 
 
 def _ratio(value: float, base: Optional[float]) -> str:
-    return f"{value / base:.2f}x" if base else ""
+    # NaN: not timed (``--steps 0``, a memory-only run)
+    return f"{value / base:.2f}x" if base and base == base and value == value else ""
 
 
 def cost_table(results: Dict[str, dict]) -> str:

@@ -92,11 +92,25 @@ def slopes(points: Dict[str, List[dict]], key: str) -> Dict[str, Dict[int, Tuple
 def per_pixel_and_image(points: List[dict], key: str) -> Tuple[float, float]:
     """Least-squares ``(per_pixel, per_image)`` of ``key = per_pixel * pixels * batch +
     per_image * batch``, each point weighted by 1/value (relative errors)."""
+    per_pixel, per_image = _relative_least_squares(points, key, constant=False)
+    return per_pixel, per_image
+
+
+def per_pixel_image_and_constant(points: List[dict], key: str) -> Tuple[float, float, float]:
+    """As :func:`per_pixel_and_image` plus a constant term, for a cost that also holds what no
+    input changes (a step's peak memory: weights, gradients, optimizer state)."""
+    per_pixel, per_image, constant = _relative_least_squares(points, key, constant=True)
+    return per_pixel, per_image, constant
+
+
+def _relative_least_squares(points: List[dict], key: str, constant: bool) -> List[float]:
     rows = [p for p in points if key in p]
-    a = np.array([[p["pixels"], p["batch"]] for p in rows], dtype=float)
+    a = np.array([[p["pixels"], p["batch"]] + [1.0] * constant for p in rows], dtype=float)
     y = np.array([p[key] for p in rows], dtype=float)
-    (per_pixel, per_image), *_ = np.linalg.lstsq(a / y[:, None], np.ones(len(y)), rcond=None)
-    return float(per_pixel), float(per_image)
+    if len(rows) < a.shape[1]:
+        raise ValueError(f"{len(rows)} points cannot fit {a.shape[1]} terms of {key!r}")
+    coefficients, *_ = np.linalg.lstsq(a / y[:, None], np.ones(len(y)), rcond=None)
+    return [float(c) for c in coefficients]
 
 
 def run(args) -> dict:

@@ -2,18 +2,20 @@
 """What each tuning method costs to train, measured side by side in one process.
 
 For every method, on the same detector, input and process: trainable parameters (and their
-share of the Swin trunk), bytes autograd saves for backward (each storage once), the median
-time of a full training step (forward, backward, AdamW update) and of the backbone alone, and
-on CUDA the peak memory of a step. Methods run interleaved, so machine noise hits all alike.
+share of the Swin trunk), bytes autograd saves for backward (each storage once), the peak
+memory of a full training step by category (profiler timeline; on CUDA also the allocator's
+peak), the median time of a full training step (forward, backward, AdamW update) and of the
+backbone alone. Methods run interleaved, so machine noise hits all alike.
 
 Every method starts from the same function (zero-initialised adapters, and one shared copy of
 every tensor the models have in common: trunk, neck, heads) and steps with lr=0, so the heads
 sample the same proposals everywhere and costs differ by method only. Sharing also keeps eleven
 Swin-B detectors within a 24 GB machine.
 
-Writes cost.md (Table 1-style costs, where the saved activations come from, and Table 4-style
-"which GPU fits"), cost.png and cost.json to --output, and prints the tables; ``--record NAME``
-also writes them into the docs (see projects/tables.py):
+Writes cost.md (Table 1-style costs, peak memory by category, where the saved activations
+come from, and Table 4-style "which GPU fits"), cost.png, peak.png and cost.json to --output,
+and prints the tables (``--steps 0``: memory only, no timing); ``--record NAME`` also writes
+them into the docs (see projects/tables.py):
 
     python -m projects.benchmark.tuning_cost \
         --config-file configs/COCO/cascade_mask_rcnn_swin_b_e3va.py --methods all
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -48,8 +51,10 @@ from e3va_d2.engine.params import trainable_parameter_table
 from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.layers import adapt_sync_batchnorm
 from e3va_d2.modeling import TUNING_METHODS, build_tuning
+from e3va_d2.utils.memory import step_peak_memory
 from projects.tables import command_line, publish
 
+from .peak_report import PEAK_NOTE, peak_table, plot_peak
 from .report import breakdown_table, cost_table, fit_table, plot
 
 logger = logging.getLogger("e3va_d2.benchmark")
@@ -64,7 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=512, help="square input side, pixels")
     parser.add_argument("--batch", type=int, default=1, help="images per timed step")
     parser.add_argument("--fit-batches", default="1,2", help="batches for the GPU-fit table")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (0: none)")
+    parser.add_argument("--no-peak", action="store_true",
+                        help="skip the profiled step that measures each method's peak memory")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--amp", action="store_true",
@@ -162,16 +169,19 @@ class Bench:
 
     ``batches``: label -> model input; ``steps[method][f"{kind}{label}"]`` is a training step
     of each of ``kinds`` ("model": the whole detector, "backbone": the backbone alone).
+
+    ``build(cfg, method, seed)`` makes a method's model (default :func:`build_model`; the
+    PEFT comparison builds a model this project has no tuning method for).
     """
 
     def __init__(self, cfg, methods: List[str], device: torch.device, batches: Dict[str, list],
-                 amp_dtype=None, kinds=("model", "backbone")):
+                 amp_dtype=None, kinds=("model", "backbone"), build=None):
         self.device, self.methods = device, methods
         self.steps: Dict[str, Dict[str, TrainingStep]] = {}
         self.results: Dict[str, dict] = {}
         reference = None
         for method in methods:
-            model = build_model(cfg, method, seed=0)
+            model = (build or build_model)(cfg, method, seed=0)
             if reference is None:
                 reference = model.state_dict()
             else:
@@ -237,9 +247,16 @@ def run(args) -> Dict[str, dict]:
             r["cuda_peak_by_batch"] = {str(b): steps[f"model{b}"].cuda_peak_bytes()
                                        for b in batches}
             r["cuda_peak_bytes"] = r["cuda_peak_by_batch"][str(args.batch)]
+        if not args.no_peak:  # after a warm-up: AdamW's moments exist, as in training
+            step = steps[timed]
+            if not args.warmup:
+                step.run(seed=0, record=False)
+            run_step = functools.partial(step.run, seed=0, record=False)
+            r["peak"] = step_peak_memory(run_step, device).to_dict()
         bench.on_device(method, torch.device("cpu"))
         release_freed_memory()
-        logger.info("%s: %.1f MiB saved for backward", method, r["saved_bytes"] / 2**20)
+        logger.info("%s: %.1f MiB saved for backward%s", method, r["saved_bytes"] / 2**20,
+                    f", peak {r['peak']['peak_bytes'] / 2**20:.1f} MiB" if "peak" in r else "")
 
     for i in range(args.steps):  # interleaved timing
         for method in bench.methods:
@@ -269,18 +286,21 @@ def describe(args, device: str) -> str:
 # What render() reads of each method's results (the record leaves out the per-module bytes).
 RECORDED = ("trainable_backbone", "swin_parameters", "trainable_total", "total_parameters",
             "saved_bytes", "saved_bytes_by_batch", "saved_bytes_by_kind", "cuda_peak_bytes",
-            "cuda_peak_by_batch", "step_seconds", "backbone_step_seconds")
+            "cuda_peak_by_batch", "step_seconds", "backbone_step_seconds", "peak")
 
 
 def render(data: dict) -> str:
     """The benchmark's tables from its record: ``setup`` (what ran where), ``fit_batches`` and
     per-method ``results``."""
     results = data["results"]
+    peaks = peak_table(results)
     return "\n\n".join([
         cost_table(results),
         data["setup"] + ". 'above fixed': saved bytes beyond the frozen-backbone model, as a "
         "share of full fine-tuning's. 'backbone step': the loss on the backbone's outputs only "
         "(FPN included, heads excluded).",
+        *([f"Peak memory of a training step ({data['batch']} image(s) of "
+           f"{data['size']}x{data['size']}):", peaks, PEAK_NOTE] if peaks else []),
         "Where the saved activations come from (MiB, by the innermost module that saved them):",
         breakdown_table(results),
         fit_table(results, data["fit_batches"]),
@@ -293,7 +313,7 @@ def main(argv=None):
     results = run(args)
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     device = f"cuda ({torch.cuda.get_device_name()})" if on_gpu else "cpu"
-    data = dict(setup=describe(args, device),
+    data = dict(setup=describe(args, device), batch=args.batch, size=args.size,
                 fit_batches=[int(b) for b in args.fit_batches.split(",")],
                 results={m: {k: r[k] for k in RECORDED if k in r} for m, r in results.items()})
     text = render(data)
@@ -304,6 +324,8 @@ def main(argv=None):
     with open(os.path.join(args.output, "cost.json"), "w") as f:
         json.dump(dict(args=vars(args), device=device, results=results), f, indent=2)
     plot(results, os.path.join(args.output, "cost.png"), data["setup"])
+    if peak_table(results):
+        plot_peak(results, os.path.join(args.output, "peak.png"), data["setup"])
     if args.record:
         publish(args.record, data, "projects.benchmark.tuning_cost:render",
                 command_line("projects.benchmark.tuning_cost", argv))

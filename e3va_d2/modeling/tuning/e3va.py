@@ -7,7 +7,9 @@ from typing import Optional
 import torch
 
 from ..adapters import ADAPTER_INITS, ADAPTER_KINDS, HIGHWAY_STRUCTURES
+from ..branch_recompute import RECOMPUTE_BRANCHES
 from ..highway import HIGHWAY_PREFIX, E3VAHighway
+from ..trunk_precision import TRUNK_DTYPES, narrow_trunk_blocks
 from .base import OptionError, TuningMethod, option, output_norm_parameters, register_tuning
 
 __all__ = ["E3VATuning"]
@@ -50,6 +52,15 @@ class E3VATuning(TuningMethod):
         narrows them further.
     trainable_downsampling: train copies of the patch merging layers (Table 7, "trainable").
     train_output_norms: train the norms between highway and FPN (Table 7, "trainable").
+    recompute_branches: None, "block" or "stage". Lossless: while training, keep one tensor
+        of the trunk's stream per block (half of the default's two) or per stage (one for all
+        its blocks) for backward, instead of the adapters' inputs, and recompute the trunk's
+        branch outputs from it in backward: same gradients, one more forward pass of the
+        trunk's blocks per step. "stage" keeps less for the same recomputation.
+    trunk_dtype: None, "bfloat16" or "float16": hold and run the frozen trunk's blocks in this
+        dtype while highway, neck and heads stay float32. Halves the blocks' weights and what
+        the adapters keep (their inputs are kept in this dtype, exactly as the trunk produced
+        them, unless saved_input_dtype is narrower). Lossy: the trunk's features are rounded.
     """
 
     trunk_runs_without_grad = True
@@ -65,6 +76,8 @@ class E3VATuning(TuningMethod):
     saved_input_dtype: Optional[str] = option(None, choices=tuple(SAVED_INPUT_DTYPES))
     trainable_downsampling: bool = False
     train_output_norms: bool = True
+    recompute_branches: Optional[str] = option(None, choices=RECOMPUTE_BRANCHES)
+    trunk_dtype: Optional[str] = option(None, choices=tuple(TRUNK_DTYPES))
 
     def __post_init__(self):
         super().__post_init__()  # types, ranges and choices of every option
@@ -72,6 +85,10 @@ class E3VATuning(TuningMethod):
             raise OptionError("E3VATuning", "saved_input_dtype",
                               " needs recompute_adapters=True (without it backward keeps the "
                               "adapters' internals too, at full width)")
+        if self.recompute_branches is not None and self.saved_input_dtype is not None:
+            raise OptionError("E3VATuning", "recompute_branches",
+                              " keeps no adapter inputs: it cannot be combined with "
+                              "saved_input_dtype")
         if not 0 < self.hidden_ratio <= 4:
             raise OptionError("E3VATuning", "hidden_ratio",
                               f" must be in (0, 4], got {self.hidden_ratio}")
@@ -93,6 +110,8 @@ class E3VATuning(TuningMethod):
         return width
 
     def attach(self, trunk):
+        if self.trunk_dtype is not None:
+            narrow_trunk_blocks(trunk, TRUNK_DTYPES[self.trunk_dtype])
         return E3VAHighway(
             trunk,
             rank=self.rank,
@@ -102,9 +121,20 @@ class E3VATuning(TuningMethod):
             structure=self.structure,
             zero_init=self.zero_init,
             recompute=self.recompute_adapters,
-            saved_dtype=SAVED_INPUT_DTYPES[self.saved_input_dtype],
+            saved_dtype=self.adapter_saved_dtype(),
             trainable_downsampling=self.trainable_downsampling,
+            recompute_branches=self.recompute_branches,
         )
+
+    def adapter_saved_dtype(self) -> Optional[torch.dtype]:
+        """The dtype adapters keep their inputs in: ``saved_input_dtype``, or a narrowed
+        trunk's own dtype (exact: its branches widened and narrowed again are unchanged)."""
+        saved, trunk = SAVED_INPUT_DTYPES[self.saved_input_dtype], TRUNK_DTYPES[self.trunk_dtype]
+        if not self.recompute_adapters:
+            return None  # without recomputation they keep their internals, widened, anyway
+        if saved is None or (trunk is not None and trunk.itemsize < saved.itemsize):
+            return trunk
+        return saved
 
     def trainable_parameters(self, trunk, highway):
         for name, param in highway.named_parameters():

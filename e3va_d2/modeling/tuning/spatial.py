@@ -38,6 +38,12 @@ class SpatialE3VATuning(E3VATuning):
             raise OptionError("SpatialE3VATuning", "adapter_kind",
                               " must be 'dual_low_rank' (and structure 'parallel'): the spatial "
                               "highway builds on E3VA's parallel dual low-rank adapters")
+        # Its adapters read the highway itself, so a stage's gradient is not shared by its
+        # blocks (recompute_branches), and its stream bookkeeping is float32 (trunk_dtype).
+        for name in ("recompute_branches", "trunk_dtype"):
+            if getattr(self, name) is not None:
+                raise OptionError("SpatialE3VATuning", name,
+                                  " must be None: the spatial highway does not support it")
 
     def attach(self, trunk):
         return SpatialHighway(

@@ -1,0 +1,47 @@
+"""The frozen trunk in a narrower precision than the highway (E3VA's ``trunk_dtype``).
+
+E3VA's trunk has no gradients, so its blocks can hold their weights and compute in bfloat16 or
+float16 while the highway, the neck and the heads stay in float32: the blocks' weights take
+half the memory (the largest constant of a Swin-L step after the optimizer's), and so do the
+branch outputs the adapters keep for backward.
+
+Only the *blocks* are narrowed. The patch embedding stays in the highway's precision because
+its output is the highway's start, and the patch merging layers stay too because the highway
+runs its own tokens through them (their weights are shared with the trunk). The trunk's stream
+is cast to the blocks' dtype on the way into a stage and back for its patch merging; branch
+outputs are cast to the highway's dtype (:func:`to_highway`) as the adapters read them.
+
+This changes what the trunk computes (its weights and activations are rounded): a lossy option,
+whose accuracy must be measured.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .swin import SwinTransformer
+
+__all__ = ["TRUNK_DTYPES", "narrow_trunk_blocks", "narrowed_dtype", "to_highway"]
+
+TRUNK_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def narrow_trunk_blocks(trunk: SwinTransformer, dtype: torch.dtype) -> None:
+    """Cast the weights of every block of ``trunk`` to ``dtype``, in place. Later checkpoint
+    loads copy into them, so they stay narrow whatever the checkpoint's dtype."""
+    for stage in trunk.layers:
+        stage.blocks.to(dtype)
+
+
+def narrowed_dtype(trunk: SwinTransformer) -> Optional[torch.dtype]:
+    """The blocks' dtype when ``narrow_trunk_blocks`` made it differ from the patch
+    embedding's, else None (also under AMP, where autocast, not the weights, narrows)."""
+    blocks = trunk.layers[0].blocks[0].norm1.weight.dtype
+    return blocks if blocks != trunk.patch_embed.proj.weight.dtype else None
+
+
+def to_highway(branch: Tensor, dtype: Optional[torch.dtype]) -> Tensor:
+    """A trunk branch output as the highway reads it (unchanged when ``dtype`` is None)."""
+    return branch if dtype is None else branch.to(dtype)
