@@ -25,7 +25,6 @@ from collections import OrderedDict
 import torch
 from detectron2.config import instantiate
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
-from detectron2.engine.defaults import default_writers
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
@@ -48,6 +47,7 @@ from .resume import (
 )
 from .signals import StopOnSignal
 from .step import TrainStep, call_after_backward, resolve_amp_dtype
+from .writers import training_writers
 
 __all__ = ["E3VATrainer", "resolve_device", "test_dataset_names"]
 
@@ -303,8 +303,8 @@ class E3VATrainer(DefaultTrainer):
 
     def build_writers(self):
         """detectron2's default writers (console, metrics.json, TensorBoard) into
-        ``train.output_dir``."""
-        return default_writers(self.cfg.train.output_dir, self.max_iter)
+        ``train.output_dir``, the console one safe to call twice at one iteration."""
+        return training_writers(self.cfg.train.output_dir, self.max_iter)
 
     def _evaluate(self):
         # Without touching the global RNGs: a resumed run draws what the uninterrupted one did.

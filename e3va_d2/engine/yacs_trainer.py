@@ -22,6 +22,7 @@ from ..evaluation import VOCDetectionEvaluator
 from ..utils.safe_load import trust_checkpoint_code
 from .checks import check_max_iter, check_resume_iteration
 from .signals import StopOnSignal
+from .writers import training_writers
 
 __all__ = ["YacsTrainer"]
 
@@ -44,6 +45,9 @@ class YacsTrainer(DefaultTrainer):
             allow_shape_mismatch=reliability_settings(self.cfg).allow_shape_mismatch,
             **old.checkpointables)
         return super().build_hooks() + [StopOnSignal(self.checkpointer)]
+
+    def build_writers(self):
+        return training_writers(self.cfg.OUTPUT_DIR, self.max_iter)
 
     def resume_or_load(self, resume=True):
         with trust_checkpoint_code(reliability_settings(self.cfg).trust_checkpoint_code):
