@@ -125,6 +125,7 @@ def test_benchmark_script_writes_its_table(tmp_path):
     rows = shared_trunk.main(["--output", str(tmp_path), "--images", "2",
                            "--dataset", "shapes_mini_val"])
     assert [r["tasks"] for r in rows] == [1, 2, 3]
+    assert torch.is_grad_enabled()  # the script's no_grad is scoped: later tests still train
     trunk = instantiate(task_cfg("instances").model).backbone.bottom_up.trunk
     trunk_mb = sum(p.numel() * p.element_size() for p in trunk.parameters()
                    if not p.requires_grad) / 2**20

@@ -52,6 +52,7 @@ def _each(predictors: List[Predictor], image) -> list:
     return [predictor(image, "RGB") for predictor in predictors]
 
 
+@torch.no_grad()  # inference only; scoped, so a caller (a test) keeps its autograd
 def main(argv=None) -> List[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="output/shared_trunk")
@@ -61,7 +62,6 @@ def main(argv=None) -> List[dict]:
                    help="also publish the table as this docs table (projects/tables.py)")
     args = p.parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
-    torch.set_grad_enabled(False)
     tasks = {}
     for i, (name, config) in enumerate(TASKS.items()):
         cfg = load_config(config, ["train.device=cpu"])
@@ -113,9 +113,6 @@ def main(argv=None) -> List[dict]:
     return rows
 
 
-if __name__ == "__main__":
-    main()
-
 
 def render(data: dict) -> str:
     """The table from a record: ``rows`` (1, 2, 3 tasks) and ``setup``."""
@@ -126,3 +123,7 @@ def render(data: dict) -> str:
                      f"{r['shared_ms'] / r['alone_ms']:.2f}x | {r['shared_weights_mb']:.1f} MB | "
                      f"{r['separate_weights_mb']:.1f} MB |")
     return "\n".join(lines) + "\n\n" + data["setup"]
+
+
+if __name__ == "__main__":
+    main()
