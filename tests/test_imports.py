@@ -7,6 +7,7 @@ as much as one at the top: each is a dependency a reader must follow.
 import ast
 import collections
 import os
+import re
 from typing import Dict, List, Set
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -132,3 +133,34 @@ def test_no_two_modules_share_a_file_name():
                 if name.endswith(".py") and name != "__init__.py":
                     names[name].append(os.path.relpath(os.path.join(path, name), ROOT))
     assert {n: paths for n, paths in names.items() if len(paths) > 1} == {}
+
+
+
+def _file_map() -> str:
+    """The second code block of docs/DEVELOPING.md's "The package": one line per module."""
+    with open(os.path.join(ROOT, "docs", "DEVELOPING.md")) as f:
+        section = f.read().split("## The package", 1)[1].split("\n## ", 1)[0]
+    return section.split("```")[3]
+
+
+def test_package_map_names_every_module_and_only_files_that_exist():
+    """Each module of the package by its path (``engine/step.py``) or its folder's line
+    (``data/``), each script of projects/ by file name, and nothing that is not there."""
+    text = _file_map()
+    paths = set(re.findall(r"[\w./]+\.py\b", text))
+    folders = set(re.findall(r"^ *([\w/]+/) ", text, flags=re.M))
+    unmapped = []
+    for path in modules().values():
+        relative = os.path.relpath(path, os.path.join(ROOT, PACKAGE)).replace(os.sep, "/")
+        if not relative.endswith("__init__.py") and relative not in paths and not any(
+                relative.startswith(folder) for folder in folders):
+            unmapped.append(relative)
+    scripts = {name: os.path.join(folder, name)
+               for folder, _, names in os.walk(os.path.join(ROOT, "projects"))
+               for name in names if name.endswith(".py") and name != "__init__.py"}
+    unmapped += [name for name in scripts if name not in text]
+    assert unmapped == [], "add these to docs/DEVELOPING.md's package map"
+    nowhere = [p for p in paths if p not in scripts and not any(
+        os.path.isfile(os.path.join(ROOT, base, folder, p))
+        for base in (PACKAGE, "") for folder in folders | {""})]
+    assert nowhere == [], "docs/DEVELOPING.md's package map names files that do not exist"
