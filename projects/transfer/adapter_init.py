@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=16, help="held-out images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="write the records (JSON) here")
+    p.add_argument("--record", default="",
+                   help="also publish the table as this docs table (projects/tables.py)")
     return p.parse_args(argv)
 
 
@@ -80,6 +82,12 @@ def measure(cfg, images: torch.Tensor, init: str, zero_init: bool, seed: int) ->
             "stages": stage_ratios}
 
 
+def render(data: dict) -> str:
+    """The docs table from a record: ``records`` as :func:`main` returns them, and its setup."""
+    return (table(data["records"]) + f"\n\n{data['images']} held-out images of "
+            f"`{data['config']}`'s test split, seed {data['seed']}, the shipped trunk.")
+
+
 def table(records: List[dict]) -> str:
     stages = sorted(records[0]["stages"])
     head = ("| `init` | `zero_init` | adapter: \\|A(x) - x\\| / \\|x\\|, median (range) | "
@@ -87,9 +95,9 @@ def table(records: List[dict]) -> str:
     lines = [head, "|" + "---|" * (3 + len(stages))]
     for r in records:
         lines.append(
-            f"| {r['init']} | {r['zero_init']} | {r['adapter_median']:.3f} "
-            f"({r['adapter_min']:.3f}-{r['adapter_max']:.3f}) | "
-            + " | ".join(f"{r['stages'][s]:.3f}" for s in stages) + " |")
+            f"| {r['init']} | {r['zero_init']} | {r['adapter_median']:.3g} "
+            f"({r['adapter_min']:.3g}-{r['adapter_max']:.3g}) | "
+            + " | ".join(f"{r['stages'][s]:.3g}" for s in stages) + " |")
     return "\n".join(lines)
 
 
@@ -101,10 +109,16 @@ def main(argv=None) -> List[dict]:
     images = held_out_images(cfg, args.images)
     records = [measure(cfg, images, init, zero, args.seed) for init, zero in READINGS]
     print(table(records))
+    data = {"config": args.config_file, "images": args.images, "seed": args.seed,
+            "records": records}
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"config": args.config_file, "images": args.images, "seed": args.seed,
-                       "records": records}, f, indent=1)
+            json.dump(data, f, indent=1)
+    if args.record:
+        from projects.tables import command_line, publish
+
+        publish(args.record, data, "projects.transfer.adapter_init:render",
+                command_line("projects.transfer.adapter_init", argv))
     return records
 
 

@@ -32,6 +32,8 @@ import statistics
 import sys
 from typing import Dict, List, Optional
 
+from projects.tables import replace_block
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REGIMES = {
     "near": "configs/Shapes/accuracy_near_mask_rcnn_swin.py",
@@ -172,20 +174,9 @@ def regime_table(regime: str, rows: Dict[str, List[dict]]) -> str:
 
 
 def render_tables(records: Dict[str, Dict[str, List[dict]]]) -> Dict[str, str]:
-    """Marker name -> Markdown, for docs/ACCURACY.md."""
-    return {f"accuracy-{regime}": regime_table(regime, rows)
-            for regime, rows in sorted(records.items())}
-
-
-def replace_block(text: str, name: str, body: str) -> str:
-    """``text`` with the lines between ``<!-- begin: name -->`` and ``<!-- end: name -->``
-    replaced by ``body``."""
-    begin, end = f"<!-- begin: {name} -->", f"<!-- end: {name} -->"
-    if begin not in text or end not in text:
-        raise ValueError(f"markers for {name!r} not found")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{begin}\n{body}\n{end}{tail}"
+    """Marker name -> Markdown, for docs/ACCURACY.md: every regime, recorded or not yet."""
+    return {f"accuracy-{regime}": regime_table(regime, records[regime]) if records.get(regime)
+            else "_No run of this regime is recorded yet._" for regime in REGIMES}
 
 
 def plot_curves(records, path: str) -> None:

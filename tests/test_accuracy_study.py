@@ -1,0 +1,63 @@
+"""The accuracy study's tables come from its committed run records: docs/ACCURACY.md must hold
+exactly what the script renders from docs/records/accuracy, and the arithmetic behind them
+(recovery ratios, curves read from detectron2's metrics) is checked on hand-made records."""
+import json
+import os
+
+import pytest
+
+from projects.tables import replace_block
+from projects.transfer import study
+
+
+def test_committed_tables_match_the_committed_records():
+    """Every regime's block, recorded runs or not yet, is what its committed records give."""
+    with open(study.DOC) as f:
+        doc = f.read()
+    rendered = study.render_tables(study.load_records())
+    assert set(rendered) == {f"accuracy-{regime}" for regime in study.REGIMES}
+    for name, body in rendered.items():
+        assert replace_block(doc, name, body) == doc, (
+            f"docs/ACCURACY.md's {name!r} table differs from its records: run "
+            "`python -m projects.transfer.study --render`")
+
+
+def record(regime, row, seed, box, mask=None):
+    return {"regime": regime, "row": row, "seed": seed, "trunk": "t",
+            "final": {"bbox/AP": box, "segm/AP": box if mask is None else mask},
+            "eval_curve": [{"iter": 10, "bbox/AP": box / 2}, {"iter": 20, "bbox/AP": box}],
+            "loss_curve": [], "trainable_in_backbone": 1000, "minutes": 1.0}
+
+
+def test_recovery_is_the_share_of_the_fixed_to_full_gap():
+    rows = {"full": [record("near", "full", s, v) for s, v in enumerate((30, 32))],
+            "fixed": [record("near", "fixed", s, v) for s, v in enumerate((10, 12))],
+            "e3va": [record("near", "e3va", s, v) for s, v in enumerate((25, 27))]}
+    assert study.recovery(rows, "e3va") == pytest.approx((26 - 11) / (31 - 11))
+    assert study.recovery(rows, "full") == 1 and study.recovery(rows, "fixed") == 0
+    assert study.recovery({"e3va": rows["e3va"]}, "e3va") is None  # no baselines, no ratio
+    table = study.regime_table("near", rows)
+    assert "| `e3va` | 26.0 ± 1.4 | 25.0, 27.0 |" in table and "| 0.75 |" in table
+    assert table.index("`full`") < table.index("`fixed`") < table.index("`e3va`")
+
+
+def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lines = [{"iteration": 99, "total_loss": 1.5},
+             {"iteration": 99, "bbox/AP": 5.0, "segm/AP": 4.0},
+             {"iteration": 199, "total_loss": 1.0},
+             {"iteration": 200, "bbox/AP": 9.0, "segm/AP": 8.0}]
+    (folder / "metrics.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = {"row": "e3va:zero_init=True", "seed": 1, "trunk": "e3va://x.pth",
+              "metrics": {"bbox/AP": 9.0, "segm/AP": 8.0}, "trainable_in_backbone": 7,
+              "minutes": 2.04}
+    rec = study.make_record("far", result, str(folder), max_iter=200)
+    assert [p["iter"] for p in rec["eval_curve"]] == [100, 200]  # the final one is at max_iter
+    assert rec["loss_curve"] == [{"iter": 100, "total_loss": 1.5},
+                                 {"iter": 200, "total_loss": 1.0}]
+    path = study.record_path("far", rec["row"], 1, str(tmp_path / "records"))
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump(rec, f)
+    assert study.load_records(str(tmp_path / "records")) == {"far": {rec["row"]: [rec]}}
