@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import sys
 import time
 from typing import Dict, List, Tuple
@@ -46,6 +47,9 @@ from torch import Tensor, nn
 from e3va_d2.checkpoint import atomic_save, atomic_write
 from e3va_d2.data.pretext import SCENE_CLASSES, SCENE_SPLITS, STYLES, SceneStream
 from e3va_d2.modeling import SwinTransformer
+from projects.tables import command_line, publish
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 logger = logging.getLogger("e3va_d2.pretrain")
 
@@ -195,6 +199,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                    help="dtype of the shipped file's tensors (float16 halves it)")
     p.add_argument("--plot", action="store_true", help="only draw the curves of --run-dir")
+    p.add_argument("--record", default="",
+                   help="only publish the run's held-out curve as this docs table "
+                        "(projects/tables.py) and draw docs/pretrain_curves.png")
     return p.parse_args(argv)
 
 
@@ -282,6 +289,49 @@ def plot(run_dir: str, out: str) -> None:
     plt.close(fig)
 
 
+def curve_data(args) -> dict:
+    """What the docs say of a run: its held-out curve, where it stands, what it cost so far."""
+    state = torch.load(os.path.join(args.run_dir, "last_checkpoint.pth"), map_location="cpu",
+                       weights_only=True)
+    records = [r for r in read_metrics(args.run_dir) if r["step"] <= state["step"]]
+    speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
+    return {
+        "curve": [{k: r[k] for k in ("step", "images", "val_accuracy", "val_style_accuracy")}
+                  for r in records if "val_accuracy" in r],
+        "step": state["step"], "steps": args.steps,
+        "train_hours": round(state["seconds"] / 3600, 2),
+        "images_per_s": statistics.median(speeds) if speeds else None,
+        "threads": args.threads, "workers": args.workers,
+        "batch_size": state["recipe"]["batch_size"],
+    }
+
+
+def record_curve(args, argv) -> dict:
+    data = curve_data(args)
+    publish(args.record, data, "projects.pretrain.pretrain_swin:render",
+            command_line("projects.pretrain.pretrain_swin", argv))
+    plot(args.run_dir, os.path.join(ROOT, "docs", "pretrain_curves.png"))
+    return data
+
+
+def render(data: dict, every: int = 2000) -> str:
+    """Held-out accuracy every ``every`` steps (and the last), then where the run stands."""
+    rows = [r for r in data["curve"] if r["step"] % every == 0 or r is data["curve"][-1]]
+    lines = ["| step | images seen | held-out class accuracy (36) | style accuracy (7) |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['step']} | {r['images'] / 1e6:.2f}M | {100 * r['val_accuracy']:.1f}% | "
+              f"{100 * r['val_style_accuracy']:.1f}% |" for r in rows]
+    speed = "" if data["images_per_s"] is None else (
+        f", median {data['images_per_s']:.0f} images/s")
+    state = ("finished" if data["step"] >= data["steps"] else
+             f"at step {data['step']} of {data['steps']}, resumable")
+    cores = data["threads"] + data.get("workers", 0)
+    return "\n".join(lines) + (
+        f"\n\nThe run is {state}: {data['train_hours']:.1f} h of training so far with "
+        f"{data['threads']} training thread(s) and {data.get('workers', 0)} data worker(s) "
+        f"(about {cores * data['train_hours']:.0f} CPU hours), batch {data['batch_size']}{speed}.")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -289,6 +339,8 @@ def main(argv=None) -> dict:
     if args.plot:
         plot(args.run_dir, os.path.join(args.run_dir, "curves.png"))
         return {}
+    if args.record:
+        return record_curve(args, argv)
     torch.set_num_threads(args.threads)
     model, opt = build(args)
     step, seconds, window, records = resume(args, model, opt)
