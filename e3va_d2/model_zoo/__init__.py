@@ -23,6 +23,7 @@ __all__ = [
     "PretrainedSwin",
     "PRETRAINED",
     "GLYPHS_SWIN",
+    "SCENES_SWIN",
     "ModelZooError",
     "get_checkpoint_path",
 ]
@@ -66,7 +67,20 @@ GLYPHS_SWIN = PretrainedSwin(
     train_minutes=71.4,
 )
 
-PRETRAINED: Dict[str, PretrainedSwin] = {GLYPHS_SWIN.file: GLYPHS_SWIN}
+# The first trunk's command is of the script as it was at c107f8d (glyphs pre-text, --output).
+
+SCENES_SWIN = PretrainedSwin(
+    file="swin_scenes_e32_patch4_window7_112.pth",
+    sha256="6cbdf86a8db24ee7215662a2a41aa05ce50b18d99445ed3f41177b563fbbbcd3",
+    architecture=dict(embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=7),
+    pretext="glyph scenes: 36 classes in 7 styles, dense targets (e3va_d2.data.pretext)",
+    val_accuracy=0.9404,
+    command="python -m projects.pretrain.pretrain_swin --run-dir projects/pretrain/runs/scenes_e32"
+            "  # then <run-dir>/swin.pth",
+    train_minutes=534.6,  # 30,000 steps of 64 images: 1 training thread and 1 data worker
+)
+
+PRETRAINED: Dict[str, PretrainedSwin] = {e.file: e for e in (GLYPHS_SWIN, SCENES_SWIN)}
 
 _VERIFIED: Dict[str, str] = {}  # file -> local path, checked in this process
 
