@@ -327,7 +327,8 @@ def render(data: dict, every: int = 2000) -> str:
              f"at step {data['step']} of {data['steps']}, resumable")
     cores = data["threads"] + data.get("workers", 0)
     return "\n".join(lines) + (
-        f"\n\nThe run is {state}: {data['train_hours']:.1f} h of training so far with "
+        f"\n\nThe run is {state}: {data['train_hours']:.1f} h of training"
+        f"{'' if data['step'] >= data['steps'] else ' so far'} with "
         f"{data['threads']} training thread(s) and {data.get('workers', 0)} data worker(s) "
         f"(about {cores * data['train_hours']:.0f} CPU hours), batch {data['batch_size']}{speed}.")
 
