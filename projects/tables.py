@@ -100,7 +100,8 @@ TABLES: Dict[str, Table] = {
 
 # Blocks a script renders from a set of records of its own (one per run) rather than one record
 # here; that script's test checks them (the accuracy study: tests/test_accuracy_study.py).
-RECORD_SETS = {"accuracy-near": "projects.transfer.study", "accuracy-far": "projects.transfer.study"}
+RECORD_SETS = {"accuracy-near": "projects.transfer.study",
+               "accuracy-far": "projects.transfer.study"}
 
 
 def _path(relative: str) -> str:

@@ -135,7 +135,6 @@ def test_no_two_modules_share_a_file_name():
     assert {n: paths for n, paths in names.items() if len(paths) > 1} == {}
 
 
-
 def _file_map() -> str:
     """The second code block of docs/DEVELOPING.md's "The package": one line per module."""
     with open(os.path.join(ROOT, "docs", "DEVELOPING.md")) as f:
