@@ -3,7 +3,7 @@
 model before any training: the answer to "does the default start where it can learn?".
 
 For every reading of ``E3VATuning.init`` (and zero-initialised up projections) it runs the
-shipped pre-trained trunk on held-out images and reports
+config's pre-trained trunk (by default the accuracy study's) on held-out images and reports
 
 - per adapter: ``|A(x) - x| / |x|``, the size of the adapter's random term against its input
   (the trunk's branch output it reads), median and range over the highway's adapters;
@@ -21,7 +21,7 @@ from typing import Dict, List
 
 import torch
 
-DEFAULT_CONFIG = "configs/Shapes/transfer_mask_rcnn_swin_e3va.py"
+DEFAULT_CONFIG = "configs/Shapes/accuracy_far_mask_rcnn_swin.py"  # the study's trunk and data
 READINGS = (("lorand", False), ("kaiming_fan_in", False), ("trunc_normal", False),
             ("lorand", True))
 
@@ -85,7 +85,8 @@ def measure(cfg, images: torch.Tensor, init: str, zero_init: bool, seed: int) ->
 def render(data: dict) -> str:
     """The docs table from a record: ``records`` as :func:`main` returns them, and its setup."""
     return (table(data["records"]) + f"\n\n{data['images']} held-out images of "
-            f"`{data['config']}`'s test split, seed {data['seed']}, the shipped trunk.")
+            f"`{data['config']}`'s test split, seed {data['seed']}, trunk "
+            f"`{data.get('trunk', 'e3va://swin_glyphs_e32_patch4_window7_112.pth')}`.")
 
 
 def table(records: List[dict]) -> str:
@@ -110,7 +111,7 @@ def main(argv=None) -> List[dict]:
     records = [measure(cfg, images, init, zero, args.seed) for init, zero in READINGS]
     print(table(records))
     data = {"config": args.config_file, "images": args.images, "seed": args.seed,
-            "records": records}
+            "trunk": cfg.model.backbone.bottom_up.weights, "records": records}
     if args.output:
         with open(args.output, "w") as f:
             json.dump(data, f, indent=1)
