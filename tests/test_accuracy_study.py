@@ -47,6 +47,8 @@ def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
     lines = [{"iteration": 99, "total_loss": 1.5},
              {"iteration": 99, "bbox/AP": 5.0, "segm/AP": 4.0},
              {"iteration": 199, "total_loss": 1.0},
+             {"iteration": 200, "bbox/AP": 3.0, "segm/AP": 2.0},
+             {"iteration": 199, "total_loss": 1.0},  # resumed from iteration 100: again
              {"iteration": 200, "bbox/AP": 9.0, "segm/AP": 8.0}]
     (folder / "metrics.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     result = {"row": "e3va:zero_init=True", "seed": 1, "trunk": "e3va://x.pth",
@@ -54,6 +56,7 @@ def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
               "minutes": 2.04}
     rec = study.make_record("far", result, str(folder), max_iter=200)
     assert [p["iter"] for p in rec["eval_curve"]] == [100, 200]  # the final one is at max_iter
+    assert rec["eval_curve"][-1]["bbox/AP"] == 9.0  # a resumed run's repeat replaces the first
     assert rec["loss_curve"] == [{"iter": 100, "total_loss": 1.5},
                                  {"iter": 200, "total_loss": 1.0}]
     path = study.record_path("far", rec["row"], 1, str(tmp_path / "records"))
@@ -61,3 +64,60 @@ def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
     with open(path, "w") as f:
         json.dump(rec, f)
     assert study.load_records(str(tmp_path / "records")) == {"far": {rec["row"]: [rec]}}
+
+
+def _run(folder, checkpoints, last, metrics="m\n", finished=False):
+    folder.mkdir(parents=True)
+    for name in checkpoints:
+        (folder / name).write_bytes(name.encode())
+    (folder / "last_checkpoint").write_text(last)
+    (folder / "metrics.json").write_text(metrics)
+    (folder / "log.txt").write_text("not resume state")
+    if finished:
+        (folder / "result.json").write_text("{}")
+
+
+def test_parked_runs_continue_on_another_checkout(tmp_path):
+    """--park keeps an unfinished run's last checkpoint, its name and its metrics (nothing
+    else, one checkpoint a run); a finished run's parked state goes; a fresh output folder gets
+    the parked state back, a run that has its own checkpoint keeps it."""
+    output, parked, fresh = tmp_path / "output", tmp_path / "parked", tmp_path / "fresh"
+    _run(output / "near/runs/full/seed0", ["model_0000499.pth", "model_0000999.pth"],
+         "model_0000999.pth", metrics="curve\n")
+    _run(output / "near/runs/fixed/seed0", ["model_0000499.pth"], "model_0000499.pth",
+         finished=True)
+    _run(parked / "near/runs/fixed/seed0", ["model_0000499.pth"], "model_0000499.pth")
+    (parked / "near/runs/full/seed0").mkdir(parents=True)
+    (parked / "near/runs/full/seed0/model_0000499.pth").write_bytes(b"older")
+
+    assert study.park(str(output), str(parked)) == [os.path.join("near", "runs", "full", "seed0")]
+    kept = parked / "near/runs/full/seed0"
+    assert sorted(os.listdir(kept)) == ["last_checkpoint", "metrics.json", "model_0000999.pth"]
+    assert (kept / "metrics.json").read_text() == "curve\n"
+    assert not (parked / "near/runs/fixed/seed0").exists()  # finished: its record is kept
+
+    assert study.unpark(str(parked), str(fresh)) == [os.path.join("near", "runs", "full", "seed0")]
+    resumed = fresh / "near/runs/full/seed0"
+    assert (resumed / "last_checkpoint").read_text() == "model_0000999.pth"
+    assert (resumed / "model_0000999.pth").read_bytes() == b"model_0000999.pth"
+    assert study.unpark(str(parked), str(output)) == []  # output's runs have their own state
+
+
+def test_runs_with_a_committed_record_are_not_run_again(tmp_path, monkeypatch):
+    from projects.transfer import compare
+
+    records = tmp_path / "records"
+    for row, seed in (("full", 0), ("full", 1), ("fixed", 0), ("fixed", 1), ("e3va", 0)):
+        path = study.record_path("near", row, seed, str(records))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record("near", row, seed, 1.0), f)
+    calls = []
+    monkeypatch.setattr(compare, "train_all", lambda a, threads: calls.append(
+        (a.methods, a.seeds)) or {})
+    args = study.parse_args(["--regimes", "near", "--rows", "full,fixed,lora,e3va",
+                             "--seeds", "0,1", "--records", str(records),
+                             "--output", str(tmp_path / "out"),
+                             "--parked", str(tmp_path / "parked")])
+    study.run(args)
+    assert calls == [("lora", "0,1"), ("e3va", "1")]

@@ -15,11 +15,19 @@ run, resumed from its last checkpoint after a stop, skipped once finished) and e
 record (final metrics, the curves, time) is written to
 ``docs/records/accuracy/<regime>/<row>/seed<k>.json``: small JSON files that are committed. The
 tables and figures of docs/ACCURACY.md are rendered from the committed records alone
-(``--render``), and ``tests/test_accuracy_study.py`` checks that they match.
+(``--render``), and ``tests/test_accuracy_study.py`` checks that they match. A run with a record
+is not run again.
+
+Runs take about an hour each on 2 cores, more than a working session holds for all of them.
+``--park`` copies each unfinished run's resumable state (its last checkpoint, ``last_checkpoint``
+and ``metrics.json``) to ``projects/transfer/runs/`` (committed; one checkpoint per run,
+overwritten); the next study on any checkout copies it back into its run folder first, and the
+run continues exactly from there.
 
     python -m projects.transfer.study --regimes near,far --rows full,fixed --seeds 0,1,2
     python -m projects.transfer.study --rows lora,e3va          # after full's curve plateaued
     python -m projects.transfer.study --render                  # tables and plots only
+    python -m projects.transfer.study --park                    # before a stop: keep progress
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 from typing import Dict, List, Optional
@@ -40,6 +49,8 @@ REGIMES = {
     "far": "configs/Shapes/accuracy_far_mask_rcnn_swin.py",
 }
 RECORDS = os.path.join(ROOT, "docs", "records", "accuracy")
+PARKED = os.path.join(ROOT, "projects", "transfer", "runs")  # unfinished runs' state, committed
+RESUME_FILES = ("last_checkpoint", "metrics.json")  # with the checkpoint last_checkpoint names
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 # The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B, box AP): fixed 43.5, full 51.9.
 PAPER_RECOVERY = {"full": 1.0, "fixed": 0.0, "lora": (51.2 - 43.5) / (51.9 - 43.5),
@@ -60,8 +71,11 @@ def parse_args(argv=None):
     p.add_argument("--output", default="output/accuracy", help="run folders (not committed)")
     p.add_argument("--records", default=RECORDS, help="where run records are written")
     p.add_argument("--doc", default=DOC, help="the document whose tables are rendered")
+    p.add_argument("--parked", default=PARKED, help="where unfinished runs' state is kept")
     p.add_argument("--render", action="store_true",
                    help="only render docs/ACCURACY.md's tables and figures from the records")
+    p.add_argument("--park", action="store_true",
+                   help="only copy unfinished runs' resumable state to --parked (to commit)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     return p.parse_args(argv)
 
@@ -73,22 +87,27 @@ def record_path(regime: str, row: str, seed: int, root: str = RECORDS) -> str:
 def eval_curve(metrics_file: str, max_iter: int) -> List[dict]:
     """The periodic evaluations of a run: [{"iter": iterations done, "bbox/AP", "segm/AP"}].
     (detectron2 logs a periodic evaluation at the iteration it follows, the final one after
-    the loop, at ``max_iter``.)"""
-    curve = []
+    the loop, at ``max_iter``.) A resumed run logs again what followed its checkpoint: the
+    last row of an iteration counts."""
+    curve: Dict[int, dict] = {}
     with open(metrics_file) as f:
         for line in f:
             row = json.loads(line)
             if "bbox/AP" in row:
-                curve.append({"iter": min(row["iteration"] + 1, max_iter),
-                              **{k: round(row[k], 2) for k, _ in METRICS if k in row}})
-    return curve
+                done = min(row["iteration"] + 1, max_iter)
+                curve[done] = {"iter": done,
+                               **{k: round(row[k], 2) for k, _ in METRICS if k in row}}
+    return [curve[k] for k in sorted(curve)]
 
 
 def loss_curve(metrics_file: str, every: int = 100) -> List[dict]:
+    curve: Dict[int, dict] = {}
     with open(metrics_file) as f:
-        rows = [json.loads(line) for line in f]
-    return [{"iter": r["iteration"] + 1, "total_loss": round(r["total_loss"], 4)}
-            for r in rows if "total_loss" in r and (r["iteration"] + 1) % every == 0]
+        for row in map(json.loads, f):
+            if "total_loss" in row and (row["iteration"] + 1) % every == 0:
+                curve[row["iteration"] + 1] = {"iter": row["iteration"] + 1,
+                                               "total_loss": round(row["total_loss"], 4)}
+    return [curve[k] for k in sorted(curve)]
 
 
 def make_record(regime: str, result: dict, folder: str, max_iter: int) -> dict:
@@ -102,19 +121,79 @@ def make_record(regime: str, result: dict, folder: str, max_iter: int) -> dict:
             "minutes": round(result["minutes"], 1)}
 
 
+def _copy_run_state(source: str, target: str) -> None:
+    """``source``'s last checkpoint and ``RESUME_FILES`` into ``target``, replacing what
+    ``target`` held; each file is written whole (copy, then rename) before ``last_checkpoint``,
+    which names the checkpoint, so a stop midway leaves ``target`` resumable or unchanged."""
+    with open(os.path.join(source, "last_checkpoint")) as f:
+        checkpoint = f.read().strip()
+    os.makedirs(target, exist_ok=True)
+    for name in (checkpoint, "metrics.json", "last_checkpoint"):
+        if os.path.isfile(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(target, name + ".tmp"))
+            os.replace(os.path.join(target, name + ".tmp"), os.path.join(target, name))
+    for name in os.listdir(target):  # older checkpoints of the run
+        if name.endswith(".pth") and name != checkpoint:
+            os.remove(os.path.join(target, name))
+
+
+def _run_folders(root: str) -> List[str]:
+    """The run folders under ``root`` (``<regime>/runs/<row>/seed<k>``), sorted."""
+    return sorted(glob.glob(os.path.join(root, "*", "runs", "*", "seed*")))
+
+
+def park(output: str, parked: str) -> List[str]:
+    """Copy every unfinished run's resumable state from ``output`` to ``parked``; drop parked
+    state of runs that have finished. Returns the runs parked."""
+    done = []
+    for folder in _run_folders(output):
+        target = os.path.join(parked, os.path.relpath(folder, output))
+        if os.path.isfile(os.path.join(folder, "result.json")):
+            shutil.rmtree(target, ignore_errors=True)
+        elif os.path.isfile(os.path.join(folder, "last_checkpoint")):
+            _copy_run_state(folder, target)
+            done.append(os.path.relpath(folder, output))
+    return done
+
+
+def unpark(parked: str, output: str) -> List[str]:
+    """Copy parked state into run folders that have no checkpoint of their own yet."""
+    done = []
+    for source in _run_folders(parked):
+        target = os.path.join(output, os.path.relpath(source, parked))
+        if os.path.isfile(os.path.join(source, "last_checkpoint")) and not os.path.isfile(
+                os.path.join(target, "last_checkpoint")):
+            _copy_run_state(source, target)
+            done.append(os.path.relpath(source, parked))
+    return done
+
+
 def run(args) -> None:
     from e3va_d2.config import load_config
     from projects.transfer import compare
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for name in unpark(args.parked, args.output):
+        logger.info("continuing %s from its parked state (%s)", name, args.parked)
     for regime in [r.strip() for r in args.regimes.split(",")]:
         config = os.path.join(ROOT, REGIMES[regime])
         output = os.path.join(args.output, regime)
-        compare_args = compare.parse_args(
-            ["--config-file", config, "--methods", ",".join(rows), "--seeds", args.seeds,
-             "--no-floor", "--no-cost", "--jobs", str(args.jobs), "--threads", str(args.threads),
-             "--output", output, *args.opts])
-        results = compare.train_all(compare_args, args.threads)
+        # A run with a committed record is done, on any checkout. Rows that still need the
+        # same seeds train together (args.jobs at a time).
+        todo: Dict[str, List[str]] = {}
+        for row in rows:
+            missing = ",".join(str(s) for s in seeds
+                               if not os.path.isfile(record_path(regime, row, s, args.records)))
+            if missing:
+                todo.setdefault(missing, []).append(row)
+        results = {}
+        for missing, group in todo.items():
+            compare_args = compare.parse_args(
+                ["--config-file", config, "--methods", ",".join(group), "--seeds", missing,
+                 "--no-floor", "--no-cost", "--jobs", str(args.jobs),
+                 "--threads", str(args.threads), "--output", output, *args.opts])
+            results.update(compare.train_all(compare_args, args.threads))
         max_iter = load_config(config, list(args.opts)).train.max_iter
         for row, per_seed in results.items():
             for result in per_seed:
@@ -217,6 +296,10 @@ def render(records=None, doc: str = DOC, figures: str = os.path.join(ROOT, "docs
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     args = parse_args(argv)
+    if args.park:
+        for name in park(args.output, args.parked):
+            logger.info("parked %s in %s", name, args.parked)
+        return
     if not args.render:
         run(args)
     render(load_records(args.records), args.doc, os.path.dirname(os.path.abspath(args.doc)))
