@@ -66,6 +66,10 @@ def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
     assert study.load_records(str(tmp_path / "records")) == {"far": {rec["row"]: [rec]}}
 
 
+FINISHED = {"row": "fixed", "seed": 0, "trunk": "e3va://x.pth", "trainable_in_backbone": 0,
+            "metrics": {"bbox/AP": 70.2, "segm/AP": 75.2}, "minutes": 76.1}
+
+
 def _run(folder, checkpoints, last, metrics="m\n", finished=False):
     folder.mkdir(parents=True)
     for name in checkpoints:
@@ -74,23 +78,28 @@ def _run(folder, checkpoints, last, metrics="m\n", finished=False):
     (folder / "metrics.json").write_text(metrics)
     (folder / "log.txt").write_text("not resume state")
     if finished:
-        (folder / "result.json").write_text("{}")
+        (folder / "result.json").write_text(json.dumps(FINISHED))
 
 
 def test_parked_runs_continue_on_another_checkout(tmp_path):
     """--park keeps an unfinished run's last checkpoint, its name and its metrics (nothing
-    else, one checkpoint a run); a finished run's parked state goes; a fresh output folder gets
-    the parked state back, a run that has its own checkpoint keeps it."""
+    else, one checkpoint a run); a finished run gets its record and its parked state goes; a
+    fresh output folder gets the parked state back, a run that has its own checkpoint keeps
+    it."""
     output, parked, fresh = tmp_path / "output", tmp_path / "parked", tmp_path / "fresh"
     _run(output / "near/runs/full/seed0", ["model_0000499.pth", "model_0000999.pth"],
          "model_0000999.pth", metrics="curve\n")
     _run(output / "near/runs/fixed/seed0", ["model_0000499.pth"], "model_0000499.pth",
+         metrics=json.dumps({"iteration": 3999, "bbox/AP": 70.2, "segm/AP": 75.2}) + "\n",
          finished=True)
     _run(parked / "near/runs/fixed/seed0", ["model_0000499.pth"], "model_0000499.pth")
     (parked / "near/runs/full/seed0").mkdir(parents=True)
     (parked / "near/runs/full/seed0/model_0000499.pth").write_bytes(b"older")
 
-    assert study.park(str(output), str(parked)) == [os.path.join("near", "runs", "full", "seed0")]
+    records = tmp_path / "records"
+    assert study.park(str(output), str(parked), str(records)) == [
+        os.path.join("near", "runs", "full", "seed0")]
+    assert study.load_records(str(records))["near"]["fixed"][0]["final"] == FINISHED["metrics"]
     kept = parked / "near/runs/full/seed0"
     assert sorted(os.listdir(kept)) == ["last_checkpoint", "metrics.json", "model_0000999.pth"]
     assert (kept / "metrics.json").read_text() == "curve\n"

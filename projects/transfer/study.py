@@ -19,10 +19,11 @@ tables and figures of docs/ACCURACY.md are rendered from the committed records a
 is not run again.
 
 Runs take about an hour each on 2 cores, more than a working session holds for all of them.
-``--park`` copies each unfinished run's resumable state (its last checkpoint, ``last_checkpoint``
-and ``metrics.json``) to ``projects/transfer/runs/`` (committed; one checkpoint per run,
-overwritten); the next study on any checkout copies it back into its run folder first, and the
-run continues exactly from there.
+``--park`` writes the record of each finished run and copies each unfinished run's resumable
+state (its last checkpoint, ``last_checkpoint`` and ``metrics.json``) to
+``projects/transfer/runs/`` (committed; one checkpoint per run, overwritten); the next study
+on any checkout copies it back into its run folder first, and the run continues exactly from
+there.
 
     python -m projects.transfer.study --regimes near,far --rows full,fixed --seeds 0,1,2
     python -m projects.transfer.study --rows lora,e3va          # after full's curve plateaued
@@ -50,7 +51,7 @@ REGIMES = {
 }
 RECORDS = os.path.join(ROOT, "docs", "records", "accuracy")
 PARKED = os.path.join(ROOT, "projects", "transfer", "runs")  # unfinished runs' state, committed
-RESUME_FILES = ("last_checkpoint", "metrics.json")  # with the checkpoint last_checkpoint names
+RESUME_FILES = ("metrics.json", "last_checkpoint")  # after the checkpoint last_checkpoint names
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 # The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B, box AP): fixed 43.5, full 51.9.
 PAPER_RECOVERY = {"full": 1.0, "fixed": 0.0, "lora": (51.2 - 43.5) / (51.9 - 43.5),
@@ -128,7 +129,7 @@ def _copy_run_state(source: str, target: str) -> None:
     with open(os.path.join(source, "last_checkpoint")) as f:
         checkpoint = f.read().strip()
     os.makedirs(target, exist_ok=True)
-    for name in (checkpoint, "metrics.json", "last_checkpoint"):
+    for name in (checkpoint, *RESUME_FILES):
         if os.path.isfile(os.path.join(source, name)):
             shutil.copyfile(os.path.join(source, name), os.path.join(target, name + ".tmp"))
             os.replace(os.path.join(target, name + ".tmp"), os.path.join(target, name))
@@ -142,13 +143,32 @@ def _run_folders(root: str) -> List[str]:
     return sorted(glob.glob(os.path.join(root, "*", "runs", "*", "seed*")))
 
 
-def park(output: str, parked: str) -> List[str]:
-    """Copy every unfinished run's resumable state from ``output`` to ``parked``; drop parked
-    state of runs that have finished. Returns the runs parked."""
+def write_record(regime: str, result: dict, folder: str, max_iter: int, records: str) -> None:
+    path = record_path(regime, result["row"], result["seed"], records)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(make_record(regime, result, folder, max_iter), f, indent=1)
+        f.write("\n")
+
+
+def park(output: str, parked: str, records: str = RECORDS, opts=()) -> List[str]:
+    """Copy every unfinished run's resumable state from ``output`` to ``parked``; a finished
+    run gets its record (if the study has not written it yet) and its parked state goes.
+    Returns the runs parked."""
+    from e3va_d2.config import load_config
+
     done = []
     for folder in _run_folders(output):
         target = os.path.join(parked, os.path.relpath(folder, output))
-        if os.path.isfile(os.path.join(folder, "result.json")):
+        result_file = os.path.join(folder, "result.json")
+        if os.path.isfile(result_file):
+            with open(result_file) as f:
+                result = json.load(f)
+            regime = os.path.relpath(folder, output).split(os.sep)[0]
+            if not os.path.isfile(record_path(regime, result["row"], result["seed"], records)):
+                max_iter = load_config(os.path.join(ROOT, REGIMES[regime]),
+                                       list(opts)).train.max_iter
+                write_record(regime, result, folder, max_iter, records)
             shutil.rmtree(target, ignore_errors=True)
         elif os.path.isfile(os.path.join(folder, "last_checkpoint")):
             _copy_run_state(folder, target)
@@ -197,12 +217,8 @@ def run(args) -> None:
         max_iter = load_config(config, list(args.opts)).train.max_iter
         for row, per_seed in results.items():
             for result in per_seed:
-                folder = compare.run_folder(output, row, result["seed"])
-                path = record_path(regime, row, result["seed"], args.records)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path, "w") as f:
-                    json.dump(make_record(regime, result, folder, max_iter), f, indent=1)
-                    f.write("\n")
+                write_record(regime, result, compare.run_folder(output, row, result["seed"]),
+                             max_iter, args.records)
 
 
 def load_records(root: str = RECORDS) -> Dict[str, Dict[str, List[dict]]]:
@@ -297,7 +313,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     args = parse_args(argv)
     if args.park:
-        for name in park(args.output, args.parked):
+        for name in park(args.output, args.parked, args.records, args.opts):
             logger.info("parked %s in %s", name, args.parked)
         return
     if not args.render:
