@@ -57,22 +57,24 @@ class PretrainedSwin:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.architecture.items()}
 
 
+# Both shipped trunks: the Swin-T layout at a third of its width.
+_SWIN_E32 = dict(embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=7)
+
 GLYPHS_SWIN = PretrainedSwin(
     file="swin_glyphs_e32_patch4_window7_112.pth",
     sha256="e4ceac33f0d1e86d955c2139befbcbc30f4a3f248060fde2c04958fd119116df",
-    architecture=dict(embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=7),
+    architecture=dict(_SWIN_E32),
     pretext="glyphs: 16 procedurally drawn classes among clutter (e3va_d2.data.glyphs)",
     val_accuracy=0.5630,
+    # The script as it was at c107f8d (glyphs pre-text, --output).
     command="python -m projects.pretrain.pretrain_swin --output swin_glyphs.pth",
     train_minutes=71.4,
 )
 
-# The first trunk's command is of the script as it was at c107f8d (glyphs pre-text, --output).
-
 SCENES_SWIN = PretrainedSwin(
     file="swin_scenes_e32_patch4_window7_112.pth",
     sha256="6cbdf86a8db24ee7215662a2a41aa05ce50b18d99445ed3f41177b563fbbbcd3",
-    architecture=dict(embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=7),
+    architecture=dict(_SWIN_E32),
     pretext="glyph scenes: 36 classes in 7 styles, dense targets (e3va_d2.data.pretext)",
     val_accuracy=0.9404,
     command="python -m projects.pretrain.pretrain_swin --run-dir projects/pretrain/runs/scenes_e32"
