@@ -86,7 +86,7 @@ def render(data: dict) -> str:
     """The docs table from a record: ``records`` as :func:`main` returns them, and its setup."""
     return (table(data["records"]) + f"\n\n{data['images']} held-out images of "
             f"`{data['config']}`'s test split, seed {data['seed']}, trunk "
-            f"`{data.get('trunk', 'e3va://swin_glyphs_e32_patch4_window7_112.pth')}`.")
+            f"`{data['trunk']}`.")
 
 
 def table(records: List[dict]) -> str:
@@ -105,13 +105,14 @@ def table(records: List[dict]) -> str:
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
     from e3va_d2.config import load_config
+    from projects.transfer.compare import trunk_source
 
     cfg = load_config(args.config_file)
     images = held_out_images(cfg, args.images)
     records = [measure(cfg, images, init, zero, args.seed) for init, zero in READINGS]
     print(table(records))
     data = {"config": args.config_file, "images": args.images, "seed": args.seed,
-            "trunk": cfg.model.backbone.bottom_up.weights, "records": records}
+            "trunk": trunk_source(cfg), "records": records}
     if args.output:
         with open(args.output, "w") as f:
             json.dump(data, f, indent=1)
