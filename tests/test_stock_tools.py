@@ -9,9 +9,10 @@ import tarfile
 import detectron2
 import pytest
 import torch
+from detectron2.config import LazyConfig
 from detectron2.utils.file_io import PathManager
 
-from e3va_d2.model_zoo import GLYPHS_SWIN
+from projects.transfer.compare import trunk_source
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SDIST = os.path.join(os.environ.get("E3VA_D2_CACHE", os.path.expanduser("~/.cache/e3va_d2")),
@@ -67,10 +68,12 @@ def test_stock_lazyconfig_train_net(stock_tool, config, tmp_path):
     assert out.returncode == 0, log[-3000:]
     assert (tmp_path / "model_final.pth").is_file()
     assert "copypaste: " in log  # the final evaluation ran and printed its table
-    # The shipped trunk, not a random one: the model_final.pth the stock checkpointer wrote
-    # holds its (frozen) weights.
+    # The config's shipped trunk, not a random one: the model_final.pth the stock checkpointer
+    # wrote holds its (frozen) weights.
     saved = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
-    with PathManager.open(GLYPHS_SWIN.url, "rb") as f:
+    url = trunk_source(LazyConfig.load(config_file))
+    assert url.startswith("e3va://"), url
+    with PathManager.open(url, "rb") as f:
         shipped = torch.load(f, map_location="cpu", weights_only=True)["model"]
     key = "layers.2.blocks.5.attn.qkv.weight"
     (name,) = [k for k in saved["model"] if k.endswith("trunk." + key)]
