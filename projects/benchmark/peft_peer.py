@@ -38,6 +38,7 @@ from e3va_d2.engine.cost import median, release_freed_memory, synthetic_detectio
 from e3va_d2.modeling.backbone import tuned_swins
 from e3va_d2.modeling.tuning.base import output_norm_parameters
 from e3va_d2.utils.memory import step_peak_memory
+from projects.tables import command_line, publish
 
 from .tuning_cost import Bench, build_model, describe, method_names, num_classes
 
@@ -100,6 +101,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-peak", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--output", default="output/peft_peer")
+    parser.add_argument("--record", default="",
+                        help="also write the result as this docs table's record "
+                             "(projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser.parse_args(argv)
 
@@ -210,6 +214,17 @@ def goals_text(found: Dict[str, Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+# What render() reads of each method's results.
+RECORDED = ("trainable_backbone", "saved_bytes", "peak", "backbone_step_seconds", "step_seconds")
+
+
+def render(data: dict) -> str:
+    """The table, what ran where (``setup``) and the goals, from the record's ``results``."""
+    results = data["results"]
+    return "\n\n".join(filter(None, [table(results), data["setup"],
+                                       goals_text(ratios(results))]))
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
@@ -218,13 +233,18 @@ def main(argv=None):
     found = ratios(results)
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     device = f"cuda ({torch.cuda.get_device_name()})" if on_gpu else "cpu"
-    text = "\n\n".join(filter(None, [table(results), describe(args, device), goals_text(found)]))
+    data = dict(setup=describe(args, device),
+                results={m: {k: r[k] for k in RECORDED if k in r} for m, r in results.items()})
+    text = render(data)
     print(text)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "peft_peer.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.output, "peft_peer.json"), "w") as f:
         json.dump(dict(args=vars(args), results=results, ratios=found), f, indent=2)
+    if args.record:
+        publish(args.record, data, "projects.benchmark.peft_peer:render",
+                command_line("projects.benchmark.peft_peer", argv))
     return dict(results=results, ratios=found)
 
 

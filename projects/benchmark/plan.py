@@ -40,6 +40,7 @@ import torch
 from e3va_d2.config import load_config
 from e3va_d2.engine.cost import release_freed_memory, synthetic_detection_batch
 from e3va_d2.utils.memory import step_peak_memory
+from projects.tables import command_line, publish
 
 from .report import GPUS
 from .sweep import per_pixel_image_and_constant
@@ -131,6 +132,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="output/plan", help="folder for the results")
     parser.add_argument("--from-json", default="",
                         help="plan from this plan.json, measuring nothing")
+    parser.add_argument("--record", default="",
+                        help="also write the plan as this docs table's record (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser.parse_args(argv)
 
@@ -243,26 +246,22 @@ def verdict(models: Dict[str, PeakModel], sizes: List[Tuple[int, int]], divisibi
     return "\n".join(sentences)
 
 
-def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args = parse_args(argv)
-    capacity, reserve = parse_bytes(args.gpu_memory), parse_bytes(args.reserve)
-    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
-    if args.from_json:
-        with open(args.from_json) as f:
-            measured = json.load(f)["measured"]
-    else:
-        measured = measure(args)
+def render(data: dict) -> str:
+    """The plan from its record: the planning arguments (``config_file``, ``gpu_memory``,
+    ``reserve``, ``sizes``, ``max_batch``) and the ``measured`` points."""
+    capacity, reserve = parse_bytes(data["gpu_memory"]), parse_bytes(data["reserve"])
+    sizes = [parse_size(s) for s in data["sizes"].split(",") if s.strip()]
+    measured, max_batch = data["measured"], data["max_batch"]
     models = fits(measured["points"])
     divisibility = measured["size_divisibility"]
     budget = capacity - reserve
-    gpu = f"{args.gpu_memory} ({capacity / GIB:.2f} GiB, {reserve / GIB:.2f} GiB reserved)"
+    gpu = f"{data['gpu_memory']} ({capacity / GIB:.2f} GiB, {reserve / GIB:.2f} GiB reserved)"
     checks, worst = check_table(measured["points"], models)
-    text = "\n\n".join(filter(None, [
-        f"{os.path.basename(args.config_file)}: predicted peak training memory "
+    return "\n\n".join(filter(None, [
+        f"{os.path.basename(data['config_file'])}: predicted peak training memory "
         f"(fp32, measured on {measured['device']}), largest batch within {gpu}:",
-        plan_table(models, sizes, divisibility, budget, args.max_batch),
-        verdict(models, sizes, divisibility, budget, gpu, args.max_batch),
+        plan_table(models, sizes, divisibility, budget, max_batch),
+        verdict(models, sizes, divisibility, budget, gpu, max_batch),
         f"The paper's Table 4 at {sizes[0][0]}x{sizes[0][1]} (each card less "
         f"{reserve / GIB:.2f} GiB reserved):",
         gpu_table(models, sizes[0], divisibility, reserve),
@@ -271,7 +270,27 @@ def main(argv=None):
                   f"{f.constant / 2**20:.1f} MiB constant" for m, f in models.items()),
         checks and f"Check at sizes not fitted (largest error {100 * worst:.1f}%):\n\n{checks}",
     ]))
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse_args(argv)
+    # A clear error before minutes of measuring.
+    parse_bytes(args.gpu_memory)
+    parse_bytes(args.reserve)
+    for size in filter(str.strip, args.sizes.split(",")):
+        parse_size(size)
+    if args.from_json:
+        with open(args.from_json) as f:
+            measured = json.load(f)["measured"]
+    else:
+        measured = measure(args)
+    data = dict(config_file=args.config_file, gpu_memory=args.gpu_memory, reserve=args.reserve,
+                sizes=args.sizes, max_batch=args.max_batch, measured=measured)
+    text = render(data)
     print(text)
+    models = fits(measured["points"])
+    checks, worst = check_table(measured["points"], models)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "plan.md"), "w") as f:
         f.write(text + "\n")
@@ -279,6 +298,9 @@ def main(argv=None):
         json.dump(dict(args=vars(args), measured=measured,
                        fits={m: asdict(f) for m, f in models.items()},
                        check_max_error=worst if checks else None), f, indent=2)
+    if args.record:
+        publish(args.record, data, "projects.benchmark.plan:render",
+                command_line("projects.benchmark.plan", argv))
     return dict(measured=measured, models=models, check_max_error=worst if checks else None)
 
 

@@ -1,5 +1,6 @@
 """The model-zoo table of docs/CONFIGS.md: every shipped row config, its trainable backbone
-parameters as built here, and the paper's figures for that row next to them.
+parameters as built here, and the paper's figures for that row next to them (this project's
+own methods' rows last, without).
 
 Why a script: the parameter counts are measured on the instantiated models (shapes only, no
 weights, no download), so the table cannot drift from the configs; ``tests/test_configs.py``
@@ -33,12 +34,22 @@ def _row_key(path: str) -> Tuple[str, str]:
     return folder, stem.split("_swin_", 1)[-1]
 
 
+# This project's own methods (not the paper's): their rows follow the paper's, without paper
+# figures.
+EXTENSIONS = ("e3va_spatial",)
+
+
 def row_configs() -> List[str]:
-    """The paper-row configs, in the paper's order (Table 1 COCO, then VOC, then ADE20K)."""
+    """The paper-row configs, in the paper's order (Table 1 COCO, then VOC, then ADE20K), then
+    the rows of this project's extensions."""
     paths = glob.glob(os.path.join(ROOT, "configs", "*", "*.py"))
     order = {key: i for i, key in enumerate(ROWS)}
     rows = [os.path.relpath(p, ROOT).replace(os.sep, "/") for p in paths]
-    return sorted((p for p in rows if _row_key(p) in order), key=lambda p: order[_row_key(p)])
+    paper = sorted((p for p in rows if _row_key(p) in order), key=lambda p: order[_row_key(p)])
+    folders = list(dict.fromkeys(folder for folder, _ in ROWS))  # COCO, VOC, ADE20K
+    ours = sorted((p for p in rows if _row_key(p)[1].split("_", 1)[-1] in EXTENSIONS),
+                  key=lambda p: (folders.index(_row_key(p)[0]), p))
+    return paper + ours
 
 
 def paper_row(path: str) -> Optional[Tuple[str, str]]:
@@ -70,8 +81,9 @@ def render(data: Dict[str, Any]) -> str:
     for row in data["rows"]:
         path = row["config"]
         folder = path.split("/")[1]
-        params, metric = paper_row(path) or ("", "")
-        if metric and folder in METRIC and "Table" not in metric:
+        paper = paper_row(path)
+        params, metric = paper or ("", "this project's, not in the paper")
+        if paper and metric and folder in METRIC and "Table" not in metric:
             metric = f"{metric} ({METRIC[folder]})"
         count = f"{row['trainable_backbone'] / 1e6:.2f}M"
         lines.append(f"| [`{path}`](../{path}) | {count} | {params} | {metric} |")
