@@ -71,7 +71,9 @@ def test_benchmark_script_writes_tables_and_chart(config, tmp_path):
     assert rows[0].startswith("| method | trainable (backbone)")
     assert [r.split("|")[1].strip() for r in rows[1:5]] == ["full", "fixed", "lora", "e3va"]
     assert all(r.count("|") == rows[0].count("|") for r in rows[:5])
-    assert "GTX 1080Ti 11GB" in table and "(est.)" in table
+    # "Which GPU fits" is estimated only without a measured peak (with one it is plan.py's).
+    assert ("GTX 1080Ti 11GB" in table and "(est.)" in table) == (not peak)
+    assert "| step / full |" in rows[0]
     assert (tmp_path / "cost.png").stat().st_size > 10_000
     saved = {m: r["saved_bytes"] for m, r in results.items()}
     # The point of E3VA: little kept beyond the frozen model, unlike in-backbone methods.
@@ -84,6 +86,19 @@ def test_benchmark_script_writes_tables_and_chart(config, tmp_path):
         assert (tmp_path / "peak.png").stat().st_size > 10_000
         peaks = {m: r["peak"]["peak_bytes"] for m, r in results.items()}
         assert peaks["fixed"] < peaks["e3va"] < peaks["full"]
+
+
+def test_a_memory_only_run_has_no_time_columns():
+    from projects.benchmark.report import cost_table
+
+    untimed = dict(trainable_backbone=0, swin_parameters=10, saved_bytes=2**20,
+                   step_seconds=float("nan"), backbone_step_seconds=float("nan"))
+    timed = {**untimed, "step_seconds": 2.0, "backbone_step_seconds": 1.0}
+    header = cost_table({"full": untimed, "fixed": untimed}).splitlines()[0]
+    assert "step" not in header and header.count("|") == 6
+    rows = cost_table({"full": timed, "fixed": {**timed, "step_seconds": 1.0}}).splitlines()
+    assert "| step / full | step / fixed |" in rows[0]
+    assert rows[3].split("|")[6:8] == [" 0.50x ", " 1.00x "]
 
 
 def test_methods_share_one_copy_of_common_weights():

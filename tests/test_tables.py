@@ -65,6 +65,18 @@ def test_a_typed_in_table_must_say_where_it_was_measured(sandbox, monkeypatch):
     assert tables.problems() == []
 
 
+def test_a_pending_table_says_so_until_its_record_exists(sandbox, monkeypatch):
+    monkeypatch.setitem(tables.TABLES, "t", tables.Table(
+        "docs/T.md", f"{__name__}:render_rows", "python -m make_t", pending="no time"))
+    assert "not measured yet" in tables.problems()[0]  # an empty block
+    assert tables.main([]) == 0
+    doc = sandbox / "docs" / "T.md"
+    assert "_Not measured yet: no time. `python -m make_t --record t` measures it" in \
+        doc.read_text()
+    tables.publish("t", {"rows": {"a": 1}}, f"{__name__}:render_rows", "python -m make_t")
+    assert tables.problems() == ["t: has a record now; drop its pending in projects/tables.py"]
+
+
 def test_a_script_cannot_publish_into_another_scripts_table(sandbox):
     with pytest.raises(SystemExit, match="rendered by"):
         tables.publish("t", {"rows": {}}, "projects.benchmark.ddp:render", "python -m x")

@@ -14,12 +14,14 @@ def _ratio(value: float, base: Optional[float]) -> str:
 
 
 def cost_table(results: Dict[str, dict]) -> str:
-    """Table 1's shape: parameters, memory and time per method, relative to full tuning."""
+    """Table 1's shape: parameters, memory and time per method, relative to full tuning (no
+    time columns for a memory-only run)."""
     full, fixed = results.get("full"), results.get("fixed")
     has_cuda = any("cuda_peak_bytes" in r for r in results.values())
     header = ["method", "trainable (backbone)", "% of Swin", "saved for backward", "above fixed"]
     header += ["CUDA peak"] if has_cuda else []
-    header += ["step / full", "step / fixed", "backbone step / full"]
+    timed = any(r.get("step_seconds") == r.get("step_seconds") for r in results.values())
+    header += ["step / full", "step / fixed", "backbone step / full"] if timed else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, r in results.items():
         above = ""
@@ -40,7 +42,7 @@ def cost_table(results: Dict[str, dict]) -> str:
             _ratio(r["step_seconds"], full and full["step_seconds"]),
             _ratio(r["step_seconds"], fixed and fixed["step_seconds"]),
             _ratio(r["backbone_step_seconds"], full and full["backbone_step_seconds"]),
-        ]
+        ] if timed else []
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

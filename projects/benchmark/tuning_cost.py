@@ -278,7 +278,9 @@ def describe(args, device: str) -> str:
     return (
         f"{os.path.basename(args.config_file)}, {args.batch} image(s) of {args.size}x{args.size}, "
         f"{precision}, "
-        f"median of {args.steps} interleaved steps after {args.warmup} warm-up, on {device} "
+        + (f"median of {args.steps} interleaved steps after {args.warmup} warm-up"
+           if args.steps else f"memory only, after {args.warmup} warm-up step(s)")
+        + f", on {device} "
         f"({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
     )
 
@@ -303,7 +305,8 @@ def render(data: dict) -> str:
            f"{data['size']}x{data['size']}):", peaks, PEAK_NOTE] if peaks else []),
         "Where the saved activations come from (MiB, by the innermost module that saved them):",
         breakdown_table(results),
-        fit_table(results, data["fit_batches"]),
+        # With a measured peak, "which GPU fits" is the planner's (plan.py), not an estimate.
+        *([] if peaks else [fit_table(results, data["fit_batches"])]),
     ])
 
 
