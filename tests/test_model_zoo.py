@@ -16,7 +16,7 @@ from e3va_d2 import model_zoo
 from e3va_d2.checkpoint import E3VACheckpointer
 from e3va_d2.config import load_config
 from e3va_d2.data import load_sem_seg_dicts
-from e3va_d2.model_zoo import GLYPHS_SWIN, ModelZooError, get_checkpoint_path
+from e3va_d2.model_zoo import GLYPHS_SWIN, SCENES_SWIN, ModelZooError, get_checkpoint_path
 from e3va_d2.modeling import SwinTransformer
 from e3va_d2.modeling.swin_weights import convert_swin_checkpoint, detect_swin_layout
 
@@ -44,8 +44,8 @@ def test_demo_loads_it_through_the_user_checkpoint_path(tmp_path):
     """The demo's model starts from it as built (``weights``), and ``train.init_checkpoint``
     loads the same tensors into a random trunk: both go through E3VACheckpointer."""
     cfg = load_config(MASK_RCNN_DEMO, ["train.device=cpu"])
-    assert cfg.model.backbone.bottom_up.weights == GLYPHS_SWIN.url
-    with PathManager.open(GLYPHS_SWIN.url, "rb") as f:
+    assert cfg.model.backbone.bottom_up.weights == SCENES_SWIN.url
+    with PathManager.open(SCENES_SWIN.url, "rb") as f:
         state = torch.load(f, map_location="cpu", weights_only=True)["model"]
     qkv = "layers.2.blocks.5.attn.qkv.weight"
     built = instantiate(cfg.model)
@@ -53,7 +53,7 @@ def test_demo_loads_it_through_the_user_checkpoint_path(tmp_path):
     cfg.model.backbone.bottom_up.weights = ""
     model = instantiate(cfg.model)
     assert not torch.equal(model.backbone.bottom_up.trunk.state_dict()[qkv], state[qkv].float())
-    E3VACheckpointer(model, str(tmp_path)).load(GLYPHS_SWIN.url)
+    E3VACheckpointer(model, str(tmp_path)).load(SCENES_SWIN.url)
     assert torch.equal(model.backbone.bottom_up.trunk.state_dict()[qkv], state[qkv].float())
 
 

@@ -17,7 +17,7 @@ from detectron2.utils.file_io import PathManager
 
 from e3va_d2.compat import HAS_COMPILED_OPS
 from e3va_d2.config import ConfigError, add_e3va_config, load_config
-from e3va_d2.model_zoo import GLYPHS_SWIN
+from e3va_d2.model_zoo import SCENES_SWIN
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SHAPES_YAML = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.yaml")
@@ -72,7 +72,7 @@ def test_every_tuning_method_and_option_reaches_the_backbone():
 
 
 def test_yaml_trunk_is_the_shipped_checkpoint():
-    with PathManager.open(GLYPHS_SWIN.url, "rb") as f:
+    with PathManager.open(SCENES_SWIN.url, "rb") as f:
         state = torch.load(f, map_location="cpu", weights_only=True)["model"]
     trunk = build_backbone(yacs_cfg(SHAPES_YAML)).bottom_up.trunk
     key = "layers.2.blocks.5.attn.qkv.weight"

@@ -1,13 +1,13 @@
 """The demo: E3VA on a small pre-trained Swin with Mask R-CNN, trained and evaluated
 on the synthetic shapes dataset on CPU in a few minutes.
 
-The frozen trunk is the small Swin shipped with the project, pre-trained on the glyphs
+The frozen trunk is the small Swin shipped with the project, pre-trained on the scenes
 pre-text task (e3va_d2.model_zoo), loaded as a user's ImageNet checkpoint would be.
 """
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-from e3va_d2.model_zoo import GLYPHS_SWIN
+from e3va_d2.model_zoo import SCENES_SWIN
 
 from ..common.data.shapes import dataloader
 from ..common.models.mask_rcnn_swin import model
@@ -15,10 +15,10 @@ from ..common.optim import AdamW as optimizer
 from ..common.schedule import step_schedule
 from ..common.train import train
 
-model.backbone.bottom_up.trunk.update(**GLYPHS_SWIN.trunk_kwargs(), drop_path_rate=0.0)
+model.backbone.bottom_up.trunk.update(**SCENES_SWIN.trunk_kwargs(), drop_path_rate=0.0)
 # The shipped pre-trained trunk, loaded as the model is built (so detectron2's stock tools
 # start from it too); model.backbone.bottom_up.weights="" trains on a random one instead.
-model.backbone.bottom_up.weights = GLYPHS_SWIN.url
+model.backbone.bottom_up.weights = SCENES_SWIN.url
 model.backbone.out_channels = 64
 model.proposal_generator.head.in_channels = 64
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]

@@ -1,13 +1,13 @@
 """The VOC demo: E3VA on a small pre-trained Swin with RetinaNet, trained on the
 synthetic shapes in VOC layout and evaluated with VOC2007 11-point AP50, on CPU in minutes.
 
-The frozen trunk is the small Swin shipped with the project, pre-trained on the glyphs
+The frozen trunk is the small Swin shipped with the project, pre-trained on the scenes
 pre-text task (e3va_d2.model_zoo), loaded as a user's ImageNet checkpoint would be.
 """
 
 from detectron2.layers import ShapeSpec
 
-from e3va_d2.model_zoo import GLYPHS_SWIN
+from e3va_d2.model_zoo import SCENES_SWIN
 
 from ..common.data.shapes_voc import dataloader
 from ..common.models.retinanet_swin import model
@@ -15,10 +15,10 @@ from ..common.optim import AdamW as optimizer
 from ..common.schedule import step_schedule
 from ..common.train import train
 
-model.backbone.bottom_up.trunk.update(**GLYPHS_SWIN.trunk_kwargs(), drop_path_rate=0.0)
+model.backbone.bottom_up.trunk.update(**SCENES_SWIN.trunk_kwargs(), drop_path_rate=0.0)
 # The shipped pre-trained trunk, loaded as the model is built (so detectron2's stock tools
 # start from it too); model.backbone.bottom_up.weights="" trains on a random one instead.
-model.backbone.bottom_up.weights = GLYPHS_SWIN.url
+model.backbone.bottom_up.weights = SCENES_SWIN.url
 # Trained from scratch in a few hundred steps, the small FPN and head learn ~2.5x faster (AP50
 # after 300 steps: 12.0 vs 4.6) with GroupNorm in the FPN and per-level BatchNorm in the head.
 model.backbone.update(out_channels=64, norm="GN")

@@ -1,10 +1,10 @@
 """The semantic segmentation demo: E3VA on a small pre-trained Swin with UPerNet,
 trained and evaluated (mIoU) on the synthetic shapes on CPU in a few minutes.
 
-The frozen trunk is the small Swin shipped with the project, pre-trained on the glyphs
+The frozen trunk is the small Swin shipped with the project, pre-trained on the scenes
 pre-text task (e3va_d2.model_zoo), loaded as a user's ImageNet checkpoint would be.
 """
-from e3va_d2.model_zoo import GLYPHS_SWIN
+from e3va_d2.model_zoo import SCENES_SWIN
 
 from ..common.data.shapes_sem_seg import dataloader
 from ..common.models.upernet_swin import model
@@ -12,10 +12,10 @@ from ..common.optim import AdamW as optimizer
 from ..common.schedule import poly_schedule
 from ..common.train import train
 
-model.backbone.trunk.update(**GLYPHS_SWIN.trunk_kwargs(), drop_path_rate=0.0)
+model.backbone.trunk.update(**SCENES_SWIN.trunk_kwargs(), drop_path_rate=0.0)
 # The shipped pre-trained trunk, loaded as the model is built (so detectron2's stock tools
 # start from it too); model.backbone.weights="" trains on a random one instead.
-model.backbone.weights = GLYPHS_SWIN.url
+model.backbone.weights = SCENES_SWIN.url
 model.sem_seg_head.update(num_classes=4, channels=64, aux_channels=32)
 
 train.max_iter = 800
