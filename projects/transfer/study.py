@@ -274,8 +274,19 @@ def render_tables(records: Dict[str, Dict[str, List[dict]]]) -> Dict[str, str]:
             else "_No run of this regime is recorded yet._" for regime in REGIMES}
 
 
+def lr_drops(regime: str) -> List[int]:
+    """The iterations at which the regime's step schedule lowers the learning rate."""
+    from e3va_d2.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, REGIMES[regime]))
+    steps = cfg.lr_multiplier.scheduler
+    return [round(m / steps.num_updates * cfg.train.max_iter) for m in steps.milestones]
+
+
 def plot_curves(records, path: str) -> None:
-    """Held-out box AP against iterations, every row (mean over seeds), one panel a regime."""
+    """Held-out box AP against iterations, every row (mean over seeds), one panel a regime;
+    dotted lines where the learning rate drops (a step schedule's curve flattens before each
+    drop and jumps after it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,6 +300,8 @@ def plot_curves(records, path: str) -> None:
             means = [statistics.fmean(r["eval_curve"][k]["bbox/AP"] for r in recs
                                       if len(r["eval_curve"]) > k) for k in range(len(iters))]
             ax.plot(iters, means, "o-", label=row, ms=3)
+        for i, drop in enumerate(lr_drops(regime)):
+            ax.axvline(drop, ls=":", color="grey", label="LR x0.1" if i == 0 else None)
         ax.set(title=f"{regime} regime", xlabel="iteration", ylabel="held-out box AP")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
