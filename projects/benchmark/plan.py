@@ -246,11 +246,16 @@ def verdict(models: Dict[str, PeakModel], sizes: List[Tuple[int, int]], divisibi
     return "\n".join(sentences)
 
 
+def card_and_sizes(gpu_memory: str, reserve: str, sizes: str):
+    """(capacity bytes, reserved bytes, [(width, height)]) from the planning arguments."""
+    return (parse_bytes(gpu_memory), parse_bytes(reserve),
+            [parse_size(s) for s in sizes.split(",") if s.strip()])
+
+
 def render(data: dict) -> str:
     """The plan from its record: the planning arguments (``config_file``, ``gpu_memory``,
     ``reserve``, ``sizes``, ``max_batch``) and the ``measured`` points."""
-    capacity, reserve = parse_bytes(data["gpu_memory"]), parse_bytes(data["reserve"])
-    sizes = [parse_size(s) for s in data["sizes"].split(",") if s.strip()]
+    capacity, reserve, sizes = card_and_sizes(data["gpu_memory"], data["reserve"], data["sizes"])
     measured, max_batch = data["measured"], data["max_batch"]
     models = fits(measured["points"])
     divisibility = measured["size_divisibility"]
@@ -275,11 +280,7 @@ def render(data: dict) -> str:
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
-    # A clear error before minutes of measuring.
-    parse_bytes(args.gpu_memory)
-    parse_bytes(args.reserve)
-    for size in filter(str.strip, args.sizes.split(",")):
-        parse_size(size)
+    card_and_sizes(args.gpu_memory, args.reserve, args.sizes)  # bad input fails before measuring
     if args.from_json:
         with open(args.from_json) as f:
             measured = json.load(f)["measured"]
