@@ -27,6 +27,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
 import time
@@ -153,18 +154,42 @@ def train_all(args, threads: int) -> Dict[str, List[dict]]:
                 todo.append((row, seed, folder))
     logger.info("%d runs to do, %d finished before", len(todo),
                 sum(len(v) for v in done.values()))
+    from e3va_d2.engine.lifeline import die_with_parent
+    from e3va_d2.engine.signals import forward_signals_to_children
+
     context = mp.get_context("spawn")  # a fresh interpreter per run: no state leaks between runs
-    with futures.ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        running = {pool.submit(train_one, args.config_file, args.opts, row, seed, folder,
-                               threads): (row, seed) for row, seed, folder in todo}
-        for k, future in enumerate(futures.as_completed(running), 1):
-            row, seed = running[future]
-            result = future.result()  # a failed run stops the comparison with its error
-            done[row].append(result)
-            logger.info("[%d/%d] %s seed %d: %s (%.1f min)", k, len(todo), row, seed,
-                        ", ".join(f"{METRICS.get(m, m)} {v:.1f}" for m, v in
-                                  result["metrics"].items() if m in METRICS),
-                        result["minutes"])
+    # SIGTERM reaches the runs, which save a checkpoint and stop (a restart resumes them); a
+    # comparison killed outright takes its runs with it instead of leaving them training. A run
+    # is submitted only when a process is free for it: the pool would hand queued runs to new
+    # processes after a stop.
+    queued, running, finished = list(todo), {}, 0
+    with forward_signals_to_children() as forwarded, futures.ProcessPoolExecutor(
+            args.jobs, mp_context=context, max_tasks_per_child=1,
+            initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        try:
+            while running or (queued and forwarded.received is None):
+                while queued and len(running) < args.jobs and forwarded.received is None:
+                    row, seed, folder = queued.pop(0)
+                    running[pool.submit(train_one, args.config_file, args.opts, row, seed,
+                                        folder, threads)] = (row, seed)
+                ready, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                for future in ready:
+                    row, seed = running.pop(future)
+                    result = future.result()  # a failed run stops the comparison with its error
+                    done[row].append(result)
+                    finished += 1
+                    logger.info("[%d/%d] %s seed %d: %s (%.1f min)", finished, len(todo), row,
+                                seed, ", ".join(f"{METRICS.get(m, m)} {v:.1f}" for m, v in
+                                                result["metrics"].items() if m in METRICS),
+                                result["minutes"])
+        except BaseException:
+            if forwarded.received is None:
+                raise
+        if forwarded.received is not None:
+            name = signal.Signals(forwarded.received).name
+            logger.warning("Stopped by %s; the runs saved where they were: run the same "
+                           "command again to continue.", name)
+            raise SystemExit(128 + forwarded.received)
     return {row: sorted(v, key=lambda r: r["seed"]) for row, v in done.items()}
 
 

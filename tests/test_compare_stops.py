@@ -1,0 +1,61 @@
+"""A comparison (or the accuracy study, which runs through it) stops with its runs: SIGTERM
+reaches every run, which saves where it is, and no queued run starts; a comparison killed
+outright takes its runs with it instead of leaving them training into the output folder."""
+import glob
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from .test_processes import ENV, ROOT, alive, wait_until
+from .test_transfer import TINY
+
+pytestmark = pytest.mark.slow  # real spawned training processes
+
+
+def workers(pid: int):
+    """The pool's worker processes of ``pid`` (not multiprocessing's resource tracker)."""
+    found = []
+    for tasks in glob.glob(f"/proc/{pid}/task/*/children"):
+        with open(tasks) as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/cmdline", "rb") as g:
+                    command = g.read().replace(b"\0", b" ")
+                if b"spawn_main" in command and b"resource_tracker" not in command:
+                    found.append(int(child))
+    return found
+
+
+def start(output):
+    """e3va (one seed) and the random-trunk floor, one at a time, far longer than the test."""
+    command = [sys.executable, "-m", "projects.transfer.compare", "--methods", "e3va",
+               "--seeds", "0", "--jobs", "1", "--threads", "1", "--no-cost", "--output",
+               str(output), *TINY, "train.max_iter=100000"]
+    return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def training(output) -> bool:
+    log = output / "runs" / "e3va" / "seed0" / "log.txt"
+    return log.is_file() and "Starting training from iteration" in log.read_text()
+
+
+def test_sigterm_stops_every_run_at_a_checkpoint_and_sigkill_takes_them_along(tmp_path):
+    comparison = start(tmp_path)
+    assert wait_until(lambda: training(tmp_path), 240), "the first run never started training"
+    (run,) = workers(comparison.pid)
+    comparison.send_signal(signal.SIGTERM)
+    assert comparison.wait(120) == 128 + signal.SIGTERM, comparison.stderr.read()[-2000:]
+    assert wait_until(lambda: not alive(run), 10)
+    folder = tmp_path / "runs" / "e3va" / "seed0"
+    saved = (folder / "last_checkpoint").read_text().strip()
+    assert saved.startswith("model_") and (folder / saved).is_file()
+    assert not (tmp_path / "runs" / "e3va_random").exists(), "a queued run started after the stop"
+
+    comparison = start(tmp_path)  # it resumes the stopped run
+    assert wait_until(lambda: workers(comparison.pid), 120)
+    (run,) = workers(comparison.pid)
+    comparison.kill()
+    comparison.wait()
+    assert wait_until(lambda: not alive(run), 10), "the run outlived its comparison"
