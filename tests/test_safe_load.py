@@ -83,6 +83,18 @@ def test_checkpointer_refuses_code_in_any_format(hostile, name):
     refused(hostile, lambda: E3VACheckpointer(torch.nn.Linear(2, 2)).load(path), path)
 
 
+def test_a_torch_file_named_pkl_is_read_as_torch_writes_it(hostile, tmp_path):
+    """A torch.save file renamed .pkl: refused as code (naming the opt-in), not misreported as
+    unreadable; a harmless one loads."""
+    path = hostile("model_final.pth")
+    renamed = str(tmp_path / "renamed.pkl")
+    os.rename(path, renamed)
+    refused(hostile, lambda: read_checkpoint_file(PathManager, renamed), renamed)
+    harmless = str(tmp_path / "harmless.pkl")
+    torch.save({"model": {"w": torch.ones(2)}}, harmless)
+    assert torch.equal(read_checkpoint_file(PathManager, harmless)["model"]["w"], torch.ones(2))
+
+
 def test_the_payload_is_real_and_runs_only_with_the_opt_in(hostile):
     path = hostile("trusted.pth")
     with trust_checkpoint_code():

@@ -133,8 +133,9 @@ def read_checkpoint_file(path_manager, filename: str) -> Any:
     warning. ``path_manager``: detectron2's (for ``e3va://`` and other registered paths)."""
     trusted = checkpoint_code_trusted()
     with path_manager.open(filename, "rb") as f:
+        plain_pickle = filename.endswith(".pkl") and not _written_by_torch(f)
         try:
-            if filename.endswith(".pkl"):
+            if plain_pickle:
                 return restricted_pickle_load(f, filename)
             return torch.load(f, map_location="cpu", weights_only=True)
         except UnsafeCheckpointError:
@@ -156,9 +157,17 @@ def read_checkpoint_file(path_manager, filename: str) -> Any:
         "%s holds Python objects besides tensors; reading it with full unpickling, as asked "
         "(trust_checkpoint_code): only do this for files you trust.", filename)
     with path_manager.open(filename, "rb") as f:
-        if filename.endswith(".pkl"):
+        if plain_pickle:
             return pickle.load(f, encoding="latin1")
         return torch.load(f, map_location="cpu", weights_only=False)
+
+
+def _written_by_torch(f: IO[bytes]) -> bool:
+    """Whether ``f`` is torch.save's zip archive (a ``.pkl`` may be one, renamed): read it as
+    torch reads it, not as a plain pickle."""
+    head = f.read(4)
+    f.seek(0)
+    return head == b"PK\x03\x04"
 
 
 def _last_line(message: str) -> str:
