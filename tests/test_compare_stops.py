@@ -36,9 +36,10 @@ def start(output):
                             stderr=subprocess.PIPE, text=True)
 
 
-def training(output) -> bool:
+def training(output, times: int = 1) -> bool:
+    """Whether the e3va run has started training ``times`` times (a resumed run logs again)."""
     log = output / "runs" / "e3va" / "seed0" / "log.txt"
-    return log.is_file() and "Starting training from iteration" in log.read_text()
+    return log.is_file() and log.read_text().count("Starting training from iteration") >= times
 
 
 def test_sigterm_stops_every_run_at_a_checkpoint_and_sigkill_takes_them_along(tmp_path):
@@ -54,7 +55,7 @@ def test_sigterm_stops_every_run_at_a_checkpoint_and_sigkill_takes_them_along(tm
     assert not (tmp_path / "runs" / "e3va_random").exists(), "a queued run started after the stop"
 
     comparison = start(tmp_path)  # it resumes the stopped run
-    assert wait_until(lambda: workers(comparison.pid), 120)
+    assert wait_until(lambda: training(tmp_path, times=2), 240), "the run did not resume"
     (run,) = workers(comparison.pid)
     comparison.kill()
     comparison.wait()
