@@ -29,6 +29,9 @@ there.
     python -m projects.transfer.study --rows lora,e3va          # after full's curve plateaued
     python -m projects.transfer.study --render                  # tables and plots only
     python -m projects.transfer.study --park                    # before a stop: keep progress
+
+``kill <pid>`` (SIGTERM) stops the study and every run it trains, each at a checkpoint; the same
+command continues them.
 """
 from __future__ import annotations
 
