@@ -7,7 +7,7 @@ import os
 import pytest
 
 from projects.tables import replace_block
-from projects.transfer import study
+from projects.transfer import compare, study
 
 
 def test_committed_tables_match_the_committed_records():
@@ -82,13 +82,14 @@ def _run(folder, checkpoints, last, metrics="m\n", finished=False):
 
 
 def test_parked_runs_continue_on_another_checkout(tmp_path):
-    """--park keeps an unfinished run's last checkpoint, its name and its metrics (nothing
-    else, one checkpoint a run); a finished run gets its record and its parked state goes; a
-    fresh output folder gets the parked state back, a run that has its own checkpoint keeps
-    it."""
+    """--park keeps an unfinished run's last checkpoint, its name, its metrics and its
+    minutes so far (nothing else, one checkpoint a run); a finished run gets its record and
+    its parked state goes; a fresh output folder gets the parked state back, a run that has
+    its own checkpoint keeps it."""
     output, parked, fresh = tmp_path / "output", tmp_path / "parked", tmp_path / "fresh"
     _run(output / "near/runs/full/seed0", ["model_0000499.pth", "model_0000999.pth"],
          "model_0000999.pth", metrics="curve\n")
+    (output / "near/runs/full/seed0/elapsed_minutes.json").write_text('{"minutes": 12.5}')
     _run(output / "near/runs/fixed/seed0", ["model_0000499.pth"], "model_0000499.pth",
          metrics=json.dumps({"iteration": 3999, "bbox/AP": 70.2, "segm/AP": 75.2}) + "\n",
          finished=True)
@@ -101,7 +102,8 @@ def test_parked_runs_continue_on_another_checkout(tmp_path):
         os.path.join("near", "runs", "full", "seed0")]
     assert study.load_records(str(records))["near"]["fixed"][0]["final"] == FINISHED["metrics"]
     kept = parked / "near/runs/full/seed0"
-    assert sorted(os.listdir(kept)) == ["last_checkpoint", "metrics.json", "model_0000999.pth"]
+    assert sorted(os.listdir(kept)) == ["elapsed_minutes.json", "last_checkpoint",
+                                        "metrics.json", "model_0000999.pth"]
     assert (kept / "metrics.json").read_text() == "curve\n"
     assert not (parked / "near/runs/fixed/seed0").exists()  # finished: its record is kept
 
@@ -109,6 +111,7 @@ def test_parked_runs_continue_on_another_checkout(tmp_path):
     resumed = fresh / "near/runs/full/seed0"
     assert (resumed / "last_checkpoint").read_text() == "model_0000999.pth"
     assert (resumed / "model_0000999.pth").read_bytes() == b"model_0000999.pth"
+    assert compare.minutes_before(str(resumed)) == 12.5  # its time so far travels with it
     assert study.unpark(str(parked), str(output)) == []  # output's runs have their own state
 
 

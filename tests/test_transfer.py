@@ -2,9 +2,13 @@
 1 seed, a few iterations; outputs written, and a restart skips what is finished."""
 import json
 import os
+import types
 
 import pytest
+import torch
 
+from e3va_d2 import engine
+from e3va_d2.engine.signals import TrainingStopped
 from projects.transfer import compare
 
 TINY = [
@@ -56,3 +60,34 @@ def test_overrides_reach_the_swapped_tuning_method(tmp_path):
     floor = compare.run_config(config, [], compare.FLOOR, 1, str(tmp_path))
     assert compare.trunk_source(floor) == "random" and floor.train.seed == 1
     assert compare.trunk_source(cfg).startswith("e3va://")
+
+
+def test_minutes_count_every_session_of_a_resumed_run(tmp_path, monkeypatch):
+    """A run stopped after 10 minutes and finished in 10 more reports 20 (it reported the last
+    session's 10: a parked run's record understated its time)."""
+    clock = types.SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(compare, "time", types.SimpleNamespace(time=lambda: clock.now))
+
+    class TenMinuteSessions:
+        stop = True
+
+        def __init__(self, cfg):
+            self._trainer = types.SimpleNamespace(model=torch.nn.Linear(2, 2))
+
+        def resume_or_load(self, resume):
+            assert resume
+
+        def train(self):
+            clock.now += 600
+            if TenMinuteSessions.stop:
+                raise TrainingStopped(143)
+            return {"bbox": {"AP": 50.0}}
+
+    monkeypatch.setattr(engine, "E3VATrainer", TenMinuteSessions)
+    config = os.path.join(os.path.dirname(__file__), "..", compare.DEFAULT_CONFIG)
+    with pytest.raises(TrainingStopped):
+        compare.train_one(config, [], "e3va", 0, str(tmp_path), threads=1)
+    assert compare.minutes_before(str(tmp_path)) == 10
+    TenMinuteSessions.stop = False
+    result = compare.train_one(config, [], "e3va", 0, str(tmp_path), threads=1)
+    assert result["minutes"] == 20 and result["metrics"] == {"bbox/AP": 50.0}

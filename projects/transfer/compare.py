@@ -106,9 +106,23 @@ def trunk_source(cfg) -> str:
                or "random")
 
 
+ELAPSED_FILE = "elapsed_minutes.json"  # minutes a stopped run trained before it was resumed
+
+
+def minutes_before(folder: str) -> float:
+    """Minutes the run in ``folder`` spent in earlier sessions that stopped (0 for a new run)."""
+    path = os.path.join(folder, ELAPSED_FILE)
+    if not os.path.isfile(path):
+        return 0.0
+    with open(path) as f:
+        return float(json.load(f)["minutes"])
+
+
 def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: str,
               threads: int) -> dict:
-    """One (row, seed) run in this process; writes and returns its ``result.json``."""
+    """One (row, seed) run in this process; writes and returns its ``result.json``. Its
+    ``minutes`` count every session of the run, each added to ``ELAPSED_FILE`` as it ends (a
+    session killed outright, SIGKILL, adds nothing)."""
     import torch
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
@@ -124,16 +138,24 @@ def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: st
     setup_logger(folder, name="detectron2")
     setup_logger(folder, name="e3va_d2")
     seed_all_rng(seed)  # as detectron2's default_setup does for train.seed
-    start = time.time()
-    trainer = E3VATrainer(cfg)
-    # A run stopped midway continues from its last checkpoint (exactly; see engine/resume.py).
-    trainer.resume_or_load(resume=True)
-    _, totals = trainable_parameter_table(trainer._trainer.model)
-    metrics = flat_metrics(trainer.train())
+    start, before = time.time(), minutes_before(folder)
+
+    def minutes() -> float:
+        return before + (time.time() - start) / 60
+
+    try:
+        trainer = E3VATrainer(cfg)
+        # A run stopped midway continues from its last checkpoint (exactly; engine/resume.py).
+        trainer.resume_or_load(resume=True)
+        _, totals = trainable_parameter_table(trainer._trainer.model)
+        metrics = flat_metrics(trainer.train())
+    finally:
+        spent = json.dumps({"minutes": minutes()}).encode()
+        atomic_write(os.path.join(folder, ELAPSED_FILE), lambda f: f.write(spent))
     result = dict(row=row, method=method, seed=seed, metrics=metrics,
                   trunk=trunk_source(cfg),
                   trainable_in_backbone=totals["trainable_in_backbone"],
-                  trainable=totals["trainable"], minutes=(time.time() - start) / 60)
+                  trainable=totals["trainable"], minutes=minutes())
     atomic_write(os.path.join(folder, "result.json"),
                  lambda f: f.write(json.dumps(result, indent=2).encode()))
     return result

@@ -46,6 +46,7 @@ import sys
 from typing import Dict, List, Optional
 
 from projects.tables import replace_block
+from projects.transfer.compare import ELAPSED_FILE
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REGIMES = {
@@ -54,7 +55,8 @@ REGIMES = {
 }
 RECORDS = os.path.join(ROOT, "docs", "records", "accuracy")
 PARKED = os.path.join(ROOT, "projects", "transfer", "runs")  # unfinished runs' state, committed
-RESUME_FILES = ("metrics.json", "last_checkpoint")  # after the checkpoint last_checkpoint names
+# Copied after the checkpoint last_checkpoint names, last_checkpoint last.
+RESUME_FILES = ("metrics.json", ELAPSED_FILE, "last_checkpoint")
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 # The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B, box AP): fixed 43.5, full 51.9.
 PAPER_RECOVERY = {"full": 1.0, "fixed": 0.0, "lora": (51.2 - 43.5) / (51.9 - 43.5),
