@@ -46,7 +46,7 @@ import sys
 from typing import Dict, List, Optional
 
 from projects.tables import replace_block
-from projects.transfer.compare import ELAPSED_FILE
+from projects.transfer import compare
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REGIMES = {
@@ -56,7 +56,7 @@ REGIMES = {
 RECORDS = os.path.join(ROOT, "docs", "records", "accuracy")
 PARKED = os.path.join(ROOT, "projects", "transfer", "runs")  # unfinished runs' state, committed
 # Copied after the checkpoint last_checkpoint names, last_checkpoint last.
-RESUME_FILES = ("metrics.json", ELAPSED_FILE, "last_checkpoint")
+RESUME_FILES = ("metrics.json", compare.ELAPSED_FILE, "last_checkpoint")
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 # The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B, box AP): fixed 43.5, full 51.9.
 PAPER_RECOVERY = {"full": 1.0, "fixed": 0.0, "lora": (51.2 - 43.5) / (51.9 - 43.5),
@@ -195,7 +195,6 @@ def unpark(parked: str, output: str) -> List[str]:
 
 def run(args) -> None:
     from e3va_d2.config import load_config
-    from projects.transfer import compare
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
