@@ -2,6 +2,7 @@
 reaches every run, which saves where it is, and no queued run starts; a comparison killed
 outright takes its runs with it instead of leaving them training into the output folder."""
 import glob
+import os
 import signal
 import subprocess
 import sys
@@ -43,20 +44,30 @@ def training(output, times: int = 1) -> bool:
 
 
 def test_sigterm_stops_every_run_at_a_checkpoint_and_sigkill_takes_them_along(tmp_path):
-    comparison = start(tmp_path)
-    assert wait_until(lambda: training(tmp_path), 240), "the first run never started training"
-    (run,) = workers(comparison.pid)
-    comparison.send_signal(signal.SIGTERM)
-    assert comparison.wait(120) == 128 + signal.SIGTERM, comparison.stderr.read()[-2000:]
-    assert wait_until(lambda: not alive(run), 10)
-    folder = tmp_path / "runs" / "e3va" / "seed0"
-    saved = (folder / "last_checkpoint").read_text().strip()
-    assert saved.startswith("model_") and (folder / saved).is_file()
-    assert not (tmp_path / "runs" / "e3va_random").exists(), "a queued run started after the stop"
+    started = []
+    try:
+        comparison = start(tmp_path)
+        started.append(comparison)
+        assert wait_until(lambda: training(tmp_path), 240), "the first run never started training"
+        (run,) = workers(comparison.pid)
+        comparison.send_signal(signal.SIGTERM)
+        assert comparison.wait(120) == 128 + signal.SIGTERM, comparison.stderr.read()[-2000:]
+        assert wait_until(lambda: not alive(run), 10)
+        folder = tmp_path / "runs" / "e3va" / "seed0"
+        saved = (folder / "last_checkpoint").read_text().strip()
+        assert saved.startswith("model_") and (folder / saved).is_file()
+        assert not (tmp_path / "runs" / "e3va_random").exists(), \
+            "a queued run started after the stop"
 
-    comparison = start(tmp_path)  # it resumes the stopped run
-    assert wait_until(lambda: training(tmp_path, times=2), 240), "the run did not resume"
-    (run,) = workers(comparison.pid)
-    comparison.kill()
-    comparison.wait()
-    assert wait_until(lambda: not alive(run), 10), "the run outlived its comparison"
+        comparison = start(tmp_path)  # it resumes the stopped run
+        started.append(comparison)
+        assert wait_until(lambda: training(tmp_path, times=2), 240), "the run did not resume"
+        (run,) = workers(comparison.pid)
+        comparison.kill()
+        comparison.wait()
+        assert wait_until(lambda: not alive(run), 10), "the run outlived its comparison"
+    finally:  # a failed assertion leaves no training behind
+        for process in started:
+            for pid in workers(process.pid) if alive(process.pid) else []:
+                os.kill(pid, signal.SIGKILL)
+            process.kill()
