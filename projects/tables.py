@@ -51,7 +51,7 @@ TABLES: Dict[str, Table] = {
         "docs/CONFIGS.md", "projects.model_zoo.config_table:render",
         "python -m projects.model_zoo.config_table"),
     "transfer": Table(
-        "README.md", "projects.transfer.compare:render",
+        "docs/ACCURACY.md", "projects.transfer.compare:render",
         "python -m projects.transfer.compare", measured_at="074435d"),
     "cost-swin-b": Table(
         "docs/COST.md", "projects.benchmark.tuning_cost:render",
@@ -113,6 +113,13 @@ TABLES: Dict[str, Table] = {
         "docs/COST.md", "projects.benchmark.ddp:render",
         f"{_BENCH}.ddp --processes 2 --config-file {_SWIN_B} --steps 3",
         measured_at="4b2623a"),
+    "peak-accuracy": Table(
+        "docs/ACCURACY.md", "projects.benchmark.tuning_cost:render",
+        f"{_BENCH}.tuning_cost --config-file configs/Shapes/accuracy_near_mask_rcnn_swin.py "
+        "--methods full,fixed,lora,e3va,e3va_spatial,e3va:recompute_branches=stage,"
+        "e3va:saved_input_dtype=bfloat16,e3va:saved_input_dtype=float8_e4m3fn,"
+        "e3va:trunk_dtype=bfloat16 --size 128 --batch 4 --steps 0 --warmup 1 "
+        "--output output/peak-accuracy"),
     "adapter-init": Table(
         "docs/ACCURACY.md", "projects.transfer.adapter_init:render",
         "python -m projects.transfer.adapter_init"),
@@ -128,7 +135,8 @@ TABLES: Dict[str, Table] = {
 # Blocks a script renders from a set of records of its own (one per run) rather than one record
 # here; that script's test checks them (the accuracy study: tests/test_accuracy_study.py).
 RECORD_SETS = {"accuracy-near": "projects.transfer.study",
-               "accuracy-far": "projects.transfer.study"}
+               "accuracy-far": "projects.transfer.study",
+               "accuracy-summary": "projects.transfer.study"}
 
 
 def _path(relative: str) -> str:

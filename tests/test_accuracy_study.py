@@ -12,14 +12,15 @@ from projects.transfer import compare, study
 
 def test_committed_tables_match_the_committed_records():
     """Every regime's block, recorded runs or not yet, is what its committed records give."""
-    with open(study.DOC) as f:
-        doc = f.read()
     rendered = study.render_tables(study.load_records())
-    assert set(rendered) == {f"accuracy-{regime}" for regime in study.REGIMES}
+    assert set(rendered) == {f"accuracy-{regime}" for regime in study.REGIMES} | {study.SUMMARY}
     for name, body in rendered.items():
+        path = study.README if name == study.SUMMARY else study.DOC
+        with open(path) as f:
+            doc = f.read()
         assert replace_block(doc, name, body) == doc, (
-            f"docs/ACCURACY.md's {name!r} table differs from its records: run "
-            "`python -m projects.transfer.study --render`")
+            f"{os.path.relpath(path, study.ROOT)}'s {name!r} table differs from its records: "
+            "run `python -m projects.transfer.study --render`")
 
 
 def record(regime, row, seed, box, mask=None):
@@ -39,6 +40,30 @@ def test_recovery_is_the_share_of_the_fixed_to_full_gap():
     table = study.regime_table("near", rows)
     assert "| `e3va` | 26.0 ± 1.4 | 25.0, 27.0 |" in table and "| 0.75 |" in table
     assert table.index("`full`") < table.index("`fixed`") < table.index("`e3va`")
+
+
+def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_spread(tmp_path):
+    rows = {"full": [record("far", "full", 0, 30)],
+            "fixed": [record("far", "fixed", s, v) for s, v in enumerate((10, 12))],
+            "e3va": [record("far", "e3va", 0, 25)], "lora": [record("far", "lora", 0, 28)]}
+    mib = 2**20
+    table = study.regime_table("far", rows, {"full": 160 * mib, "fixed": 60 * mib,
+                                             "e3va": 70 * mib})
+    assert "| `full` | 30.0 | 30.0 |" in table  # not "30.0 ± 0.0": one seed has no spread
+    assert "| 160 MiB | 100.0% |" in table and "| 60 MiB | 0.0% |" in table
+    assert "| 70 MiB | 10.0% |" in table  # (70 - 60) / (160 - 60)
+    assert "| 0.89 | 0.92 |  |  |" in table  # LoRA: not measured, blank rather than invented
+    summary = study.summary_table({"far": rows, "near": {"full": rows["full"]}},
+                                  {"full": 160 * mib, "fixed": 60 * mib, "e3va": 70 * mib})
+    assert summary.splitlines()[0] == (
+        "| method | near: box AP | near: recovery | far: box AP | far: recovery "
+        "| paper's recovery | peak memory above fixed |")
+    assert "| `fixed` | not run yet |  | 11.0 ± 1.4 (2 seeds) | 0.00 | 0.00 | 0.0% |" in summary
+    assert "| `e3va` | not run yet |  | 25.0 (1 seed) | 0.74 | 0.83 | 10.0% |" in summary
+    (tmp_path / "peak.json").write_text(json.dumps({"data": {"results": {
+        "full": {"peak": {"peak_bytes": 5}}, "e3va": {"peak": None}, "fixed": {}}}}))
+    assert study.load_peaks(str(tmp_path / "peak.json")) == {"full": 5}
+    assert study.load_peaks(str(tmp_path / "missing.json")) == {}
 
 
 def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):

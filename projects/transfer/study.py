@@ -45,6 +45,7 @@ import statistics
 import sys
 from typing import Dict, List, Optional
 
+from projects import tables
 from projects.tables import replace_block
 from projects.transfer import compare
 
@@ -58,10 +59,14 @@ PARKED = os.path.join(ROOT, "projects", "transfer", "runs")  # unfinished runs' 
 # Copied after the checkpoint last_checkpoint names, last_checkpoint last.
 RESUME_FILES = ("metrics.json", compare.ELAPSED_FILE, "last_checkpoint")
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
+README = os.path.join(ROOT, "README.md")  # holds the summary of both regimes
+SUMMARY = "accuracy-summary"
 # The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B, box AP): fixed 43.5, full 51.9.
 PAPER_RECOVERY = {"full": 1.0, "fixed": 0.0, "lora": (51.2 - 43.5) / (51.9 - 43.5),
                   "e3va": (50.5 - 43.5) / (51.9 - 43.5)}
 METRICS = (("bbox/AP", "box AP"), ("segm/AP", "mask AP"))
+# The cost benchmark's record of the study's training step (projects/tables.py "peak-accuracy").
+PEAK_RECORD = tables.record_path("peak-accuracy")
 
 logger = logging.getLogger("e3va_d2.study")
 
@@ -239,8 +244,30 @@ def load_records(root: str = RECORDS) -> Dict[str, Dict[str, List[dict]]]:
 
 
 def mean_std(values: List[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+    """Mean ± sample std over seeds; one seed has no spread to show."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def load_peaks(path: str = PEAK_RECORD) -> Dict[str, int]:
+    """{method: peak training bytes} from the cost benchmark's record of the study's step (empty
+    before it is measured)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        results = json.load(f)["data"]["results"]
+    return {m: r["peak"]["peak_bytes"] for m, r in results.items() if r.get("peak")}
+
+
+def peak_columns(row: str, peaks: Dict[str, int]) -> List[str]:
+    """A row's peak training memory and its share of the way from fixed's peak to full's."""
+    if row not in peaks:
+        return ["", ""]
+    share = ""
+    if {"full", "fixed"} <= set(peaks) and peaks["full"] != peaks["fixed"]:
+        share = f"{100 * (peaks[row] - peaks['fixed']) / (peaks['full'] - peaks['fixed']):.1f}%"
+    return [f"{peaks[row] / 2**20:.0f} MiB", share]
 
 
 def recovery(rows: Dict[str, List[dict]], row: str, metric: str = "bbox/AP") -> Optional[float]:
@@ -253,12 +280,49 @@ def recovery(rows: Dict[str, List[dict]], row: str, metric: str = "bbox/AP") -> 
     return (mean[row] - mean["fixed"]) / gap if gap else None
 
 
-def regime_table(regime: str, rows: Dict[str, List[dict]]) -> str:
-    head = ["method", "box AP", "box AP per seed", "mask AP", "recovery (box)",
-            "paper's recovery (COCO box)", "iterations", "trainable (backbone)"]
+ROW_ORDER = ("full", "fixed", "lora", "e3va")  # the paper's rows first, in its order
+
+
+def ordered(rows) -> List[str]:
+    return sorted(rows, key=lambda r: (ROW_ORDER.index(r) if r in ROW_ORDER else len(ROW_ORDER),
+                                       r))
+
+
+def box_ap(recs: List[dict]) -> str:
+    """Mean box AP over seeds, its spread and how many seeds."""
+    box = [r["final"]["bbox/AP"] for r in recs]
+    return f"{mean_std(box)} ({len(box)} seed{'s' if len(box) > 1 else ''})"
+
+
+def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, int]) -> str:
+    """Both regimes in one table, for the README: box AP, recovery, and peak memory."""
+    regimes = [r for r in REGIMES if records.get(r)]
+    head = ["method"]
+    for regime in regimes:
+        head += [f"{regime}: box AP", f"{regime}: recovery"]
+    head += ["paper's recovery", "peak memory above fixed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = ["full", "fixed", "lora", "e3va"]
-    for row in sorted(rows, key=lambda r: (order.index(r) if r in order else len(order), r)):
+    for row in ordered({row for r in regimes for row in records[r]}):
+        cells = [f"`{row}`"]
+        for regime in regimes:
+            recs = records[regime].get(row)
+            rec = recovery(records[regime], row) if recs else None
+            cells += [box_ap(recs) if recs else "not run yet",
+                      "" if rec is None else f"{rec:.2f}"]
+        paper = PAPER_RECOVERY.get(row)
+        cells += ["" if paper is None else f"{paper:.2f}", peak_columns(row, peaks)[1]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def regime_table(regime: str, rows: Dict[str, List[dict]],
+                 peaks: Optional[Dict[str, int]] = None) -> str:
+    peaks = {} if peaks is None else peaks
+    head = ["method", "box AP", "box AP per seed", "mask AP", "recovery (box)",
+            "paper's recovery (COCO box)", "peak training memory", "peak above fixed",
+            "iterations", "trainable (backbone)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in ordered(rows):
         recs = rows[row]
         box = [r["final"]["bbox/AP"] for r in recs]
         mask = [r["final"]["segm/AP"] for r in recs]
@@ -268,14 +332,21 @@ def regime_table(regime: str, rows: Dict[str, List[dict]]) -> str:
         lines.append("| " + " | ".join([
             f"`{row}`", mean_std(box), ", ".join(f"{v:.1f}" for v in box), mean_std(mask),
             "" if rec is None else f"{rec:.2f}", "" if paper is None else f"{paper:.2f}",
-            str(iters), f"{recs[0]['trainable_in_backbone'] / 1e6:.3f}M"]) + " |")
+            *peak_columns(row, peaks), str(iters),
+            f"{recs[0]['trainable_in_backbone'] / 1e6:.3f}M"]) + " |")
     return "\n".join(lines)
 
 
-def render_tables(records: Dict[str, Dict[str, List[dict]]]) -> Dict[str, str]:
-    """Marker name -> Markdown, for docs/ACCURACY.md: every regime, recorded or not yet."""
-    return {f"accuracy-{regime}": regime_table(regime, records[regime]) if records.get(regime)
-            else "_No run of this regime is recorded yet._" for regime in REGIMES}
+def render_tables(records: Dict[str, Dict[str, List[dict]]],
+                  peaks: Optional[Dict[str, int]] = None) -> Dict[str, str]:
+    """Marker name -> Markdown: every regime's table, recorded or not yet (docs/ACCURACY.md),
+    and their summary (the README)."""
+    peaks = load_peaks() if peaks is None else peaks
+    blocks = {f"accuracy-{regime}": regime_table(regime, records[regime], peaks)
+              if records.get(regime) else "_No run of this regime is recorded yet._"
+              for regime in REGIMES}
+    blocks[SUMMARY] = summary_table(records, peaks)
+    return blocks
 
 
 def lr_drops(regime: str) -> List[int]:
@@ -314,16 +385,52 @@ def plot_curves(records, path: str) -> None:
     plt.close(fig)
 
 
-def render(records=None, doc: str = DOC, figures: str = os.path.join(ROOT, "docs")) -> None:
-    """Rewrite ``doc``'s generated blocks and the figures from ``records``."""
-    with open(doc) as f:
-        text = f.read()
-    for name, body in render_tables(records).items():
-        text = replace_block(text, name, body)
-    with open(doc, "w") as f:
-        f.write(text)
+def plot_accuracy_memory(records, peaks: Dict[str, int], path: str) -> None:
+    """Held-out box AP (mean over seeds, bars: the seeds' range) against peak training memory,
+    one panel a regime: where each method sits between the frozen trunk and full tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = [r for r in REGIMES if records.get(r)]
+    rows = ordered({row for r in regimes for row in records[r]})
+    colour = {row: f"C{i}" for i, row in enumerate(rows)}  # one colour a method, every panel
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 3.8), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        for row, recs in records[regime].items():
+            if row not in peaks:
+                continue
+            box = [r["final"]["bbox/AP"] for r in recs]
+            mean = statistics.fmean(box)
+            ax.errorbar(peaks[row] / 2**20, mean, yerr=[[mean - min(box)], [max(box) - mean]],
+                        fmt="o", capsize=3, color=colour[row])
+            ax.annotate(f"{row} ({len(box)} seed{'s' if len(box) > 1 else ''})",
+                        (peaks[row] / 2**20, mean), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+        ax.set(title=f"{regime} regime", xlabel="peak training memory (MiB, one step)",
+               ylabel="held-out box AP")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(records=None, doc: str = DOC, figures: str = os.path.join(ROOT, "docs"),
+           readme: str = README) -> None:
+    """Rewrite the generated blocks (the regimes' in ``doc``, the summary in ``readme``) and the
+    figures from ``records``."""
+    peaks = load_peaks()
+    for name, body in render_tables(records, peaks).items():
+        path = readme if name == SUMMARY else doc
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(replace_block(text, name, body))
     if records:
         plot_curves(records, os.path.join(figures, "accuracy_curves.png"))
+        if peaks:
+            plot_accuracy_memory(records, peaks, os.path.join(figures, "accuracy_memory.png"))
 
 
 def main(argv=None) -> None:
