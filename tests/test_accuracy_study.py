@@ -42,6 +42,14 @@ def test_recovery_is_the_share_of_the_fixed_to_full_gap():
     assert table.index("`full`") < table.index("`fixed`") < table.index("`e3va`")
 
 
+def test_final_training_loss_averages_each_runs_last_iterations_then_the_seeds():
+    runs = [dict(record("near", "e3va", s, 1.0), loss_curve=[
+        {"iter": i, "total_loss": v} for i, v in zip((100, 200, 300, 400), losses)])
+        for s, losses in enumerate(((9.0, 9.0, 2.0, 1.0), (9.0, 5.0, 4.0, 3.0)))]
+    assert study.final_training_loss(runs, span=200) == pytest.approx((1.5 + 3.5) / 2)
+    assert study.final_training_loss([record("near", "e3va", 0, 1.0)]) is None  # no curve
+
+
 def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_spread(tmp_path):
     rows = {"full": [record("far", "full", 0, 30)],
             "fixed": [record("far", "fixed", s, v) for s, v in enumerate((10, 12))],
@@ -52,7 +60,7 @@ def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_sprea
     assert "| `full` | 30.0 | 30.0 |" in table  # not "30.0 ± 0.0": one seed has no spread
     assert "| 160 MiB | 100.0% |" in table and "| 60 MiB | 0.0% |" in table
     assert "| 70 MiB | 10.0% |" in table  # (70 - 60) / (160 - 60)
-    assert "| 0.89 | 0.92 |  |  |" in table  # LoRA: not measured, blank rather than invented
+    assert "| 0.89 | 0.92 |  |  |  |" in table  # LoRA: not measured, blank rather than invented
     summary = study.summary_table({"far": rows, "near": {"full": rows["full"]}},
                                   {"full": 160 * mib, "fixed": 60 * mib, "e3va": 70 * mib})
     assert summary.splitlines()[0] == (

@@ -315,12 +315,25 @@ def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, in
     return "\n".join(lines)
 
 
+def final_training_loss(recs: List[dict], span: int = 500) -> Optional[float]:
+    """The logged training loss over a run's last ``span`` iterations, mean over seeds: beside
+    held-out AP it tells underfitting (high) from fitting the training images only (low)."""
+    per_seed = []
+    for rec in recs:
+        curve = rec["loss_curve"]
+        if curve:
+            last = curve[-1]["iter"]
+            per_seed.append(statistics.fmean(p["total_loss"] for p in curve
+                                             if p["iter"] > last - span))
+    return statistics.fmean(per_seed) if per_seed else None
+
+
 def regime_table(regime: str, rows: Dict[str, List[dict]],
                  peaks: Optional[Dict[str, int]] = None) -> str:
     peaks = {} if peaks is None else peaks
     head = ["method", "box AP", "box AP per seed", "mask AP", "recovery (box)",
             "paper's recovery (COCO box)", "peak training memory", "peak above fixed",
-            "iterations", "trainable (backbone)"]
+            "training loss (last 500 it.)", "iterations", "trainable (backbone)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in ordered(rows):
         recs = rows[row]
@@ -332,7 +345,9 @@ def regime_table(regime: str, rows: Dict[str, List[dict]],
         lines.append("| " + " | ".join([
             f"`{row}`", mean_std(box), ", ".join(f"{v:.1f}" for v in box), mean_std(mask),
             "" if rec is None else f"{rec:.2f}", "" if paper is None else f"{paper:.2f}",
-            *peak_columns(row, peaks), str(iters),
+            *peak_columns(row, peaks),
+            "" if final_training_loss(recs) is None else f"{final_training_loss(recs):.3f}",
+            str(iters),
             f"{recs[0]['trainable_in_backbone'] / 1e6:.3f}M"]) + " |")
     return "\n".join(lines)
 
