@@ -125,6 +125,10 @@ def test_unknown_method_is_refused():
 
 def test_method_specs_carry_options_and_bad_ones_are_refused():
     script = load_script()
+    assert script.method_names("full, e3va_spatial:conv_kernels=(3,5,7),lora") == [
+        "full", "e3va_spatial:conv_kernels=(3,5,7)", "lora"]  # a tuple's commas stay in it
+    assert script.method_options("e3va_spatial:conv_kernels=(3,5,7)")[1] == {
+        "conv_kernels": (3, 5, 7)}
     assert script.method_options("e3va:saved_input_dtype=bfloat16:rank=4") == (
         "e3va", {"saved_input_dtype": "bfloat16", "rank": 4})
     assert script.method_options("lora") == ("lora", {})

@@ -89,11 +89,25 @@ PAPER_ORDER = ["full", "fixed", "bitfit", "norm", "partial1", "adapter", "lora",
                "e3va", "e3va_plus", "e3va_plusplus"]
 
 
+def split_methods(spec: str) -> List[str]:
+    """Comma-separated method specs; a comma inside brackets belongs to an option's value, as
+    in ``e3va_spatial:conv_kernels=(3,5,7)``."""
+    names, depth, current = [], 0, ""
+    for char in spec:
+        depth += (char in "([") - (char in ")]")
+        if char == "," and depth == 0:
+            names.append(current)
+            current = ""
+        else:
+            current += char
+    return [m.strip() for m in [*names, current] if m.strip()]
+
+
 def method_names(spec: str) -> List[str]:
     if spec == "all":
         return [m for m in PAPER_ORDER if m in TUNING_METHODS] + sorted(
             m for m in TUNING_METHODS if m not in PAPER_ORDER)
-    names = [m.strip() for m in spec.split(",") if m.strip()]
+    names = split_methods(spec)
     for name in names:
         method_options(name)  # fails early, naming the bad method or option
     return names

@@ -46,6 +46,7 @@ import sys
 from typing import Dict, List, Optional
 
 from projects import tables
+from projects.benchmark.tuning_cost import method_names
 from projects.tables import replace_block
 from projects.transfer import compare
 
@@ -75,7 +76,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--regimes", default="near,far")
     p.add_argument("--rows", default="full,fixed,lora,e3va",
-                   help="tuning methods, with options as 'e3va:zero_init=True'")
+                   help="tuning methods, with options as 'e3va:zero_init=True' or "
+                        "'e3va_spatial:conv_kernels=(3,5,7)'")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="threads per run")
@@ -201,7 +203,7 @@ def unpark(parked: str, output: str) -> List[str]:
 def run(args) -> None:
     from e3va_d2.config import load_config
 
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    rows = method_names(args.rows)  # a bracketed option value may hold commas
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in unpark(args.parked, args.output):
         logger.info("continuing %s from its parked state (%s)", name, args.parked)
