@@ -54,15 +54,14 @@ def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_sprea
     rows = {"full": [record("far", "full", 0, 30)],
             "fixed": [record("far", "fixed", s, v) for s, v in enumerate((10, 12))],
             "e3va": [record("far", "e3va", 0, 25)], "lora": [record("far", "lora", 0, 28)]}
-    mib = 2**20
-    table = study.regime_table("far", rows, {"full": 160 * mib, "fixed": 60 * mib,
-                                             "e3va": 70 * mib})
+    peaks = {m: {"peak": {"peak_bytes": mib * 2**20}}
+             for m, mib in (("full", 160), ("fixed", 60), ("e3va", 70))}
+    table = study.regime_table("far", rows, peaks)
     assert "| `full` | 30.0 | 30.0 |" in table  # not "30.0 ± 0.0": one seed has no spread
     assert "| 160 MiB | 100.0% |" in table and "| 60 MiB | 0.0% |" in table
     assert "| 70 MiB | 10.0% |" in table  # (70 - 60) / (160 - 60)
     assert "| 0.89 | 0.92 |  |  |  |" in table  # LoRA: not measured, blank rather than invented
-    summary = study.summary_table({"far": rows, "near": {"full": rows["full"]}},
-                                  {"full": 160 * mib, "fixed": 60 * mib, "e3va": 70 * mib})
+    summary = study.summary_table({"far": rows, "near": {"full": rows["full"]}}, peaks)
     assert summary.splitlines()[0] == (
         "| method | near: box AP | near: recovery | far: box AP | far: recovery "
         "| paper's recovery | peak memory above fixed |")
@@ -70,7 +69,7 @@ def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_sprea
     assert "| `e3va` | not run yet |  | 25.0 (1 seed) | 0.74 | 0.83 | 10.0% |" in summary
     (tmp_path / "peak.json").write_text(json.dumps({"data": {"results": {
         "full": {"peak": {"peak_bytes": 5}}, "e3va": {"peak": None}, "fixed": {}}}}))
-    assert study.load_peaks(str(tmp_path / "peak.json")) == {"full": 5}
+    assert study.load_peaks(str(tmp_path / "peak.json")) == {"full": {"peak": {"peak_bytes": 5}}}
     assert study.load_peaks(str(tmp_path / "missing.json")) == {}
 
 

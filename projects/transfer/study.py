@@ -46,6 +46,7 @@ import sys
 from typing import Dict, List, Optional
 
 from projects import tables
+from projects.benchmark.peak_report import MIB, peak_share
 from projects.benchmark.tuning_cost import method_names
 from projects.tables import replace_block
 from projects.transfer import compare
@@ -252,24 +253,26 @@ def mean_std(values: List[float]) -> str:
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def load_peaks(path: str = PEAK_RECORD) -> Dict[str, int]:
-    """{method: peak training bytes} from the cost benchmark's record of the study's step (empty
-    before it is measured)."""
+def load_peaks(path: str = PEAK_RECORD) -> Dict[str, dict]:
+    """The cost benchmark's results for the study's step, of the methods whose peak it measured
+    (empty before it is measured)."""
     if not os.path.isfile(path):
         return {}
     with open(path) as f:
         results = json.load(f)["data"]["results"]
-    return {m: r["peak"]["peak_bytes"] for m, r in results.items() if r.get("peak")}
+    return {m: r for m, r in results.items() if r.get("peak")}
 
 
-def peak_columns(row: str, peaks: Dict[str, int]) -> List[str]:
+def peak_mib(peaks: Dict[str, dict], row: str) -> float:
+    return peaks[row]["peak"]["peak_bytes"] / MIB
+
+
+def peak_columns(row: str, peaks: Dict[str, dict]) -> List[str]:
     """A row's peak training memory and its share of the way from fixed's peak to full's."""
     if row not in peaks:
         return ["", ""]
-    share = ""
-    if {"full", "fixed"} <= set(peaks) and peaks["full"] != peaks["fixed"]:
-        share = f"{100 * (peaks[row] - peaks['fixed']) / (peaks['full'] - peaks['fixed']):.1f}%"
-    return [f"{peaks[row] / 2**20:.0f} MiB", share]
+    share = peak_share(peaks, row)
+    return [f"{peak_mib(peaks, row):.0f} MiB", "" if share is None else f"{100 * share:.1f}%"]
 
 
 def recovery(rows: Dict[str, List[dict]], row: str, metric: str = "bbox/AP") -> Optional[float]:
@@ -290,13 +293,16 @@ def ordered(rows) -> List[str]:
                                        r))
 
 
+def seeds(recs: List[dict]) -> str:
+    return f"{len(recs)} seed{'s' if len(recs) > 1 else ''}"
+
+
 def box_ap(recs: List[dict]) -> str:
     """Mean box AP over seeds, its spread and how many seeds."""
-    box = [r["final"]["bbox/AP"] for r in recs]
-    return f"{mean_std(box)} ({len(box)} seed{'s' if len(box) > 1 else ''})"
+    return f"{mean_std([r['final']['bbox/AP'] for r in recs])} ({seeds(recs)})"
 
 
-def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, int]) -> str:
+def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, dict]) -> str:
     """Both regimes in one table, for the README: box AP, recovery, and peak memory."""
     regimes = [r for r in REGIMES if records.get(r)]
     head = ["method"]
@@ -331,7 +337,7 @@ def final_training_loss(recs: List[dict], span: int = 500) -> Optional[float]:
 
 
 def regime_table(regime: str, rows: Dict[str, List[dict]],
-                 peaks: Optional[Dict[str, int]] = None) -> str:
+                 peaks: Optional[Dict[str, dict]] = None) -> str:
     peaks = {} if peaks is None else peaks
     head = ["method", "box AP", "box AP per seed", "mask AP", "recovery (box)",
             "paper's recovery (COCO box)", "peak training memory", "peak above fixed",
@@ -344,18 +350,18 @@ def regime_table(regime: str, rows: Dict[str, List[dict]],
         rec = recovery(rows, row)
         paper = PAPER_RECOVERY.get(row)
         iters = recs[0]["eval_curve"][-1]["iter"] if recs[0]["eval_curve"] else ""
+        loss = final_training_loss(recs)
         lines.append("| " + " | ".join([
             f"`{row}`", mean_std(box), ", ".join(f"{v:.1f}" for v in box), mean_std(mask),
             "" if rec is None else f"{rec:.2f}", "" if paper is None else f"{paper:.2f}",
             *peak_columns(row, peaks),
-            "" if final_training_loss(recs) is None else f"{final_training_loss(recs):.3f}",
-            str(iters),
+            "" if loss is None else f"{loss:.3f}", str(iters),
             f"{recs[0]['trainable_in_backbone'] / 1e6:.3f}M"]) + " |")
     return "\n".join(lines)
 
 
 def render_tables(records: Dict[str, Dict[str, List[dict]]],
-                  peaks: Optional[Dict[str, int]] = None) -> Dict[str, str]:
+                  peaks: Optional[Dict[str, dict]] = None) -> Dict[str, str]:
     """Marker name -> Markdown: every regime's table, recorded or not yet (docs/ACCURACY.md),
     and their summary (the README)."""
     peaks = load_peaks() if peaks is None else peaks
@@ -402,7 +408,7 @@ def plot_curves(records, path: str) -> None:
     plt.close(fig)
 
 
-def plot_accuracy_memory(records, peaks: Dict[str, int], path: str) -> None:
+def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str) -> None:
     """Held-out box AP (mean over seeds, bars: the seeds' range) against peak training memory,
     one panel a regime: where each method sits between the frozen trunk and full tuning."""
     import matplotlib
@@ -420,11 +426,10 @@ def plot_accuracy_memory(records, peaks: Dict[str, int], path: str) -> None:
                 continue
             box = [r["final"]["bbox/AP"] for r in recs]
             mean = statistics.fmean(box)
-            ax.errorbar(peaks[row] / 2**20, mean, yerr=[[mean - min(box)], [max(box) - mean]],
+            ax.errorbar(peak_mib(peaks, row), mean, yerr=[[mean - min(box)], [max(box) - mean]],
                         fmt="o", capsize=3, color=colour[row])
-            ax.annotate(f"{row} ({len(box)} seed{'s' if len(box) > 1 else ''})",
-                        (peaks[row] / 2**20, mean), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+            ax.annotate(f"{row} ({seeds(recs)})", (peak_mib(peaks, row), mean),
+                        textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set(title=f"{regime} regime", xlabel="peak training memory (MiB, one step)",
                ylabel="held-out box AP")
         ax.grid(alpha=0.3)
