@@ -136,6 +136,7 @@ TABLES: Dict[str, Table] = {
 # here; that script's test checks them (the accuracy study: tests/test_accuracy_study.py).
 RECORD_SETS = {"accuracy-near": "projects.transfer.study",
                "accuracy-far": "projects.transfer.study",
+               "accuracy-variants": "projects.transfer.study",
                "accuracy-summary": "projects.transfer.study"}
 
 

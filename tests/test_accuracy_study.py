@@ -13,7 +13,8 @@ from projects.transfer import compare, study
 def test_committed_tables_match_the_committed_records():
     """Every regime's block, recorded runs or not yet, is what its committed records give."""
     rendered = study.render_tables(study.load_records())
-    assert set(rendered) == {f"accuracy-{regime}" for regime in study.REGIMES} | {study.SUMMARY}
+    assert set(rendered) == ({f"accuracy-{regime}" for regime in study.REGIMES}
+                             | {study.SUMMARY, study.VARIANTS})
     for name, body in rendered.items():
         path = study.README if name == study.SUMMARY else study.DOC
         with open(path) as f:
@@ -170,3 +171,22 @@ def test_runs_with_a_committed_record_are_not_run_again(tmp_path, monkeypatch):
 def test_curves_mark_where_the_step_schedule_drops_the_learning_rate():
     """Both regimes share the recipe: LR x0.1 at 80% and again at 93% of 4,000 iterations."""
     assert study.lr_drops("near") == study.lr_drops("far") == [3200, 3720]
+
+
+def test_variants_are_compared_with_their_own_method_seed_by_seed():
+    rows = {"full": [record("far", "full", 0, 30)], "fixed": [record("far", "fixed", 0, 10)],
+            "e3va": [record("far", "e3va", s, v) for s, v in enumerate((20, 22, 24))],
+            "e3va:trunk_dtype=bfloat16": [record("far", "e3va:trunk_dtype=bfloat16", s, v)
+                                          for s, v in ((0, 19), (2, 25))]}
+    table = study.variants_table({"far": rows})
+    # seeds 0 and 2 only: -1 and +1, not the unpaired 22.0 - 22.0
+    assert ("| `e3va:trunk_dtype=bfloat16` | far | 22.0 ± 4.2 (2 seeds) | +0.0 ± 1.4 (2 seeds) |"
+            in table)
+    assert "| 0.60 | 0.60 |" in table  # its recovery beside its method's
+    # variants stay out of the methods' tables and the README's summary
+    assert "trunk_dtype" not in study.regime_table("far", rows)
+    assert "trunk_dtype" not in study.summary_table({"far": rows}, {})
+    assert study.paired_difference(rows["e3va:trunk_dtype=bfloat16"], rows["full"][:0]) == (
+        "no common seed yet")
+    assert study.variants_table({"far": {"e3va": rows["e3va"]}}) == (
+        "_No variant is recorded yet._")

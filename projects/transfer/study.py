@@ -63,6 +63,7 @@ RESUME_FILES = ("metrics.json", compare.ELAPSED_FILE, "last_checkpoint")
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 README = os.path.join(ROOT, "README.md")  # holds the summary of both regimes
 SUMMARY = "accuracy-summary"
+VARIANTS = "accuracy-variants"  # docs/ACCURACY.md: methods with options, against their method
 # The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B, box AP): fixed 43.5, full 51.9.
 PAPER_RECOVERY = {"full": 1.0, "fixed": 0.0, "lora": (51.2 - 43.5) / (51.9 - 43.5),
                   "e3va": (50.5 - 43.5) / (51.9 - 43.5)}
@@ -293,6 +294,16 @@ def ordered(rows) -> List[str]:
                                        r))
 
 
+def is_variant(row: str) -> bool:
+    """A method with options (``e3va:trunk_dtype=bfloat16``): compared with its own method,
+    seed by seed, in the variants table rather than among the methods."""
+    return ":" in row
+
+
+def methods_only(rows) -> List[str]:
+    return ordered(r for r in rows if not is_variant(r))
+
+
 def seeds(recs: List[dict]) -> str:
     return f"{len(recs)} seed{'s' if len(recs) > 1 else ''}"
 
@@ -310,7 +321,7 @@ def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, di
         head += [f"{regime}: box AP", f"{regime}: recovery"]
     head += ["paper's recovery", "peak memory above fixed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in ordered({row for r in regimes for row in records[r]}):
+    for row in methods_only({row for r in regimes for row in records[r]}):
         cells = [f"`{row}`"]
         for regime in regimes:
             recs = records[regime].get(row)
@@ -343,7 +354,7 @@ def regime_table(regime: str, rows: Dict[str, List[dict]],
             "paper's recovery (COCO box)", "peak training memory", "peak above fixed",
             "training loss (last 500 it.)", "iterations", "trainable (backbone)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in ordered(rows):
+    for row in methods_only(rows):
         recs = rows[row]
         box = [r["final"]["bbox/AP"] for r in recs]
         mask = [r["final"]["segm/AP"] for r in recs]
@@ -360,6 +371,48 @@ def regime_table(regime: str, rows: Dict[str, List[dict]],
     return "\n".join(lines)
 
 
+def paired_difference(recs: List[dict], base: List[dict], metric: str = "bbox/AP") -> str:
+    """The variant's AP minus its method's, seed by seed (the same seed is the same data order
+    and the same initial heads), as mean ± spread over the seeds both have."""
+    base_by_seed = {r["seed"]: r["final"][metric] for r in base}
+    diffs = [r["final"][metric] - base_by_seed[r["seed"]] for r in recs
+             if r["seed"] in base_by_seed]
+    if not diffs:
+        return "no common seed yet"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.1f} (1 seed)"
+    return (f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} "
+            f"({len(diffs)} seeds)")
+
+
+def variants_table(records: Dict[str, Dict[str, List[dict]]],
+                   peaks: Optional[Dict[str, dict]] = None) -> str:
+    """Every method-with-options row beside its own method: the parts of ``e3va_spatial``
+    (issue 20's ablation) and E3VA's lossy memory options (issue 22), per regime."""
+    peaks = {} if peaks is None else peaks
+    head = ["variant", "regime", "box AP", "minus its method's (paired seeds)", "mask AP",
+            "recovery (box)", "its method's recovery", "peak above fixed",
+            "training loss (last 500 it.)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    variants = sorted({row for rows in records.values() for row in rows if is_variant(row)})
+    for row in variants:
+        method = row.split(":", 1)[0]
+        for regime in (r for r in REGIMES if row in records.get(r, {})):
+            rows, recs = records[regime], records[regime][row]
+            rec, base_rec = recovery(rows, row), recovery(rows, method)
+            loss = final_training_loss(recs)
+            lines.append("| " + " | ".join([
+                f"`{row}`", regime, box_ap(recs),
+                paired_difference(recs, rows[method]) if method in rows else "not run yet",
+                mean_std([r["final"]["segm/AP"] for r in recs]),
+                "" if rec is None else f"{rec:.2f}",
+                "" if base_rec is None else f"{base_rec:.2f}",
+                peak_columns(row, peaks)[1], "" if loss is None else f"{loss:.3f}"]) + " |")
+    if not variants:
+        return "_No variant is recorded yet._"
+    return "\n".join(lines)
+
+
 def render_tables(records: Dict[str, Dict[str, List[dict]]],
                   peaks: Optional[Dict[str, dict]] = None) -> Dict[str, str]:
     """Marker name -> Markdown: every regime's table, recorded or not yet (docs/ACCURACY.md),
@@ -368,6 +421,7 @@ def render_tables(records: Dict[str, Dict[str, List[dict]]],
     blocks = {f"accuracy-{regime}": regime_table(regime, records[regime], peaks)
               if records.get(regime) else "_No run of this regime is recorded yet._"
               for regime in REGIMES}
+    blocks[VARIANTS] = variants_table(records, peaks)
     blocks[SUMMARY] = summary_table(records, peaks)
     return blocks
 
@@ -393,7 +447,8 @@ def plot_curves(records, path: str) -> None:
     regimes = sorted(records)
     fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 3.8), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
-        for row, recs in sorted(records[regime].items()):
+        for row in methods_only(records[regime]):
+            recs = records[regime][row]
             iters = [p["iter"] for p in recs[0]["eval_curve"]]
             means = [statistics.fmean(r["eval_curve"][k]["bbox/AP"] for r in recs
                                       if len(r["eval_curve"]) > k) for k in range(len(iters))]
