@@ -190,3 +190,13 @@ def test_variants_are_compared_with_their_own_method_seed_by_seed():
         "no common seed yet")
     assert study.variants_table({"far": {"e3va": rows["e3va"]}}) == (
         "_No variant is recorded yet._")
+
+
+def test_a_record_that_fails_to_build_leaves_no_file_that_marks_its_run_done(tmp_path):
+    """The record's presence skips the run on every checkout, so it is written whole or not at
+    all: here the run folder has no metrics.json, and no empty record may stay behind."""
+    result = {"row": "e3va", "seed": 0, "trunk": "t", "metrics": {"bbox/AP": 1.0, "segm/AP": 1.0},
+              "trainable_in_backbone": 1, "minutes": 1.0}
+    with pytest.raises(OSError):
+        study.write_record("near", result, str(tmp_path / "no-run"), 10, str(tmp_path))
+    assert not os.path.exists(study.record_path("near", "e3va", 0, str(tmp_path)))

@@ -45,6 +45,7 @@ import statistics
 import sys
 from typing import Dict, List, Optional
 
+from e3va_d2.checkpoint.files import atomic_write
 from projects import tables
 from projects.benchmark.peak_report import MIB, peak_share
 from projects.benchmark.tuning_cost import method_names
@@ -145,8 +146,8 @@ def _copy_run_state(source: str, target: str) -> None:
     os.makedirs(target, exist_ok=True)
     for name in (checkpoint, *RESUME_FILES):
         if os.path.isfile(os.path.join(source, name)):
-            shutil.copyfile(os.path.join(source, name), os.path.join(target, name + ".tmp"))
-            os.replace(os.path.join(target, name + ".tmp"), os.path.join(target, name))
+            with open(os.path.join(source, name), "rb") as src:
+                atomic_write(os.path.join(target, name), lambda dst: shutil.copyfileobj(src, dst))
     for name in os.listdir(target):  # older checkpoints of the run
         if name.endswith(".pth") and name != checkpoint:
             os.remove(os.path.join(target, name))
@@ -160,9 +161,9 @@ def _run_folders(root: str) -> List[str]:
 def write_record(regime: str, result: dict, folder: str, max_iter: int, records: str) -> None:
     path = record_path(regime, result["row"], result["seed"], records)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(make_record(regime, result, folder, max_iter), f, indent=1)
-        f.write("\n")
+    text = json.dumps(make_record(regime, result, folder, max_iter), indent=1) + "\n"
+    # Whole or not at all: a record's presence marks its run as done on every checkout.
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def park(output: str, parked: str, records: str = RECORDS, opts=()) -> List[str]:
