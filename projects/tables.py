@@ -137,6 +137,7 @@ TABLES: Dict[str, Table] = {
 RECORD_SETS = {"accuracy-near": "projects.transfer.study",
                "accuracy-far": "projects.transfer.study",
                "accuracy-variants": "projects.transfer.study",
+               "accuracy-detail": "projects.transfer.study",
                "accuracy-summary": "projects.transfer.study"}
 
 

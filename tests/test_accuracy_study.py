@@ -14,7 +14,7 @@ def test_committed_tables_match_the_committed_records():
     """Every regime's block, recorded runs or not yet, is what its committed records give."""
     rendered = study.render_tables(study.load_records())
     assert set(rendered) == ({f"accuracy-{regime}" for regime in study.REGIMES}
-                             | {study.SUMMARY, study.VARIANTS})
+                             | {study.SUMMARY, study.VARIANTS, study.DETAIL})
     for name, body in rendered.items():
         path = study.README if name == study.SUMMARY else study.DOC
         with open(path) as f:
@@ -203,3 +203,15 @@ def test_a_record_that_fails_to_build_leaves_no_file_that_marks_its_run_done(tmp
     with pytest.raises(OSError):
         study.write_record("near", result, str(tmp_path / "no-run"), 10, str(tmp_path))
     assert not os.path.exists(study.record_path("near", "e3va", 0, str(tmp_path)))
+
+
+def test_detail_table_averages_each_metric_over_the_seeds_that_kept_it():
+    detail = [{"bbox/AP": 9, "bbox/AP50": 90.0, "bbox/AP-ellipse": 10.0, "segm/AP50": 1.0},
+              {"bbox/AP": 9, "bbox/AP50": 80.0, "bbox/AP-ellipse": 20.0}]
+    recs = [dict(record("near", "e3va", s, 9), final_detail=d) for s, d in enumerate(detail)]
+    older = record("near", "full", 0, 30)  # written before records kept their detail
+    table = study.detail_table({"near": {"e3va": recs, "full": [older]}})
+    assert table.splitlines()[0] == "| regime | method | seeds | AP50 | AP-ellipse |"
+    assert table.splitlines()[2] == "| near | `e3va` | 2 | 85.0 | 15.0 |"
+    assert "full" not in table
+    assert study.detail_table({"near": {"full": [older]}}).startswith("_No record")

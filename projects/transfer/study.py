@@ -65,6 +65,7 @@ DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 README = os.path.join(ROOT, "README.md")  # holds the summary of both regimes
 SUMMARY = "accuracy-summary"
 VARIANTS = "accuracy-variants"  # docs/ACCURACY.md: methods with options, against their method
+DETAIL = "accuracy-detail"  # docs/ACCURACY.md: box AP by threshold, size and class
 # The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B, box AP): fixed 43.5, full 51.9.
 PAPER_RECOVERY = {"full": 1.0, "fixed": 0.0, "lora": (51.2 - 43.5) / (51.9 - 43.5),
                   "e3va": (50.5 - 43.5) / (51.9 - 43.5)}
@@ -427,6 +428,32 @@ def variants_table(records: Dict[str, Dict[str, List[dict]]],
     return "\n".join(lines)
 
 
+def detail_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
+    """Box AP by threshold, object size and class (means over the seeds whose record keeps
+    them): whether a method's gain is in recognising objects (AP50) or placing them (AP75),
+    and for which shapes."""
+    lines = []
+    for regime in (r for r in REGIMES if records.get(r)):
+        rows = {row: [r["final_detail"] for r in recs if r.get("final_detail")]
+                for row, recs in records[regime].items()}
+        rows = {row: details for row, details in rows.items() if details}
+        if not rows:
+            continue
+        keys = sorted({k for details in rows.values() for d in details for k in d
+                       if k.startswith("bbox/") and k != "bbox/AP"},
+                      key=lambda k: ("-" in k, k))  # thresholds and sizes, then classes
+        head = ["regime", "method", "seeds", *(k.split("/", 1)[1] for k in keys)]
+        if not lines:
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in ordered(rows):
+            cells = [regime, f"`{row}`", str(len(rows[row]))]
+            for key in keys:
+                values = [d[key] for d in rows[row] if key in d]
+                cells.append(f"{statistics.fmean(values):.1f}" if values else "")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if lines else "_No record keeps its detailed metrics yet._"
+
+
 def render_tables(records: Dict[str, Dict[str, List[dict]]],
                   peaks: Optional[Dict[str, dict]] = None) -> Dict[str, str]:
     """Marker name -> Markdown: every regime's table, recorded or not yet (docs/ACCURACY.md),
@@ -436,6 +463,7 @@ def render_tables(records: Dict[str, Dict[str, List[dict]]],
               if records.get(regime) else "_No run of this regime is recorded yet._"
               for regime in REGIMES}
     blocks[VARIANTS] = variants_table(records, peaks)
+    blocks[DETAIL] = detail_table(records)
     blocks[SUMMARY] = summary_table(records, peaks)
     return blocks
 
