@@ -104,8 +104,7 @@ TABLES: Dict[str, Table] = {
     "sweep-swin-l": Table(
         "docs/COST.md", "projects.benchmark.sweep:render",
         f"{_BENCH}.sweep --config-file configs/COCO/cascade_mask_rcnn_swin_l_e3va.py "
-        "--methods full,fixed,lora,e3va --sizes 384,512,768 --batches 1,2 --no-time",
-        measured_at="be4fe81"),
+        "--methods full,fixed,lora,e3va --sizes 384,512,768 --batches 1,2 --no-time"),
     "ddp-shapes": Table(
         "docs/COST.md", "projects.benchmark.ddp:render",
         f"{_BENCH}.ddp --processes 2", measured_at="4b2623a"),
