@@ -206,12 +206,14 @@ def test_a_record_that_fails_to_build_leaves_no_file_that_marks_its_run_done(tmp
 
 
 def test_detail_table_averages_each_metric_over_the_seeds_that_kept_it():
-    detail = [{"bbox/AP": 9, "bbox/AP50": 90.0, "bbox/AP-ellipse": 10.0, "segm/AP50": 1.0},
+    detail = [{"bbox/AP": 9, "bbox/AP50": 90.0, "bbox/AP-ellipse": 10.0, "segm/AP50": 1.0,
+               "bbox/APm": 5.0, "bbox/APs": 3.0},
               {"bbox/AP": 9, "bbox/AP50": 80.0, "bbox/AP-ellipse": 20.0}]
     recs = [dict(record("near", "e3va", s, 9), final_detail=d) for s, d in enumerate(detail)]
     older = record("near", "full", 0, 30)  # written before records kept their detail
     table = study.detail_table({"near": {"e3va": recs, "full": [older]}})
-    assert table.splitlines()[0] == "| regime | method | seeds | AP50 | AP-ellipse |"
-    assert table.splitlines()[2] == "| near | `e3va` | 2 | 85.0 | 15.0 |"
+    # thresholds, then sizes small to large, then classes
+    assert table.splitlines()[0] == "| regime | method | seeds | AP50 | APs | APm | AP-ellipse |"
+    assert table.splitlines()[2] == "| near | `e3va` | 2 | 85.0 | 3.0 | 5.0 | 15.0 |"
     assert "full" not in table
     assert study.detail_table({"near": {"full": [older]}}).startswith("_No record")

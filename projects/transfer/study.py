@@ -439,9 +439,10 @@ def detail_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
         rows = {row: details for row, details in rows.items() if details}
         if not rows:
             continue
+        first = ("bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
         keys = sorted({k for details in rows.values() for d in details for k in d
                        if k.startswith("bbox/") and k != "bbox/AP"},
-                      key=lambda k: ("-" in k, k))  # thresholds and sizes, then classes
+                      key=lambda k: (first.index(k) if k in first else len(first), k))
         head = ["regime", "method", "seeds", *(k.split("/", 1)[1] for k in keys)]
         if not lines:
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
