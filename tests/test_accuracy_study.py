@@ -82,16 +82,17 @@ def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
              {"iteration": 199, "total_loss": 1.0},
              {"iteration": 200, "bbox/AP": 3.0, "segm/AP": 2.0},
              {"iteration": 199, "total_loss": 1.0},  # resumed from iteration 100: again
-             {"iteration": 200, "bbox/AP": 9.0, "segm/AP": 8.0, "bbox/AP-ellipse": 7.123,
-              "bbox/APl": float("nan"), "fast_rcnn/cls_accuracy": 0.9}]
+             {"iteration": 200, "bbox/AP": 9.0, "segm/AP": 8.0}]
     (folder / "metrics.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     result = {"row": "e3va:zero_init=True", "seed": 1, "trunk": "e3va://x.pth",
-              "metrics": {"bbox/AP": 9.0, "segm/AP": 8.0}, "trainable_in_backbone": 7,
+              "metrics": {"bbox/AP": 9.0, "segm/AP": 8.0, "bbox/AP-ellipse": 7.123,
+                          "bbox/APl": float("nan"), "fast_rcnn/cls_accuracy": 0.9},
+              "trainable_in_backbone": 7,
               "minutes": 2.04}
     rec = study.make_record("far", result, str(folder), max_iter=200)
     assert [p["iter"] for p in rec["eval_curve"]] == [100, 200]  # the final one is at max_iter
     assert rec["eval_curve"][-1]["bbox/AP"] == 9.0  # a resumed run's repeat replaces the first
-    # the last evaluation's every box and mask metric; no NaN (no large objects), no losses
+    # every final box and mask metric; no NaN (no large objects), no other metric
     assert rec["final_detail"] == {"bbox/AP": 9.0, "segm/AP": 8.0, "bbox/AP-ellipse": 7.12}
     assert rec["loss_curve"] == [{"iter": 100, "total_loss": 1.5},
                                  {"iter": 200, "total_loss": 1.0}]

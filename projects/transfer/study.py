@@ -117,16 +117,11 @@ def eval_curve(metrics_file: str, max_iter: int) -> List[dict]:
     return [curve[k] for k in sorted(curve)]
 
 
-def final_detail(metrics_file: str) -> Dict[str, float]:
-    """The last evaluation's every box and mask metric (AP50, AP75, by size, by class): what
-    a method gains, and where, beyond its AP. Sizes without objects (NaN) are left out."""
-    last: Dict[str, float] = {}
-    with open(metrics_file) as f:
-        for row in map(json.loads, f):
-            if "bbox/AP" in row:
-                last = {k: round(v, 2) for k, v in row.items()
-                        if k.startswith(("bbox/", "segm/")) and v == v}
-    return last
+def final_detail(metrics: Dict[str, float]) -> Dict[str, float]:
+    """A run's every final box and mask metric (AP50, AP75, by size, by class): what a method
+    gains, and where, beyond its AP. Sizes without objects (NaN) are left out."""
+    return {k: round(v, 2) for k, v in metrics.items()
+            if k.startswith(("bbox/", "segm/")) and v == v}
 
 
 def loss_curve(metrics_file: str, every: int = 100) -> List[dict]:
@@ -144,7 +139,7 @@ def make_record(regime: str, result: dict, folder: str, max_iter: int) -> dict:
     return {"regime": regime, "row": result["row"], "seed": result["seed"],
             "trunk": result["trunk"],
             "final": {k: round(result["metrics"][k], 2) for k, _ in METRICS},
-            "final_detail": final_detail(metrics_file),
+            "final_detail": final_detail(result["metrics"]),
             "eval_curve": eval_curve(metrics_file, max_iter),
             "loss_curve": loss_curve(metrics_file),
             "trainable_in_backbone": result["trainable_in_backbone"],
