@@ -427,27 +427,26 @@ def detail_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
     """Box AP by threshold, object size and class (means over the seeds whose record keeps
     them): whether a method's gain is in recognising objects (AP50) or placing them (AP75),
     and for which shapes."""
-    lines = []
-    for regime in (r for r in REGIMES if records.get(r)):
-        rows = {row: [r["final_detail"] for r in recs if r.get("final_detail")]
-                for row, recs in records[regime].items()}
-        rows = {row: details for row, details in rows.items() if details}
-        if not rows:
-            continue
-        first = ("bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
-        keys = sorted({k for details in rows.values() for d in details for k in d
-                       if k.startswith("bbox/") and k != "bbox/AP"},
-                      key=lambda k: (first.index(k) if k in first else len(first), k))
-        head = ["regime", "method", "seeds", *(k.split("/", 1)[1] for k in keys)]
-        if not lines:
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in ordered(rows):
-            cells = [regime, f"`{row}`", str(len(rows[row]))]
+    kept = {(regime, row): [r["final_detail"] for r in recs if r.get("final_detail")]
+            for regime in REGIMES for row, recs in records.get(regime, {}).items()}
+    kept = {key: details for key, details in kept.items() if details}
+    if not kept:
+        return "_No record keeps its detailed metrics yet._"
+    first = ("bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
+    keys = sorted({k for details in kept.values() for d in details for k in d
+                   if k.startswith("bbox/") and k != "bbox/AP"},
+                  key=lambda k: (first.index(k) if k in first else len(first), k))
+    head = ["regime", "method", "seeds", *(k.split("/", 1)[1] for k in keys)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for regime in REGIMES:
+        for row in ordered(row for r, row in kept if r == regime):
+            details = kept[regime, row]
+            cells = [regime, f"`{row}`", str(len(details))]
             for key in keys:
-                values = [d[key] for d in rows[row] if key in d]
+                values = [d[key] for d in details if key in d]
                 cells.append(f"{statistics.fmean(values):.1f}" if values else "")
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) if lines else "_No record keeps its detailed metrics yet._"
+    return "\n".join(lines)
 
 
 def render_tables(records: Dict[str, Dict[str, List[dict]]],
