@@ -39,6 +39,7 @@ import argparse
 import glob
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -48,7 +49,7 @@ from typing import Dict, List, Optional
 from e3va_d2.checkpoint.files import atomic_write
 from projects import tables
 from projects.benchmark.peak_report import MIB, peak_share
-from projects.benchmark.tuning_cost import method_names
+from projects.benchmark.tuning_cost import method_names, method_options
 from projects.tables import replace_block
 from projects.transfer import compare
 
@@ -121,7 +122,7 @@ def final_detail(metrics: Dict[str, float]) -> Dict[str, float]:
     """A run's every final box and mask metric (AP50, AP75, by size, by class): what a method
     gains, and where, beyond its AP. Sizes without objects (NaN) are left out."""
     return {k: round(v, 2) for k, v in metrics.items()
-            if k.startswith(("bbox/", "segm/")) and v == v}
+            if k.startswith(("bbox/", "segm/")) and not math.isnan(v)}
 
 
 def loss_curve(metrics_file: str, every: int = 100) -> List[dict]:
@@ -307,11 +308,16 @@ def ordered(rows) -> List[str]:
 def is_variant(row: str) -> bool:
     """A method with options (``e3va:trunk_dtype=bfloat16``): compared with its own method,
     seed by seed, in the variants table rather than among the methods."""
-    return ":" in row
+    return bool(method_options(row)[1])
 
 
 def methods_only(rows) -> List[str]:
     return ordered(r for r in rows if not is_variant(r))
+
+
+def cell(value: Optional[float], spec: str) -> str:
+    """A table cell: ``value`` formatted, or blank where there is nothing to show."""
+    return "" if value is None else format(value, spec)
 
 
 def seeds(recs: List[dict]) -> str:
@@ -337,9 +343,9 @@ def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, di
             recs = records[regime].get(row)
             rec = recovery(records[regime], row) if recs else None
             cells += [box_ap(recs) if recs else "not run yet",
-                      "" if rec is None else f"{rec:.2f}"]
+                      cell(rec, ".2f")]
         paper = PAPER_RECOVERY.get(row)
-        cells += ["" if paper is None else f"{paper:.2f}", peak_columns(row, peaks)[1]]
+        cells += [cell(paper, ".2f"), peak_columns(row, peaks)[1]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -374,9 +380,9 @@ def regime_table(regime: str, rows: Dict[str, List[dict]],
         loss = final_training_loss(recs)
         lines.append("| " + " | ".join([
             f"`{row}`", mean_std(box), ", ".join(f"{v:.1f}" for v in box), mean_std(mask),
-            "" if rec is None else f"{rec:.2f}", "" if paper is None else f"{paper:.2f}",
+            cell(rec, ".2f"), cell(paper, ".2f"),
             *peak_columns(row, peaks),
-            "" if loss is None else f"{loss:.3f}", str(iters),
+            cell(loss, ".3f"), str(iters),
             f"{recs[0]['trainable_in_backbone'] / 1e6:.3f}M"]) + " |")
     return "\n".join(lines)
 
@@ -406,7 +412,7 @@ def variants_table(records: Dict[str, Dict[str, List[dict]]],
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     variants = sorted({row for rows in records.values() for row in rows if is_variant(row)})
     for row in variants:
-        method = row.split(":", 1)[0]
+        method = method_options(row)[0]
         for regime in (r for r in REGIMES if row in records.get(r, {})):
             rows, recs = records[regime], records[regime][row]
             rec, base_rec = recovery(rows, row), recovery(rows, method)
@@ -415,9 +421,8 @@ def variants_table(records: Dict[str, Dict[str, List[dict]]],
                 f"`{row}`", regime, box_ap(recs),
                 paired_difference(recs, rows[method]) if method in rows else "not run yet",
                 mean_std([r["final"]["segm/AP"] for r in recs]),
-                "" if rec is None else f"{rec:.2f}",
-                "" if base_rec is None else f"{base_rec:.2f}",
-                peak_columns(row, peaks)[1], "" if loss is None else f"{loss:.3f}"]) + " |")
+                cell(rec, ".2f"), cell(base_rec, ".2f"), peak_columns(row, peaks)[1],
+                cell(loss, ".3f")]) + " |")
     if not variants:
         return "_No variant is recorded yet._"
     return "\n".join(lines)
