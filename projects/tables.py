@@ -133,11 +133,9 @@ TABLES: Dict[str, Table] = {
 
 # Blocks a script renders from a set of records of its own (one per run) rather than one record
 # here; that script's test checks them (the accuracy study: tests/test_accuracy_study.py).
-RECORD_SETS = {"accuracy-near": "projects.transfer.study",
-               "accuracy-far": "projects.transfer.study",
-               "accuracy-variants": "projects.transfer.study",
-               "accuracy-detail": "projects.transfer.study",
-               "accuracy-summary": "projects.transfer.study"}
+RECORD_SETS = {name: "projects.transfer.study_report" for name in (
+    "accuracy-near", "accuracy-far", "accuracy-variants", "accuracy-detail", "accuracy-gap",
+    "accuracy-curves-near", "accuracy-curves-far", "accuracy-summary")}
 
 
 def _path(relative: str) -> str:

@@ -7,20 +7,24 @@ import os
 import pytest
 
 from projects.tables import replace_block
-from projects.transfer import compare, study
+from projects.transfer import compare, study, study_records, study_report
 
 
 def test_committed_tables_match_the_committed_records():
     """Every regime's block, recorded runs or not yet, is what its committed records give."""
-    rendered = study.render_tables(study.load_records())
-    assert set(rendered) == ({f"accuracy-{regime}" for regime in study.REGIMES}
-                             | {study.SUMMARY, study.VARIANTS, study.DETAIL})
+    rendered = study_report.render_tables(study_records.load_records())
+    regimes = study_records.REGIMES
+    assert set(rendered) == ({f"accuracy-{regime}" for regime in regimes}
+                             | {f"{study_report.CURVES}-{regime}" for regime in regimes}
+                             | {study_report.SUMMARY, study_report.VARIANTS, study_report.DETAIL,
+                                study_report.GAP})
     for name, body in rendered.items():
-        path = study.README if name == study.SUMMARY else study.DOC
+        path = study_report.README if name == study_report.SUMMARY else study_report.DOC
         with open(path) as f:
             doc = f.read()
         assert replace_block(doc, name, body) == doc, (
-            f"{os.path.relpath(path, study.ROOT)}'s {name!r} table differs from its records: "
+            f"{os.path.relpath(path, study_records.ROOT)}'s {name!r} table differs from its "
+            "records: "
             "run `python -m projects.transfer.study --render`")
 
 
@@ -35,10 +39,10 @@ def test_recovery_is_the_share_of_the_fixed_to_full_gap():
     rows = {"full": [record("near", "full", s, v) for s, v in enumerate((30, 32))],
             "fixed": [record("near", "fixed", s, v) for s, v in enumerate((10, 12))],
             "e3va": [record("near", "e3va", s, v) for s, v in enumerate((25, 27))]}
-    assert study.recovery(rows, "e3va") == pytest.approx((26 - 11) / (31 - 11))
-    assert study.recovery(rows, "full") == 1 and study.recovery(rows, "fixed") == 0
-    assert study.recovery({"e3va": rows["e3va"]}, "e3va") is None  # no baselines, no ratio
-    table = study.regime_table("near", rows)
+    assert study_report.recovery(rows, "e3va") == pytest.approx((26 - 11) / (31 - 11))
+    assert study_report.recovery(rows, "full") == 1 and study_report.recovery(rows, "fixed") == 0
+    assert study_report.recovery({"e3va": rows["e3va"]}, "e3va") is None  # no baselines, no ratio
+    table = study_report.regime_table("near", rows)
     assert "| `e3va` | 26.0 ± 1.4 | 25.0, 27.0 |" in table and "| 0.75 |" in table
     assert table.index("`full`") < table.index("`fixed`") < table.index("`e3va`")
 
@@ -47,8 +51,8 @@ def test_final_training_loss_averages_each_runs_last_iterations_then_the_seeds()
     runs = [dict(record("near", "e3va", s, 1.0), loss_curve=[
         {"iter": i, "total_loss": v} for i, v in zip((100, 200, 300, 400), losses)])
         for s, losses in enumerate(((9.0, 9.0, 2.0, 1.0), (9.0, 5.0, 4.0, 3.0)))]
-    assert study.final_training_loss(runs, span=200) == pytest.approx((1.5 + 3.5) / 2)
-    assert study.final_training_loss([record("near", "e3va", 0, 1.0)]) is None  # no curve
+    assert study_report.final_training_loss(runs, span=200) == pytest.approx((1.5 + 3.5) / 2)
+    assert study_report.final_training_loss([record("near", "e3va", 0, 1.0)]) is None  # no curve
 
 
 def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_spread(tmp_path):
@@ -57,12 +61,12 @@ def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_sprea
             "e3va": [record("far", "e3va", 0, 25)], "lora": [record("far", "lora", 0, 28)]}
     peaks = {m: {"peak": {"peak_bytes": mib * 2**20}}
              for m, mib in (("full", 160), ("fixed", 60), ("e3va", 70))}
-    table = study.regime_table("far", rows, peaks)
+    table = study_report.regime_table("far", rows, peaks)
     assert "| `full` | 30.0 | 30.0 |" in table  # not "30.0 ± 0.0": one seed has no spread
     assert "| 160 MiB | 100.0% |" in table and "| 60 MiB | 0.0% |" in table
     assert "| 70 MiB | 10.0% |" in table  # (70 - 60) / (160 - 60)
     assert "| 0.89 | 0.92 |  |  |  |" in table  # LoRA: not measured, blank rather than invented
-    summary = study.summary_table({"far": rows, "near": {"full": rows["full"]}}, peaks)
+    summary = study_report.summary_table({"far": rows, "near": {"full": rows["full"]}}, peaks)
     assert summary.splitlines()[0] == (
         "| method | near: box AP | near: recovery | far: box AP | far: recovery "
         "| paper's recovery | peak memory above fixed |")
@@ -70,8 +74,9 @@ def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_sprea
     assert "| `e3va` | not run yet |  | 25.0 (1 seed) | 0.74 | 0.83 | 10.0% |" in summary
     (tmp_path / "peak.json").write_text(json.dumps({"data": {"results": {
         "full": {"peak": {"peak_bytes": 5}}, "e3va": {"peak": None}, "fixed": {}}}}))
-    assert study.load_peaks(str(tmp_path / "peak.json")) == {"full": {"peak": {"peak_bytes": 5}}}
-    assert study.load_peaks(str(tmp_path / "missing.json")) == {}
+    assert study_report.load_peaks(str(tmp_path / "peak.json")) == {
+        "full": {"peak": {"peak_bytes": 5}}}
+    assert study_report.load_peaks(str(tmp_path / "missing.json")) == {}
 
 
 def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
@@ -89,18 +94,18 @@ def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
                           "bbox/APl": float("nan"), "fast_rcnn/cls_accuracy": 0.9},
               "trainable_in_backbone": 7,
               "minutes": 2.04}
-    rec = study.make_record("far", result, str(folder), max_iter=200)
+    rec = study_records.make_record("far", result, str(folder), max_iter=200)
     assert [p["iter"] for p in rec["eval_curve"]] == [100, 200]  # the final one is at max_iter
     assert rec["eval_curve"][-1]["bbox/AP"] == 9.0  # a resumed run's repeat replaces the first
     # every final box and mask metric; no NaN (no large objects), no other metric
     assert rec["final_detail"] == {"bbox/AP": 9.0, "segm/AP": 8.0, "bbox/AP-ellipse": 7.12}
     assert rec["loss_curve"] == [{"iter": 100, "total_loss": 1.5},
                                  {"iter": 200, "total_loss": 1.0}]
-    path = study.record_path("far", rec["row"], 1, str(tmp_path / "records"))
+    path = study_records.record_path("far", rec["row"], 1, str(tmp_path / "records"))
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as f:
         json.dump(rec, f)
-    assert study.load_records(str(tmp_path / "records")) == {"far": {rec["row"]: [rec]}}
+    assert study_records.load_records(str(tmp_path / "records")) == {"far": {rec["row"]: [rec]}}
 
 
 FINISHED = {"row": "fixed", "seed": 0, "trunk": "e3va://x.pth", "trainable_in_backbone": 0,
@@ -137,7 +142,8 @@ def test_parked_runs_continue_on_another_checkout(tmp_path):
     records = tmp_path / "records"
     assert study.park(str(output), str(parked), str(records)) == [
         os.path.join("near", "runs", "full", "seed0")]
-    assert study.load_records(str(records))["near"]["fixed"][0]["final"] == FINISHED["metrics"]
+    finished = study_records.load_records(str(records))["near"]["fixed"][0]
+    assert finished["final"] == FINISHED["metrics"]
     kept = parked / "near/runs/full/seed0"
     assert sorted(os.listdir(kept)) == ["elapsed_minutes.json", "last_checkpoint",
                                         "metrics.json", "model_0000999.pth"]
@@ -157,7 +163,7 @@ def test_runs_with_a_committed_record_are_not_run_again(tmp_path, monkeypatch):
 
     records = tmp_path / "records"
     for row, seed in (("full", 0), ("full", 1), ("fixed", 0), ("fixed", 1), ("e3va", 0)):
-        path = study.record_path("near", row, seed, str(records))
+        path = study_records.record_path("near", row, seed, str(records))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(record("near", row, seed, 1.0), f)
@@ -174,7 +180,7 @@ def test_runs_with_a_committed_record_are_not_run_again(tmp_path, monkeypatch):
 
 def test_curves_mark_where_the_step_schedule_drops_the_learning_rate():
     """Both regimes share the recipe: LR x0.1 at 80% and again at 93% of 4,000 iterations."""
-    assert study.lr_drops("near") == study.lr_drops("far") == [3200, 3720]
+    assert study_report.lr_drops("near") == study_report.lr_drops("far") == [3200, 3720]
 
 
 def test_variants_are_compared_with_their_own_method_seed_by_seed():
@@ -182,17 +188,17 @@ def test_variants_are_compared_with_their_own_method_seed_by_seed():
             "e3va": [record("far", "e3va", s, v) for s, v in enumerate((20, 22, 24))],
             "e3va:trunk_dtype=bfloat16": [record("far", "e3va:trunk_dtype=bfloat16", s, v)
                                           for s, v in ((0, 19), (2, 25))]}
-    table = study.variants_table({"far": rows})
+    table = study_report.variants_table({"far": rows})
     # seeds 0 and 2 only: -1 and +1, not the unpaired 22.0 - 22.0
     assert ("| `e3va:trunk_dtype=bfloat16` | far | 22.0 ± 4.2 (2 seeds) | +0.0 ± 1.4 (2 seeds) |"
             in table)
     assert "| 0.60 | 0.60 |" in table  # its recovery beside its method's
     # variants stay out of the methods' tables and the README's summary
-    assert "trunk_dtype" not in study.regime_table("far", rows)
-    assert "trunk_dtype" not in study.summary_table({"far": rows}, {})
-    assert study.paired_difference(rows["e3va:trunk_dtype=bfloat16"], rows["full"][:0]) == (
+    assert "trunk_dtype" not in study_report.regime_table("far", rows)
+    assert "trunk_dtype" not in study_report.summary_table({"far": rows}, {})
+    assert study_report.paired_difference(rows["e3va:trunk_dtype=bfloat16"], rows["full"][:0]) == (
         "no common seed yet")
-    assert study.variants_table({"far": {"e3va": rows["e3va"]}}) == (
+    assert study_report.variants_table({"far": {"e3va": rows["e3va"]}}) == (
         "_No variant is recorded yet._")
 
 
@@ -202,8 +208,8 @@ def test_a_record_that_fails_to_build_leaves_no_file_that_marks_its_run_done(tmp
     result = {"row": "e3va", "seed": 0, "trunk": "t", "metrics": {"bbox/AP": 1.0, "segm/AP": 1.0},
               "trainable_in_backbone": 1, "minutes": 1.0}
     with pytest.raises(OSError):
-        study.write_record("near", result, str(tmp_path / "no-run"), 10, str(tmp_path))
-    assert not os.path.exists(study.record_path("near", "e3va", 0, str(tmp_path)))
+        study_records.write_record("near", result, str(tmp_path / "no-run"), 10, str(tmp_path))
+    assert not os.path.exists(study_records.record_path("near", "e3va", 0, str(tmp_path)))
 
 
 def test_detail_table_averages_each_metric_over_the_seeds_that_kept_it():
@@ -212,9 +218,34 @@ def test_detail_table_averages_each_metric_over_the_seeds_that_kept_it():
               {"bbox/AP": 9, "bbox/AP50": 80.0, "bbox/AP-ellipse": 20.0}]
     recs = [dict(record("near", "e3va", s, 9), final_detail=d) for s, d in enumerate(detail)]
     older = record("near", "full", 0, 30)  # written before records kept their detail
-    table = study.detail_table({"near": {"e3va": recs, "full": [older]}})
+    table = study_report.detail_table({"near": {"e3va": recs, "full": [older]}})
     # thresholds, then sizes small to large, then classes
     assert table.splitlines()[0] == "| regime | method | seeds | AP50 | APs | APm | AP-ellipse |"
     assert table.splitlines()[2] == "| near | `e3va` | 2 | 85.0 | 3.0 | 5.0 | 15.0 |"
     assert "full" not in table
-    assert study.detail_table({"near": {"full": [older]}}).startswith("_No record")
+    assert study_report.detail_table({"near": {"full": [older]}}).startswith("_No record")
+
+
+def test_curve_table_averages_each_evaluation_over_the_seeds_that_reached_it():
+    rows = {"full": [record("near", "full", s, v) for s, v in enumerate((30, 34))],
+            "e3va": [record("near", "e3va", 0, 20)]}
+    rows["e3va"][0]["eval_curve"] = rows["e3va"][0]["eval_curve"][:1]  # stopped after one
+    table = study_report.curve_table("near", rows).splitlines()
+    assert table[0] == "| method | seeds | 10 | 20 |"
+    assert table[2] == "| `full` | 2 | 16.0 | 32.0 |"
+    assert table[3] == "| `e3va` | 1 | 10.0 |  |"  # blank, not a mean over no seed
+    assert table[-1].endswith("drops x0.1 at 3,200 and 3,720.")
+
+
+def test_gap_table_sets_the_gap_against_the_seed_spread_and_adapters_against_lora():
+    rows = {"full": [record("far", "full", s, v) for s, v in enumerate((30, 30))],
+            "fixed": [record("far", "fixed", s, v) for s, v in enumerate((9, 11))],
+            "lora": [record("far", "lora", 0, 20)],  # recovery 0.5
+            "e3va": [record("far", "e3va", 0, 15)]}  # recovery 0.25
+    table = study_report.gap_table({"far": rows}).splitlines()
+    assert table[0] == ("| regime | full - fixed (box AP) | largest seed spread (std) "
+                        "| gap / spread | `e3va` / `lora` recovery |")
+    assert table[2] == "| far | 20.0 | 1.4 | 14 | 0.50 |"  # 20 / stdev(9, 11)
+    assert table[3] == "| paper (COCO, Swin-B Cascade) | 8.4 |  |  | 0.91 |"
+    del rows["lora"]
+    assert study_report.gap_table({"far": rows}).splitlines()[2] == "| far | 20.0 | 1.4 | 14 |  |"
