@@ -249,3 +249,13 @@ def test_gap_table_sets_the_gap_against_the_seed_spread_and_adapters_against_lor
     assert table[3] == "| paper (COCO, Swin-B Cascade) | 8.4 |  |  | 0.91 |"
     del rows["lora"]
     assert study_report.gap_table({"far": rows}).splitlines()[2] == "| far | 20.0 | 1.4 | 14 |  |"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--regimes", "near,farr"], "--regimes: unknown ['farr']; the study's regimes are near, far"),
+    (["--seeds", "0,one"], "--seeds: expected seeds as integers"),
+])
+def test_bad_regimes_and_seeds_are_refused_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        study.parse_args(argv)
+    assert message in capsys.readouterr().err

@@ -81,7 +81,13 @@ def parse_args(argv=None):
     p.add_argument("--park", action="store_true",
                    help="only copy unfinished runs' resumable state to --parked (to commit)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = [r for r in args.regimes.split(",") if r.strip() not in REGIMES]
+    if unknown:
+        p.error(f"--regimes: unknown {unknown}; the study's regimes are {', '.join(REGIMES)}")
+    if not all(s.strip().isdigit() for s in args.seeds.split(",")):
+        p.error(f"--seeds: expected seeds as integers, e.g. 0,1,2; got {args.seeds!r}")
+    return args
 
 
 def _copy_run_state(source: str, target: str) -> None:
