@@ -163,3 +163,18 @@ def test_package_map_names_every_module_and_only_files_that_exist():
         os.path.isfile(os.path.join(ROOT, base, folder, p))
         for base in (PACKAGE, "") for folder in folders | {""})]
     assert nowhere == [], "docs/DEVELOPING.md's package map names files that do not exist"
+
+
+def test_a_script_defines_everything_before_it_runs():
+    """``if __name__ == "__main__"`` is a script's last statement: a function defined below it
+    does not exist yet when ``python -m`` runs the script, although an import of the module (as
+    in the tests) finds it (``highway_time --record`` failed so: its ``render`` came after)."""
+    late = []
+    for package in (PACKAGE, "projects"):
+        for module, path in modules(ROOT, package).items():
+            body = ast.parse(open(path).read(), path).body
+            mains = [i for i, node in enumerate(body) if isinstance(node, ast.If)
+                     and "__main__" in ast.unparse(node.test)]
+            if mains and mains[-1] != len(body) - 1:
+                late.append(module)
+    assert not late, f"statements after `if __name__ == '__main__'` in {late}"

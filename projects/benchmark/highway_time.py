@@ -110,9 +110,6 @@ def main(argv=None):
     return dict(seconds=seconds, flops=counted)
 
 
-if __name__ == "__main__":
-    main()
-
 
 def render(data: dict) -> str:
     """The table from a record: ``seconds`` and ``flops`` per variant, and ``setup``."""
@@ -130,3 +127,7 @@ def render(data: dict) -> str:
               f"extra FLOPs: gradient path {100 * path_flops / base_f:+.1f}%, adapters "
               f"{100 * e3va_flops / base_f:+.1f}%."]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
