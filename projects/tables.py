@@ -96,7 +96,7 @@ TABLES: Dict[str, Table] = {
         "--output output/cost-spatial"),
     "highway-time": Table(
         "docs/COST.md", "projects.benchmark.highway_time:render",
-        f"{_BENCH}.highway_time --steps 10", measured_at="be4fe81"),
+        f"{_BENCH}.highway_time --steps 10"),
     "sweep-swin-b": Table(
         "docs/COST.md", "projects.benchmark.sweep:render",
         f"{_BENCH}.sweep --methods full,fixed,lora,e3va --sizes 384,512,768,1024 "
@@ -107,7 +107,7 @@ TABLES: Dict[str, Table] = {
         "--methods full,fixed,lora,e3va --sizes 384,512,768 --batches 1,2 --no-time"),
     "ddp-shapes": Table(
         "docs/COST.md", "projects.benchmark.ddp:render",
-        f"{_BENCH}.ddp --processes 2", measured_at="4b2623a"),
+        f"{_BENCH}.ddp --processes 2"),
     "ddp-swin-b": Table(
         "docs/COST.md", "projects.benchmark.ddp:render",
         f"{_BENCH}.ddp --processes 2 --config-file {_SWIN_B} --steps 3",
@@ -127,7 +127,7 @@ TABLES: Dict[str, Table] = {
         "python -m projects.pretrain.pretrain_swin --run-dir projects/pretrain/runs/scenes_e32"),
     "shared-trunk": Table(
         "docs/INFERENCE.md", "projects.benchmark.shared_trunk:render",
-        f"{_BENCH}.shared_trunk --images 32", measured_at="26c49d4"),
+        f"{_BENCH}.shared_trunk --images 32"),
 }
 
 
