@@ -26,7 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 RECORDS = "docs/records"
@@ -168,6 +168,16 @@ def block(text: str, name: str) -> Optional[str]:
     begin, end = markers(name)
     match = re.search(re.escape(begin) + r"\n(.*?)" + re.escape(end), text, flags=re.S)
     return None if match is None else match.group(1)
+
+
+def table_row(cells: Iterable[str]) -> str:
+    """One row of a Markdown table."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def table_head(header: Sequence[str]) -> List[str]:
+    """A Markdown table's header row and the separator under it."""
+    return [table_row(header), "|" + "---|" * len(header)]
 
 
 def replace_block(text: str, name: str, body: str) -> str:

@@ -12,6 +12,7 @@ import textwrap
 from typing import Dict, List, Optional
 
 from e3va_d2.utils.memory import CATEGORIES
+from projects.tables import table_head, table_row
 
 MIB = 2**20
 
@@ -41,7 +42,7 @@ def peak_table(results: Dict[str, dict]) -> str:
              if any(results[m]["peak"]["by_category"].get(c) for m in methods)]
     header = ["method", "peak", "above fixed", "peak / full", "peak at"] + [
         c.replace("_", " ") for c in shown]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for method in methods:
         peak = results[method]["peak"]
         share = peak_share(results, method)
@@ -53,7 +54,7 @@ def peak_table(results: Dict[str, dict]) -> str:
             f"{peak.get('peak_at', float('nan')):.2f}",
         ]
         row += [f"{peak['by_category'].get(c, 0) / MIB:,.0f}" for c in shown]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(table_row(row))
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ from e3va_d2.engine.cost import median, release_freed_memory, synthetic_detectio
 from e3va_d2.modeling.backbone import tuned_swins
 from e3va_d2.modeling.tuning.base import output_norm_parameters
 from e3va_d2.utils.memory import step_peak_memory
-from projects.tables import command_line, publish
+from projects.tables import command_line, publish, table_head, table_row
 
 from .tuning_cost import Bench, build_model, describe, method_names, num_classes
 
@@ -178,7 +178,7 @@ def table(results: Dict[str, dict]) -> str:
     fixed, full = results.get("fixed"), results.get("full")
     header = ["method", "trainable (backbone)", "saved for backward", "above fixed",
               "peak", "backbone step / PEFT LoRA", "step / PEFT LoRA"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for method, r in results.items():
         above = ""
         if fixed and full and full["saved_bytes"] > fixed["saved_bytes"]:
@@ -191,7 +191,7 @@ def table(results: Dict[str, dict]) -> str:
         for key in ("backbone_step_seconds", "step_seconds"):
             timed = peft and peft[key] == peft[key] and r[key] == r[key]
             row.append(f"{r[key] / peft[key]:.2f}x" if timed else "")
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(table_row(row))
     return "\n".join(lines)
 
 

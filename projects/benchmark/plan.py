@@ -40,7 +40,7 @@ import torch
 from e3va_d2.config import load_config
 from e3va_d2.engine.cost import release_freed_memory, synthetic_detection_batch
 from e3va_d2.utils.memory import step_peak_memory
-from projects.tables import command_line, publish
+from projects.tables import command_line, publish, table_head, table_row
 
 from .report import GPUS
 from .sweep import per_pixel_image_and_constant
@@ -205,7 +205,7 @@ def plan_table(models: Dict[str, PeakModel], sizes: List[Tuple[int, int]], divis
                budget: float, max_batch: int) -> str:
     """Per method and size: predicted peak at batch 1 and 2, and the largest batch that fits."""
     header = ["method", "size", "peak, batch 1", "peak, batch 2", "largest batch that fits"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for method, model in models.items():
         for width, height in sizes:
             pixels = padded_pixels(width, height, divisibility)
@@ -221,13 +221,13 @@ def gpu_table(models: Dict[str, PeakModel], size: Tuple[int, int], divisibility:
               reserve: float) -> str:
     """The paper's Table 4 at ``size``: does batch 1 / 2 fit on each of its GPUs?"""
     header = ["method", "batch"] + [f"{name} {gb}GB" for name, gb in GPUS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     pixels = padded_pixels(*size, divisibility)
     for method, model in models.items():
         for batch in (1, 2):
             need = model.predict(pixels, batch) + reserve
-            lines.append(f"| {method} | {batch} | " + " | ".join(
-                "yes" if need <= gb * GIB else "no" for _, gb in GPUS) + " |")
+            lines.append(table_row([method, str(batch), *(
+                "yes" if need <= gb * GIB else "no" for _, gb in GPUS)]))
     return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import textwrap
 from typing import Dict, List, Optional, Sequence
 
+from projects.tables import table_head, table_row
+
 GPUS = (("GTX 1080Ti", 11), ("Tesla P100", 16), ("RTX 3090", 24), ("Tesla V100", 32))
 MIB = 2**20
 
@@ -22,7 +24,7 @@ def cost_table(results: Dict[str, dict]) -> str:
     header += ["CUDA peak"] if has_cuda else []
     timed = any(r.get("step_seconds") == r.get("step_seconds") for r in results.values())
     header += ["step / full", "step / fixed", "backbone step / full"] if timed else []
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for method, r in results.items():
         above = ""
         if full and fixed and full["saved_bytes"] > fixed["saved_bytes"]:
@@ -43,7 +45,7 @@ def cost_table(results: Dict[str, dict]) -> str:
             _ratio(r["step_seconds"], fixed and fixed["step_seconds"]),
             _ratio(r["backbone_step_seconds"], full and full["backbone_step_seconds"]),
         ] if timed else []
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(table_row(row))
     return "\n".join(lines)
 
 
@@ -55,12 +57,12 @@ def breakdown_table(results: Dict[str, dict]) -> str:
     order = [kind for _, kind in SAVED_KINDS] + ["other"]
     present = {k for m in methods for k, v in results[m]["saved_bytes_by_kind"].items() if v}
     kinds = [k for k in dict.fromkeys(order) if k in present]
-    lines = ["| saved by | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    lines = table_head(["saved by", *methods])
     for kind in kinds:
         cells = [results[m]["saved_bytes_by_kind"].get(kind, 0) / MIB for m in methods]
-        lines.append(f"| {kind} | " + " | ".join(f"{c:,.1f}" for c in cells) + " |")
+        lines.append(table_row([kind, *(f"{c:,.1f}" for c in cells)]))
     totals = [results[m]["saved_bytes"] / MIB for m in methods]
-    lines.append("| **total** | " + " | ".join(f"**{t:,.1f}**" for t in totals) + " |")
+    lines.append(table_row(["**total**", *(f"**{t:,.1f}**" for t in totals)]))
     return "\n".join(lines)
 
 
@@ -77,7 +79,7 @@ def training_memory(r: dict, batch: int) -> tuple:
 def fit_table(results: Dict[str, dict], batches: Sequence[int] = (1, 2)) -> str:
     """Table 4's question: which methods fit on which GPU at batch 1 and 2."""
     header = ["method", "batch", "memory"] + [f"{name} {gb}GB" for name, gb in GPUS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     any_estimate = False
     for method, r in results.items():
         for batch in batches:
@@ -85,7 +87,7 @@ def fit_table(results: Dict[str, dict], batches: Sequence[int] = (1, 2)) -> str:
             any_estimate |= not measured
             cells = ["yes" if need <= gb * 2**30 else "no" for _, gb in GPUS]
             label = f"{need / 2**30:.1f} GiB" + ("" if measured else " (est.)")
-            lines.append("| " + " | ".join([method, str(batch), label] + cells) + " |")
+            lines.append(table_row([method, str(batch), label] + cells))
     if any_estimate:
         lines.append("")
         lines.append(

@@ -35,7 +35,7 @@ import torch
 from e3va_d2.config import load_config
 from e3va_d2.engine.cost import median, release_freed_memory, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
-from projects.tables import command_line, publish
+from projects.tables import command_line, publish, table_head, table_row
 
 from .report import GPUS, MIB, training_memory
 from .tuning_cost import Bench, method_names, num_classes
@@ -175,7 +175,7 @@ def sweep_table(points: Dict[str, List[dict]]) -> str:
     timed = _timed(points)
     header = ["size x batch", "pixels x batch"] + [f"{m} saved" for m in methods]
     header += [f"{m} step (s)" for m in methods] if timed else []
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for size, batch in labels:
         found = {m: next((p for p in points[m] if (p["size"], p["batch"]) == (size, batch)), None)
                  for m in methods}
@@ -184,7 +184,7 @@ def sweep_table(points: Dict[str, List[dict]]) -> str:
         if timed:
             row += [f"{p['step_seconds']:.2f}" if p and "step_seconds" in p else ""
                     for p in found.values()]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(table_row(row))
     return "\n".join(lines)
 
 
@@ -197,7 +197,7 @@ def extrapolation_table(result: dict, target: Tuple[int, int, int]) -> str:
     header = ["method", "saved-bytes slope (batch 1, 2)"] + (["step-time slope"] if timed else [])
     header += ["saved per megapixel", "saved per image", f"saved at {width}x{height} x {batch}",
                "training memory"] + [f"{name} {gb}GB" for name, gb in GPUS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for method, pts in points.items():
         if len(pts) < 2:
             continue
@@ -211,7 +211,7 @@ def extrapolation_table(result: dict, target: Tuple[int, int, int]) -> str:
         row += [f"{per_pixel * 1e6 / MIB:,.0f} MiB", f"{per_image / MIB:,.0f} MiB",
                 f"{bytes_at / 2**30:.1f} GiB (extrapolated)", f"{need / 2**30:.1f} GiB (est.)"]
         row += ["yes" if need <= gb * 2**30 else "no" for _, gb in GPUS]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(table_row(row))
     return "\n".join(lines)
 
 

@@ -21,6 +21,8 @@ from typing import Dict, List
 
 import torch
 
+from projects.tables import table_head, table_row
+
 DEFAULT_CONFIG = "configs/Shapes/accuracy_far_mask_rcnn_swin.py"  # the study's trunk and data
 READINGS = (("lorand", False), ("kaiming_fan_in", False), ("trunc_normal", False),
             ("lorand", True))
@@ -91,14 +93,14 @@ def render(data: dict) -> str:
 
 def table(records: List[dict]) -> str:
     stages = sorted(records[0]["stages"])
-    head = ("| `init` | `zero_init` | adapter: \\|A(x) - x\\| / \\|x\\|, median (range) | "
-            + " | ".join(f"{s}: \\|e - l\\| / \\|l\\|" for s in stages) + " |")
-    lines = [head, "|" + "---|" * (3 + len(stages))]
+    lines = table_head(["`init`", "`zero_init`",
+                        "adapter: \\|A(x) - x\\| / \\|x\\|, median (range)",
+                        *(f"{s}: \\|e - l\\| / \\|l\\|" for s in stages)])
     for r in records:
-        lines.append(
-            f"| {r['init']} | {r['zero_init']} | {r['adapter_median']:.3g} "
-            f"({r['adapter_min']:.3g}-{r['adapter_max']:.3g}) | "
-            + " | ".join(f"{r['stages'][s]:.3g}" for s in stages) + " |")
+        lines.append(table_row([
+            str(r["init"]), str(r["zero_init"]),
+            f"{r['adapter_median']:.3g} ({r['adapter_min']:.3g}-{r['adapter_max']:.3g})",
+            *(f"{r['stages'][s]:.3g}" for s in stages)]))
     return "\n".join(lines)
 
 

@@ -33,6 +33,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from projects.tables import table_head, table_row
+
 FLOOR = "e3va_random"  # E3VA on a random, frozen trunk: what the pre-training adds
 DEFAULT_CONFIG = "configs/Shapes/transfer_mask_rcnn_swin_e3va.py"
 # (result key, column label): detectron2's COCOEvaluator results, or others' first metric.
@@ -270,16 +272,16 @@ def table(summary: Dict[str, dict]) -> str:
     full_step = summary.get("full", {}).get("step_seconds")
     head = ["method", "trunk"] + list(METRICS.values()) + [
         "box AP per seed", "trainable (backbone)", "saved for backward", "step / full"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for row, e in summary.items():
         per_seed = ", ".join(f"{v:.1f}" for v in e["metrics"].get("bbox/AP", {}).get("values", []))
         saved = f"{e['saved_bytes'] / 2**20:,.0f} MiB" if "saved_bytes" in e else ""
         step = (f"{e['step_seconds'] / full_step:.2f}x" if full_step and "step_seconds" in e
                 else "")
-        lines.append("| " + " | ".join(
+        lines.append(table_row(
             [e["method"], "random" if row == FLOOR else "pre-trained"]
             + [_cell(e["metrics"].get(m)) for m in METRICS]
-            + [per_seed, f"{e['trainable_in_backbone'] / 1e6:.3f}M", saved, step]) + " |")
+            + [per_seed, f"{e['trainable_in_backbone'] / 1e6:.3f}M", saved, step]))
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 from projects import tables
 from projects.benchmark.peak_report import MIB, peak_share
 from projects.benchmark.tuning_cost import method_options
-from projects.tables import replace_block
+from projects.tables import replace_block, table_head, table_row
 from projects.transfer.study_records import REGIMES, ROOT, load_records
 
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
@@ -112,7 +112,7 @@ def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, di
     for regime in regimes:
         head += [f"{regime}: box AP", f"{regime}: recovery"]
     head += ["paper's recovery", "peak memory above fixed"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for row in methods_only({row for r in regimes for row in records[r]}):
         cells = [f"`{row}`"]
         for regime in regimes:
@@ -122,7 +122,7 @@ def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, di
                       cell(rec, ".2f")]
         paper = PAPER_RECOVERY.get(row)
         cells += [cell(paper, ".2f"), peak_columns(row, peaks)[1]]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells))
     return "\n".join(lines)
 
 
@@ -145,7 +145,7 @@ def regime_table(regime: str, rows: Dict[str, List[dict]],
     head = ["method", "box AP", "box AP per seed", "mask AP", "recovery (box)",
             "paper's recovery (COCO box)", "peak training memory", "peak above fixed",
             "training loss (last 500 it.)", "iterations", "trainable (backbone)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for row in methods_only(rows):
         recs = rows[row]
         box = [r["final"]["bbox/AP"] for r in recs]
@@ -154,12 +154,12 @@ def regime_table(regime: str, rows: Dict[str, List[dict]],
         paper = PAPER_RECOVERY.get(row)
         iters = recs[0]["eval_curve"][-1]["iter"] if recs[0]["eval_curve"] else ""
         loss = final_training_loss(recs)
-        lines.append("| " + " | ".join([
+        lines.append(table_row([
             f"`{row}`", mean_std(box), ", ".join(f"{v:.1f}" for v in box), mean_std(mask),
             cell(rec, ".2f"), cell(paper, ".2f"),
             *peak_columns(row, peaks),
             cell(loss, ".3f"), str(iters),
-            f"{recs[0]['trainable_in_backbone'] / 1e6:.3f}M"]) + " |")
+            f"{recs[0]['trainable_in_backbone'] / 1e6:.3f}M"]))
     return "\n".join(lines)
 
 
@@ -185,7 +185,7 @@ def variants_table(records: Dict[str, Dict[str, List[dict]]],
     head = ["variant", "regime", "box AP", "minus its method's (paired seeds)", "mask AP",
             "recovery (box)", "its method's recovery", "peak above fixed",
             "training loss (last 500 it.)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     variants = sorted({row for rows in records.values() for row in rows if is_variant(row)})
     for row in variants:
         method = method_options(row)[0]
@@ -193,12 +193,12 @@ def variants_table(records: Dict[str, Dict[str, List[dict]]],
             rows, recs = records[regime], records[regime][row]
             rec, base_rec = recovery(rows, row), recovery(rows, method)
             loss = final_training_loss(recs)
-            lines.append("| " + " | ".join([
+            lines.append(table_row([
                 f"`{row}`", regime, box_ap(recs),
                 paired_difference(recs, rows[method]) if method in rows else "not run yet",
                 mean_std([r["final"]["segm/AP"] for r in recs]),
                 cell(rec, ".2f"), cell(base_rec, ".2f"), peak_columns(row, peaks)[1],
-                cell(loss, ".3f")]) + " |")
+                cell(loss, ".3f")]))
     if not variants:
         return "_No variant is recorded yet._"
     return "\n".join(lines)
@@ -218,7 +218,7 @@ def detail_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
                    if k.startswith("bbox/") and k != "bbox/AP"},
                   key=lambda k: (first.index(k) if k in first else len(first), k))
     head = ["regime", "method", "seeds", *(k.split("/", 1)[1] for k in keys)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for regime in REGIMES:
         for row in ordered(row for r, row in kept if r == regime):
             details = kept[regime, row]
@@ -226,7 +226,7 @@ def detail_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
             for key in keys:
                 values = [d[key] for d in details if key in d]
                 cells.append(f"{statistics.fmean(values):.1f}" if values else "")
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(table_row(cells))
     return "\n".join(lines)
 
 
@@ -237,14 +237,14 @@ def curve_table(regime: str, rows: Dict[str, List[dict]]) -> str:
     iters = sorted({p["iter"] for row in methods for r in rows[row] for p in r["eval_curve"]})
     drops = lr_drops(regime)
     head = ["method", "seeds", *(f"{i:,}" for i in iters)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for row in methods:
         at = {}
         for rec in rows[row]:
             for point in rec["eval_curve"]:
                 at.setdefault(point["iter"], []).append(point["bbox/AP"])
-        lines.append("| " + " | ".join([f"`{row}`", str(len(rows[row])), *(
-            cell(statistics.fmean(at[i]) if i in at else None, ".1f") for i in iters)]) + " |")
+        lines.append(table_row([f"`{row}`", str(len(rows[row])), *(
+            cell(statistics.fmean(at[i]) if i in at else None, ".1f") for i in iters)]))
     lines.append("")
     lines.append(f"Held-out box AP after each number of iterations, mean over seeds; the learning "
                  f"rate drops x0.1 at {' and '.join(f'{d:,}' for d in drops)}.")
@@ -259,7 +259,7 @@ def gap_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
               if row not in ("full", "fixed", "lora")]
     head = ["regime", "full - fixed (box AP)", "largest seed spread (std)", "gap / spread",
             *(f"`{row}` / `lora` recovery" for row in others)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for regime in regimes:
         rows = records[regime]
         mean = {row: statistics.fmean(r["final"]["bbox/AP"] for r in rows[row])
@@ -270,14 +270,14 @@ def gap_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
         lora = recovery(rows, "lora") if "lora" in rows else None
         shares = [recovery(rows, row) / lora if lora and row in rows else None
                   for row in others]
-        lines.append("| " + " | ".join([
+        lines.append(table_row([
             regime, f"{gap:.1f}", cell(spread, ".1f"),
             cell(gap / spread if spread else None, ".0f"),
-            *(cell(share, ".2f") for share in shares)]) + " |")
+            *(cell(share, ".2f") for share in shares)]))
     paper = [PAPER_RECOVERY[row] / PAPER_RECOVERY["lora"] if row in PAPER_RECOVERY else None
              for row in others]
-    lines.append("| " + " | ".join(["paper (COCO, Swin-B Cascade)", f"{PAPER_GAP:.1f}", "", "",
-                                    *(cell(share, ".2f") for share in paper)]) + " |")
+    lines.append(table_row(["paper (COCO, Swin-B Cascade)", f"{PAPER_GAP:.1f}", "", "",
+                                    *(cell(share, ".2f") for share in paper)]))
     return "\n".join(lines)
 
 
