@@ -110,7 +110,6 @@ def main(argv=None):
     return dict(seconds=seconds, flops=counted)
 
 
-
 def render(data: dict) -> str:
     """The table from a record: ``seconds`` and ``flops`` per variant, and ``setup``."""
     seconds, counted = data["seconds"], data["flops"]

@@ -230,21 +230,27 @@ def detail_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
     return "\n".join(lines)
 
 
+def mean_curve(recs: List[dict]) -> Dict[int, float]:
+    """Held-out box AP after each number of iterations, mean over the seeds that reached it."""
+    at: Dict[int, List[float]] = {}
+    for rec in recs:
+        for point in rec["eval_curve"]:
+            at.setdefault(point["iter"], []).append(point["bbox/AP"])
+    return {i: statistics.fmean(at[i]) for i in sorted(at)}
+
+
 def curve_table(regime: str, rows: Dict[str, List[dict]]) -> str:
     """Held-out box AP at every evaluation, mean over seeds: whether full fine-tuning's curve
     has flattened before each learning-rate drop (the plateau the schedule was chosen for)."""
     methods = methods_only(rows)
-    iters = sorted({p["iter"] for row in methods for r in rows[row] for p in r["eval_curve"]})
+    curves = {row: mean_curve(rows[row]) for row in methods}
+    iters = sorted({i for curve in curves.values() for i in curve})
     drops = lr_drops(regime)
     head = ["method", "seeds", *(f"{i:,}" for i in iters)]
     lines = table_head(head)
-    for row in methods:
-        at = {}
-        for rec in rows[row]:
-            for point in rec["eval_curve"]:
-                at.setdefault(point["iter"], []).append(point["bbox/AP"])
-        lines.append(table_row([f"`{row}`", str(len(rows[row])), *(
-            cell(statistics.fmean(at[i]) if i in at else None, ".1f") for i in iters)]))
+    for row, curve in curves.items():
+        lines.append(table_row([f"`{row}`", str(len(rows[row])),
+                                *(cell(curve.get(i), ".1f") for i in iters)]))
     lines.append("")
     lines.append(f"Held-out box AP after each number of iterations, mean over seeds; the learning "
                  f"rate drops x0.1 at {' and '.join(f'{d:,}' for d in drops)}.")
@@ -277,7 +283,7 @@ def gap_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
     paper = [PAPER_RECOVERY[row] / PAPER_RECOVERY["lora"] if row in PAPER_RECOVERY else None
              for row in others]
     lines.append(table_row(["paper (COCO, Swin-B Cascade)", f"{PAPER_GAP:.1f}", "", "",
-                                    *(cell(share, ".2f") for share in paper)]))
+                            *(cell(share, ".2f") for share in paper)]))
     return "\n".join(lines)
 
 
@@ -320,11 +326,8 @@ def plot_curves(records, path: str) -> None:
     fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 3.8), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
         for row in methods_only(records[regime]):
-            recs = records[regime][row]
-            iters = [p["iter"] for p in recs[0]["eval_curve"]]
-            means = [statistics.fmean(r["eval_curve"][k]["bbox/AP"] for r in recs
-                                      if len(r["eval_curve"]) > k) for k in range(len(iters))]
-            ax.plot(iters, means, "o-", label=row, ms=3)
+            curve = mean_curve(records[regime][row])
+            ax.plot(list(curve), list(curve.values()), "o-", label=row, ms=3)
         for i, drop in enumerate(lr_drops(regime)):
             ax.axvline(drop, ls=":", color="grey", label="LR x0.1" if i == 0 else None)
         ax.set(title=f"{regime} regime", xlabel="iteration", ylabel="held-out box AP")
