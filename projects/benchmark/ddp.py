@@ -31,7 +31,7 @@ from e3va_d2.engine import launch
 from e3va_d2.engine.cost import synthetic_detection_batch
 from e3va_d2.layers import adapt_sync_batchnorm
 from e3va_d2.modeling import build_tuning
-from projects.tables import command_line, publish
+from projects.tables import command_line, publish, table_head, table_row
 
 DEFAULT_CONFIG = "configs/Shapes/mask_rcnn_swin_demo_e3va.py"
 
@@ -87,14 +87,14 @@ def render(data: dict) -> str:
     """The table from a record: ``rows`` (one per method) and ``setup``."""
     rows = data["rows"]
     full = next((r for r in rows if r["method"] == "full"), rows[0])
-    lines = ["| method | trainable | all-reduced per step | / full | step (s) | / full |",
-             "|---|---|---|---|---|---|"]
+    lines = table_head(["method", "trainable", "all-reduced per step", "/ full", "step (s)",
+                        "/ full"])
     for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['trainable'] / 1e6:.3f}M "
-            f"| {r['bytes_per_step'] / 2**20:.2f} MiB "
-            f"| {r['bytes_per_step'] / full['bytes_per_step']:.1%} | {r['step_s']:.3f} "
-            f"| {r['step_s'] / full['step_s']:.2f}x |")
+        lines.append(table_row([
+            r["method"], f"{r['trainable'] / 1e6:.3f}M",
+            f"{r['bytes_per_step'] / 2**20:.2f} MiB",
+            f"{r['bytes_per_step'] / full['bytes_per_step']:.1%}", f"{r['step_s']:.3f}",
+            f"{r['step_s'] / full['step_s']:.2f}x"]))
     return "\n".join(lines) + "\n\n" + data["setup"]
 
 

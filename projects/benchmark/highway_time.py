@@ -31,7 +31,7 @@ from e3va_d2.engine.cost import TrainingStep, median, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.modeling.adapters import BlockAdapters
 from e3va_d2.modeling.highway import E3VAHighway, trace_trunk
-from projects.tables import command_line, publish
+from projects.tables import command_line, publish, table_head, table_row
 
 from .tuning_cost import build_model, num_classes, share_common_tensors
 
@@ -114,10 +114,10 @@ def render(data: dict) -> str:
     """The table from a record: ``seconds`` and ``flops`` per variant, and ``setup``."""
     seconds, counted = data["seconds"], data["flops"]
     base_s, base_f = seconds["fixed"], counted["fixed"]
-    lines = ["| backbone step | time (s) | / fixed | GFLOPs | / fixed |", "|---|---|---|---|---|"]
+    lines = table_head(["backbone step", "time (s)", "/ fixed", "GFLOPs", "/ fixed"])
     for v in VARIANTS:
-        lines.append(f"| {v} | {seconds[v]:.3f} | {seconds[v] / base_s:.3f}x | "
-                     f"{counted[v] / 1e9:.1f} | {counted[v] / base_f:.3f}x |")
+        lines.append(table_row([v, f"{seconds[v]:.3f}", f"{seconds[v] / base_s:.3f}x",
+                                f"{counted[v] / 1e9:.1f}", f"{counted[v] / base_f:.3f}x"]))
     path, e3va = seconds["gradient path"] - base_s, seconds["e3va"] - seconds["gradient path"]
     path_flops = counted["gradient path"] - base_f
     e3va_flops = counted["e3va"] - counted["gradient path"]

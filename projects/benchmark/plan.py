@@ -186,7 +186,7 @@ def fits(points: Dict[str, List[dict]]) -> Dict[str, PeakModel]:
 
 def check_table(points: Dict[str, List[dict]], models: Dict[str, PeakModel]) -> Tuple[str, float]:
     """Measured against predicted peaks at the check points; and the largest |error|."""
-    lines = ["| method | size x batch | measured | predicted | error |", "|---|---|---|---|---|"]
+    lines = table_head(["method", "size x batch", "measured", "predicted", "error"])
     worst = 0.0
     for method, pts in points.items():
         for p in pts:
@@ -195,9 +195,10 @@ def check_table(points: Dict[str, List[dict]], models: Dict[str, PeakModel]) -> 
             predicted = models[method].predict(p["pixels"] // p["batch"], p["batch"])
             error = predicted / p["peak_bytes"] - 1
             worst = max(worst, abs(error))
-            lines.append(f"| {method} | {p['size']}x{p['size']} x {p['batch']} | "
-                         f"{p['peak_bytes'] / GIB:.3f} GiB | {predicted / GIB:.3f} GiB | "
-                         f"{100 * error:+.1f}% |")
+            lines.append(table_row([
+                method, f"{p['size']}x{p['size']} x {p['batch']}",
+                f"{p['peak_bytes'] / GIB:.3f} GiB", f"{predicted / GIB:.3f} GiB",
+                f"{100 * error:+.1f}%"]))
     return ("\n".join(lines) if len(lines) > 2 else ""), worst
 
 

@@ -30,7 +30,7 @@ from e3va_d2.checkpoint import export_delta
 from e3va_d2.config import load_config
 from e3va_d2.engine.multitask import MultiTaskPredictor
 from e3va_d2.engine.predictor import Predictor
-from projects.tables import command_line, publish
+from projects.tables import command_line, publish, table_head, table_row
 
 TASKS = {
     "instances (Mask R-CNN)": "configs/Shapes/mask_rcnn_swin_demo_e3va.py",
@@ -116,12 +116,13 @@ def main(argv=None) -> List[dict]:
 
 def render(data: dict) -> str:
     """The table from a record: ``rows`` (1, 2, 3 tasks) and ``setup``."""
-    lines = ["| tasks | shared trunk: ms / image | separate models: ms / image | shared / first "
-             "task alone | weights, shared | weights, separate |", "|---|---|---|---|---|---|"]
+    lines = table_head(["tasks", "shared trunk: ms / image", "separate models: ms / image",
+                        "shared / first task alone", "weights, shared", "weights, separate"])
     for r in data["rows"]:
-        lines.append(f"| {r['tasks']} | {r['shared_ms']:.0f} | {r['separate_ms']:.0f} | "
-                     f"{r['shared_ms'] / r['alone_ms']:.2f}x | {r['shared_weights_mb']:.1f} MB | "
-                     f"{r['separate_weights_mb']:.1f} MB |")
+        lines.append(table_row([
+            str(r["tasks"]), f"{r['shared_ms']:.0f}", f"{r['separate_ms']:.0f}",
+            f"{r['shared_ms'] / r['alone_ms']:.2f}x", f"{r['shared_weights_mb']:.1f} MB",
+            f"{r['separate_weights_mb']:.1f} MB"]))
     return "\n".join(lines) + "\n\n" + data["setup"]
 
 

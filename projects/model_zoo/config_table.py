@@ -23,7 +23,7 @@ from detectron2.config import instantiate
 from e3va_d2.config import load_config
 from e3va_d2.engine.params import trainable_parameter_table
 from e3va_d2.paper import METRIC, ROWS
-from projects.tables import command_line, publish
+from projects.tables import command_line, publish, table_head, table_row
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -74,10 +74,8 @@ def measure(paths: List[str]) -> Dict[str, Any]:
 
 def render(data: Dict[str, Any]) -> str:
     """The Markdown table of a record; the paper's columns from :mod:`e3va_d2.paper`."""
-    lines = [
-        "| config | trainable backbone params (built) | paper: params | paper: metric |",
-        "|---|---|---|---|",
-    ]
+    lines = table_head(
+        ["config", "trainable backbone params (built)", "paper: params", "paper: metric"])
     for row in data["rows"]:
         path = row["config"]
         folder = path.split("/")[1]
@@ -86,7 +84,7 @@ def render(data: Dict[str, Any]) -> str:
         if paper and metric and folder in METRIC and "Table" not in metric:
             metric = f"{metric} ({METRIC[folder]})"
         count = f"{row['trainable_backbone'] / 1e6:.2f}M"
-        lines.append(f"| [`{path}`](../{path}) | {count} | {params} | {metric} |")
+        lines.append(table_row([f"[`{path}`](../{path})", count, params, metric]))
     return "\n".join(lines)
 
 

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from e3va_d2.checkpoint import atomic_save, atomic_write
 from e3va_d2.data.pretext import SCENE_CLASSES, SCENE_SPLITS, STYLES, SceneStream
 from e3va_d2.modeling import SwinTransformer
-from projects.tables import command_line, publish
+from projects.tables import command_line, publish, table_head, table_row
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -317,10 +317,11 @@ def record_curve(args, argv) -> dict:
 def render(data: dict, every: int = 2000) -> str:
     """Held-out accuracy every ``every`` steps (and the last), then where the run stands."""
     rows = [r for r in data["curve"] if r["step"] % every == 0 or r is data["curve"][-1]]
-    lines = ["| step | images seen | held-out class accuracy (36) | style accuracy (7) |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['step']} | {r['images'] / 1e6:.2f}M | {100 * r['val_accuracy']:.1f}% | "
-              f"{100 * r['val_style_accuracy']:.1f}% |" for r in rows]
+    lines = table_head(["step", "images seen", "held-out class accuracy (36)",
+                        "style accuracy (7)"])
+    lines += [table_row([str(r["step"]), f"{r['images'] / 1e6:.2f}M",
+                         f"{100 * r['val_accuracy']:.1f}%",
+                         f"{100 * r['val_style_accuracy']:.1f}%"]) for r in rows]
     speed = "" if data["images_per_s"] is None else (
         f", median {data['images_per_s']:.0f} images/s")
     state = ("finished" if data["step"] >= data["steps"] else
