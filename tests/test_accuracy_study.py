@@ -17,7 +17,7 @@ def test_committed_tables_match_the_committed_records():
     assert set(rendered) == ({f"accuracy-{regime}" for regime in regimes}
                              | {f"{study_report.CURVES}-{regime}" for regime in regimes}
                              | {study_report.SUMMARY, study_report.VARIANTS, study_report.DETAIL,
-                                study_report.GAP})
+                                study_report.GAP, study_report.RECOVERY_CURVES})
     for name, body in rendered.items():
         path = study_report.README if name == study_report.SUMMARY else study_report.DOC
         with open(path) as f:
@@ -45,6 +45,19 @@ def test_recovery_is_the_share_of_the_fixed_to_full_gap():
     table = study_report.regime_table("near", rows)
     assert "| `e3va` | 26.0 ± 1.4 | 25.0, 27.0 |" in table and "| 0.75 |" in table
     assert table.index("`full`") < table.index("`fixed`") < table.index("`e3va`")
+
+
+def test_recovery_curve_is_the_share_of_the_gap_at_each_evaluation():
+    """record() puts half the final AP at iteration 10: recovery there uses those halves."""
+    rows = {"full": [record("far", "full", 0, 40)], "fixed": [record("far", "fixed", 0, 20)],
+            "e3va": [record("far", "e3va", 0, 30)],
+            "lora": [dict(record("far", "lora", 0, 36), eval_curve=[{"iter": 20, "bbox/AP": 36}])],
+            "e3va:zero_init=True": [record("far", "e3va:zero_init=True", 0, 39)]}
+    table = study_report.recovery_curve_table({"far": rows})
+    assert "| far | full - fixed (box AP) | 10.0 | 20.0 |" in table
+    assert "| far | `lora` |  | 0.80 |" in table  # not evaluated at 10: blank
+    assert "| far | `e3va` | 0.50 | 0.50 |" in table
+    assert "zero_init" not in table  # variants are compared with their method elsewhere
 
 
 def test_final_training_loss_averages_each_runs_last_iterations_then_the_seeds():

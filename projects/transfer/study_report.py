@@ -26,6 +26,7 @@ VARIANTS = "accuracy-variants"  # docs/ACCURACY.md: methods with options, agains
 DETAIL = "accuracy-detail"  # docs/ACCURACY.md: box AP by threshold, size and class
 CURVES = "accuracy-curves"  # docs/ACCURACY.md: held-out box AP at every evaluation
 GAP = "accuracy-gap"  # docs/ACCURACY.md: the fixed-to-full gap against the seeds' spread
+RECOVERY_CURVES = "accuracy-recovery-curves"  # docs/ACCURACY.md: recovery at every evaluation
 # The paper's COCO Table 1 (Cascade Mask R-CNN, Swin-B): box AP of the rows the study repeats.
 PAPER_BOX_AP = {"full": 51.9, "fixed": 43.5, "lora": 51.2, "e3va": 50.5}
 PAPER_GAP = PAPER_BOX_AP["full"] - PAPER_BOX_AP["fixed"]
@@ -257,6 +258,36 @@ def curve_table(regime: str, rows: Dict[str, List[dict]]) -> str:
     return "\n".join(lines)
 
 
+def recovery_curve_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
+    """Each adapter's recovery, (row - fixed) / (full - fixed), at every evaluation, on the mean
+    curves: where along the schedule a method keeps up with full fine-tuning and where it
+    falls behind (before or after the learning-rate drops)."""
+    regimes = [r for r in REGIMES if {"full", "fixed"} <= set(records.get(r, {}))]
+    curves = {r: {row: mean_curve(recs) for row, recs in records[r].items()
+                  if not is_variant(row)} for r in regimes}
+    iters = sorted({i for r in regimes for c in curves[r].values() for i in c})
+    lines = table_head(["regime", "method", *(f"{i:,}" for i in iters)])
+    for regime in regimes:
+        full, fixed = curves[regime]["full"], curves[regime]["fixed"]
+        lines.append(table_row([regime, "full - fixed (box AP)", *(
+            cell(full[i] - fixed[i] if i in full and i in fixed else None, ".1f")
+            for i in iters)]))
+        for row in methods_only(curves[regime]):
+            if row in ("full", "fixed"):
+                continue
+            curve = curves[regime][row]
+            lines.append(table_row([regime, f"`{row}`", *(
+                cell((curve[i] - fixed[i]) / (full[i] - fixed[i])
+                     if i in curve and i in full and i in fixed and full[i] != fixed[i]
+                     else None, ".2f") for i in iters)]))
+    drops = sorted({d for r in regimes for d in lr_drops(r)})
+    lines.append("")
+    lines.append(f"Recovery at each evaluation from the mean curves above (where full and fixed "
+                 f"are a point or two apart, it swings with noise); the learning rate drops x0.1 "
+                 f"at {' and '.join(f'{d:,}' for d in drops)}.")
+    return "\n".join(lines)
+
+
 def gap_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
     """Per regime, the fixed-to-full gap against the largest seed spread of any row (is the
     gap noise?), and each adapter's recovery as a share of LoRA's, beside the paper's."""
@@ -300,6 +331,7 @@ def render_tables(records: Dict[str, Dict[str, List[dict]]],
     blocks.update({f"{CURVES}-{regime}": curve_table(regime, records[regime])
                    for regime in REGIMES if records.get(regime)})
     blocks[GAP] = gap_table(records)
+    blocks[RECOVERY_CURVES] = recovery_curve_table(records)
     blocks[SUMMARY] = summary_table(records, peaks)
     return blocks
 
