@@ -125,6 +125,10 @@ TABLES: Dict[str, Table] = {
     "pretrain-scenes": Table(
         "docs/ACCURACY.md", "projects.pretrain.pretrain_swin:render",
         "python -m projects.pretrain.pretrain_swin --run-dir projects/pretrain/runs/scenes_e32"),
+    "accuracy-fit": Table(
+        "docs/ACCURACY.md", "projects.transfer.fit_check:render",
+        "python -m projects.transfer.fit_check",
+        pending="the study's finished runs are evaluated on their training images"),
     "shared-trunk": Table(
         "docs/INFERENCE.md", "projects.benchmark.shared_trunk:render",
         f"{_BENCH}.shared_trunk --images 32"),
@@ -135,7 +139,7 @@ TABLES: Dict[str, Table] = {
 # here; that script's test checks them (the accuracy study: tests/test_accuracy_study.py).
 RECORD_SETS = {name: "projects.transfer.study_report" for name in (
     "accuracy-near", "accuracy-far", "accuracy-variants", "accuracy-detail", "accuracy-gap",
-    "accuracy-curves-near", "accuracy-curves-far", "accuracy-summary")}
+    "accuracy-curves-near", "accuracy-curves-far", "accuracy-recovery-curves", "accuracy-summary")}
 
 
 def _path(relative: str) -> str:

@@ -272,3 +272,42 @@ def test_bad_regimes_and_seeds_are_refused_before_anything_runs(argv, message, c
     with pytest.raises(SystemExit):
         study.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_fit_check_finds_finished_runs_in_table_order_and_renders_the_gap(tmp_path):
+    from projects.transfer import fit_check
+
+    for regime, row, seed in (("far", "e3va", 2), ("far", "full", 1), ("near", "lora", 0),
+                              ("far", "full", 0), ("far", "e3va:zero_init=True", 0)):
+        folder = tmp_path / compare.run_folder(regime, row, seed)
+        folder.mkdir(parents=True)
+        (folder / "model_final.pth").write_bytes(b"")
+        (folder / "result.json").write_text(json.dumps({"row": row, "seed": seed}))
+    unfinished = tmp_path / compare.run_folder("far", "lora", 0)
+    unfinished.mkdir(parents=True)
+    (unfinished / "model_final.pth").write_bytes(b"")  # a checkpoint, but no result yet
+    runs = fit_check.finished_runs(str(tmp_path), ["near", "far"])
+    assert [(r["regime"], r["row"], r["seed"]) for r in runs] == [
+        ("near", "lora", 0), ("far", "full", 0), ("far", "full", 1), ("far", "e3va", 2),
+        ("far", "e3va:zero_init=True", 0)]
+    table = fit_check.render({"setup": "s", "rows": [dict(
+        regime="far", row="e3va", seed=2, train_box_ap=61.25, held_out_box_ap=60.0,
+        train_mask_ap=64.0, held_out_mask_ap=63.5)]})
+    assert "| far | `e3va` | 2 | 61.2 | 60.0 | +1.2 | 64.0 | 63.5 |" in table
+
+
+def test_a_row_with_options_gets_its_own_folder_and_config():
+    """Options with '=' and brackets reach the tuning method, not the override parser (which
+    refused 'train.output_dir=.../e3va_spatial:conv_kernels=()/seed0'); no ':' in folders."""
+    from e3va_d2.config import tuned_swin_node
+
+    row = "e3va_spatial:conv_kernels=()"
+    folder = compare.run_folder("out/far", row, 1)
+    assert folder == os.path.join("out/far", "runs", "e3va_spatial__conv_kernels=()", "seed1")
+    cfg = compare.run_config(os.path.join(study_records.ROOT, study_records.REGIMES["far"]),
+                             ["train.max_iter=7"], row, 1, folder)
+    assert (cfg.train.output_dir, cfg.train.seed, cfg.train.max_iter) == (folder, 1, 7)
+    tuning = tuned_swin_node(cfg.model).tuning
+    assert tuning.name == "e3va_spatial" and list(tuning.conv_kernels) == []
+    assert os.path.dirname(study_records.record_path("far", row, 1, "r")) == os.path.join(
+        "r", "far", "e3va_spatial__conv_kernels=()")

@@ -73,8 +73,14 @@ def rows(args) -> List[str]:
     return methods + ([] if args.no_floor else [FLOOR])
 
 
+def row_folder(row: str) -> str:
+    """A row's folder name: ``e3va:zero_init=True`` as ``e3va__zero_init=True`` (a ':' is
+    refused by some file systems, and run folders are committed when parked)."""
+    return row.replace(":", "__")
+
+
 def run_folder(output: str, row: str, seed: int) -> str:
-    return os.path.join(output, "runs", row, f"seed{seed}")
+    return os.path.join(output, "runs", row_folder(row), f"seed{seed}")
 
 
 def flat_metrics(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
@@ -89,7 +95,10 @@ def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: s
     from e3va_d2.modeling import build_tuning
     from projects.benchmark.tuning_cost import method_options
 
-    cfg = load_config(config_file, [f"train.output_dir={folder}", f"train.seed={seed}"])
+    cfg = load_config(config_file)
+    # Set, not passed as overrides: a row's folder may hold '=' or brackets
+    # (e3va_spatial:conv_kernels=()), which the override grammar refuses.
+    cfg.train.output_dir, cfg.train.seed = folder, seed
     name, options = method_options("e3va" if row == FLOOR else row)
     set_tuning_method(cfg.model, build_tuning(name, **options))
     # After the swap, so that options of the method (tuning.zero_init=True) apply to it.

@@ -15,6 +15,7 @@ import os
 from typing import Dict, List
 
 from e3va_d2.checkpoint.files import atomic_write
+from projects.transfer.compare import row_folder
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # Fixed before any E3VA result of the study was looked at (c5884da); one recipe for every row.
@@ -27,7 +28,7 @@ METRICS = (("bbox/AP", "box AP"), ("segm/AP", "mask AP"))
 
 
 def record_path(regime: str, row: str, seed: int, root: str = RECORDS) -> str:
-    return os.path.join(root, regime, row.replace(":", "__"), f"seed{seed}.json")
+    return os.path.join(root, regime, row_folder(row), f"seed{seed}.json")
 
 
 def eval_curve(metrics_file: str, max_iter: int) -> List[dict]:
