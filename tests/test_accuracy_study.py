@@ -311,3 +311,21 @@ def test_a_row_with_options_gets_its_own_folder_and_config():
     assert tuning.name == "e3va_spatial" and list(tuning.conv_kernels) == []
     assert os.path.dirname(study_records.record_path("far", row, 1, "r")) == os.path.join(
         "r", "far", "e3va_spatial__conv_kernels=()")
+
+
+def test_the_fit_checks_training_subset_is_the_training_splits_first_images():
+    """fit_check evaluates a shorter copy of the training split's spec: image i must not
+    depend on how many images the split has."""
+    import dataclasses
+
+    import numpy as np
+
+    from e3va_d2.data.shapes import DEFAULT_SPLITS
+    from e3va_d2.data.shapes_render import render
+
+    spec = DEFAULT_SPLITS["far_train"]
+    shorter = dataclasses.replace(spec, num_images=3)
+    for i in range(3):
+        (image, owner, objects), (image2, owner2, objects2) = render(spec, i), render(shorter, i)
+        assert np.array_equal(image, image2) and np.array_equal(owner, owner2)
+        assert objects == objects2
