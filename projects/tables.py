@@ -117,7 +117,9 @@ TABLES: Dict[str, Table] = {
         f"{_BENCH}.tuning_cost --config-file configs/Shapes/accuracy_near_mask_rcnn_swin.py "
         "--methods full,fixed,lora,e3va,e3va_spatial,e3va:recompute_branches=stage,"
         "e3va:saved_input_dtype=bfloat16,e3va:saved_input_dtype=float8_e4m3fn,"
-        "e3va:trunk_dtype=bfloat16 --size 128 --batch 4 --steps 0 --warmup 1 "
+        "e3va:trunk_dtype=bfloat16,e3va_spatial:conv_kernels=(),e3va_spatial:read_state=False,"
+        "e3va_spatial:stage_mixer=True,e3va_spatial:conv_kernels=(3,5,7) "
+        "--size 128 --batch 4 --steps 0 --warmup 1 "
         "--output output/peak-accuracy"),
     "adapter-init": Table(
         "docs/ACCURACY.md", "projects.transfer.adapter_init:render",
