@@ -64,14 +64,18 @@ def peak_columns(row: str, peaks: Dict[str, dict]) -> List[str]:
     return [f"{peak_mib(peaks, row):.0f} MiB", "" if share is None else f"{100 * share:.1f}%"]
 
 
+def share_of_gap(value: float, fixed: float, full: float) -> Optional[float]:
+    """Recovery: (value - fixed) / (full - fixed); None where full and fixed are equal."""
+    return (value - fixed) / (full - fixed) if full != fixed else None
+
+
 def recovery(rows: Dict[str, List[dict]], row: str, metric: str = "bbox/AP") -> Optional[float]:
-    """(row - fixed) / (full - fixed), on the means over seeds."""
+    """The row's recovery on the means over seeds."""
     if not {"full", "fixed", row} <= set(rows):
         return None
     mean = {r: statistics.fmean(rec["final"][metric] for rec in rows[r])
             for r in ("full", "fixed", row)}
-    gap = mean["full"] - mean["fixed"]
-    return (mean[row] - mean["fixed"]) / gap if gap else None
+    return share_of_gap(mean[row], mean["fixed"], mean["full"])
 
 
 ROW_ORDER = ("full", "fixed", "lora", "e3va")  # the paper's rows first, in its order
@@ -263,23 +267,20 @@ def recovery_curve_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
     curves: where along the schedule a method keeps up with full fine-tuning and where it
     falls behind (before or after the learning-rate drops)."""
     regimes = [r for r in REGIMES if {"full", "fixed"} <= set(records.get(r, {}))]
-    curves = {r: {row: mean_curve(recs) for row, recs in records[r].items()
-                  if not is_variant(row)} for r in regimes}
+    curves = {r: {row: mean_curve(records[r][row]) for row in methods_only(records[r])}
+              for r in regimes}
     iters = sorted({i for r in regimes for c in curves[r].values() for i in c})
     lines = table_head(["regime", "method", *(f"{i:,}" for i in iters)])
     for regime in regimes:
         full, fixed = curves[regime]["full"], curves[regime]["fixed"]
+        both = [i if i in full and i in fixed else None for i in iters]
         lines.append(table_row([regime, "full - fixed (box AP)", *(
-            cell(full[i] - fixed[i] if i in full and i in fixed else None, ".1f")
-            for i in iters)]))
-        for row in methods_only(curves[regime]):
-            if row in ("full", "fixed"):
-                continue
-            curve = curves[regime][row]
-            lines.append(table_row([regime, f"`{row}`", *(
-                cell((curve[i] - fixed[i]) / (full[i] - fixed[i])
-                     if i in curve and i in full and i in fixed and full[i] != fixed[i]
-                     else None, ".2f") for i in iters)]))
+            cell(None if i is None else full[i] - fixed[i], ".1f") for i in both)]))
+        for row, curve in curves[regime].items():
+            if row not in ("full", "fixed"):
+                lines.append(table_row([regime, f"`{row}`", *(
+                    cell(share_of_gap(curve[i], fixed[i], full[i])
+                         if i is not None and i in curve else None, ".2f") for i in both)]))
     drops = sorted({d for r in regimes for d in lr_drops(r)})
     lines.append("")
     lines.append(f"Recovery at each evaluation from the mean curves above (where full and fixed "
