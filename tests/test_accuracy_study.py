@@ -296,6 +296,15 @@ def test_fit_check_finds_finished_runs_in_table_order_and_renders_the_gap(tmp_pa
     assert "| far | `e3va` | 2 | 61.2 | 60.0 | +1.2 | 64.0 | 63.5 |" in table
 
 
+def test_fit_check_refuses_an_unknown_regime_as_the_study_does(capsys):
+    from projects.transfer import fit_check
+
+    with pytest.raises(SystemExit):
+        fit_check.main(["--regimes", "near,farr"])
+    message = "--regimes: unknown ['farr']; the study's regimes are near, far"
+    assert message in capsys.readouterr().err
+
+
 def test_a_row_with_options_gets_its_own_folder_and_config():
     """Options with '=' and brackets reach the tuning method, not the override parser (which
     refused 'train.output_dir=.../e3va_spatial:conv_kernels=()/seed0'); no ':' in folders."""

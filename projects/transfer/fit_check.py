@@ -20,7 +20,7 @@ from typing import List
 
 from projects.tables import command_line, publish, table_head, table_row
 from projects.transfer import compare
-from projects.transfer.study_records import REGIMES, ROOT
+from projects.transfer.study_records import REGIMES, ROOT, parse_regimes
 from projects.transfer.study_report import ordered
 
 SUBSET = "{regime}_train_first{images}"  # the registered split: shapes_<regime>_train_first<N>
@@ -100,10 +100,10 @@ def main(argv=None) -> List[dict]:
     p.add_argument("--record", default="",
                    help="also publish the table as this docs table (projects/tables.py)")
     args = p.parse_args(argv)
-    regimes = [r.strip() for r in args.regimes.split(",")]
-    unknown = sorted(set(regimes) - set(REGIMES))
-    if unknown:
-        raise SystemExit(f"--regimes: unknown {unknown}; choose from {sorted(REGIMES)}")
+    try:
+        regimes = parse_regimes(args.regimes)
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(args.threads)
     runs = finished_runs(args.output, regimes)
     if not runs:

@@ -52,6 +52,7 @@ from projects.transfer.study_records import (
     REGIMES,
     ROOT,
     load_records,
+    parse_regimes,
     record_path,
     write_record,
 )
@@ -82,9 +83,10 @@ def parse_args(argv=None):
                    help="only copy unfinished runs' resumable state to --parked (to commit)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = p.parse_args(argv)
-    unknown = [r for r in args.regimes.split(",") if r.strip() not in REGIMES]
-    if unknown:
-        p.error(f"--regimes: unknown {unknown}; the study's regimes are {', '.join(REGIMES)}")
+    try:
+        args.regimes = parse_regimes(args.regimes)
+    except ValueError as e:
+        p.error(str(e))
     if not all(s.strip().isdigit() for s in args.seeds.split(",")):
         p.error(f"--seeds: expected seeds as integers, e.g. 0,1,2; got {args.seeds!r}")
     return args
@@ -155,7 +157,7 @@ def run(args) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in unpark(args.parked, args.output):
         logger.info("continuing %s from its parked state (%s)", name, args.parked)
-    for regime in [r.strip() for r in args.regimes.split(",")]:
+    for regime in args.regimes:
         config = os.path.join(ROOT, REGIMES[regime])
         output = os.path.join(args.output, regime)
         # A run with a committed record is done, on any checkout. Rows that still need the

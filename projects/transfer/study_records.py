@@ -27,6 +27,16 @@ RECORDS = os.path.join(ROOT, "docs", "records", "accuracy")
 METRICS = (("bbox/AP", "box AP"), ("segm/AP", "mask AP"))
 
 
+def parse_regimes(spec: str) -> List[str]:
+    """``"near,far"`` -> ``["near", "far"]``; ValueError naming any regime the study lacks."""
+    regimes = [r.strip() for r in spec.split(",")]
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"--regimes: unknown {unknown}; the study's regimes are "
+                         f"{', '.join(REGIMES)}")
+    return regimes
+
+
 def record_path(regime: str, row: str, seed: int, root: str = RECORDS) -> str:
     return os.path.join(root, regime, row_folder(row), f"seed{seed}.json")
 
