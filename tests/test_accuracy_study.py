@@ -201,11 +201,16 @@ def test_variants_are_compared_with_their_own_method_seed_by_seed():
             "e3va": [record("far", "e3va", s, v) for s, v in enumerate((20, 22, 24))],
             "e3va:trunk_dtype=bfloat16": [record("far", "e3va:trunk_dtype=bfloat16", s, v)
                                           for s, v in ((0, 19), (2, 25))]}
+    # A variant of a variant is compared with the row it changes by one option.
+    rows["e3va:trunk_dtype=bfloat16:zero_init=True"] = [
+        record("far", "e3va:trunk_dtype=bfloat16:zero_init=True", 0, 21)]
     table = study_report.variants_table({"far": rows})
     # seeds 0 and 2 only: -1 and +1, not the unpaired 22.0 - 22.0
-    assert ("| `e3va:trunk_dtype=bfloat16` | far | 22.0 ± 4.2 (2 seeds) | +0.0 ± 1.4 (2 seeds) |"
-            in table)
-    assert "| 0.60 | 0.60 |" in table  # its recovery beside its method's
+    assert ("| `e3va:trunk_dtype=bfloat16` | far | 22.0 ± 4.2 (2 seeds) | `e3va` "
+            "| +0.0 ± 1.4 (2 seeds) |" in table)
+    assert "| 0.60 | 0.60 |" in table  # its recovery beside its base's
+    assert ("| `e3va:trunk_dtype=bfloat16:zero_init=True` | far | 21.0 (1 seed) "
+            "| `e3va:trunk_dtype=bfloat16` | +2.0 (1 seed) |" in table)
     # variants stay out of the methods' tables and the README's summary
     assert "trunk_dtype" not in study_report.regime_table("far", rows)
     assert "trunk_dtype" not in study_report.summary_table({"far": rows}, {})

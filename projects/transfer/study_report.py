@@ -87,9 +87,16 @@ def ordered(rows) -> List[str]:
 
 
 def is_variant(row: str) -> bool:
-    """A method with options (``e3va:trunk_dtype=bfloat16``): compared with its own method,
-    seed by seed, in the variants table rather than among the methods."""
+    """A method with options (``e3va:trunk_dtype=bfloat16``): compared with its base, seed by
+    seed, in the variants table rather than among the methods."""
     return bool(method_options(row)[1])
+
+
+def base_row(row: str) -> str:
+    """The row a variant changes by one option: itself without its last option
+    (``e3va_spatial:stage_mixer=False:conv_kernels=()`` -> ``e3va_spatial:stage_mixer=False``,
+    ``e3va:trunk_dtype=bfloat16`` -> ``e3va``)."""
+    return row.rsplit(":", 1)[0]
 
 
 def methods_only(rows) -> List[str]:
@@ -184,23 +191,24 @@ def paired_difference(recs: List[dict], base: List[dict], metric: str = "bbox/AP
 
 def variants_table(records: Dict[str, Dict[str, List[dict]]],
                    peaks: Optional[Dict[str, dict]] = None) -> str:
-    """Every method-with-options row beside its own method: the parts of ``e3va_spatial``
-    (issue 20's ablation) and E3VA's lossy memory options (issue 22), per regime."""
+    """Every method-with-options row beside its base (:func:`base_row`): the parts of
+    ``e3va_spatial`` (issue 20's ablation) and E3VA's lossy memory options (issue 22), per
+    regime."""
     peaks = {} if peaks is None else peaks
-    head = ["variant", "regime", "box AP", "minus its method's (paired seeds)", "mask AP",
-            "recovery (box)", "its method's recovery", "peak above fixed",
+    head = ["variant", "regime", "box AP", "its base", "minus its base's (paired seeds)",
+            "mask AP", "recovery (box)", "its base's recovery", "peak above fixed",
             "training loss (last 500 it.)"]
     lines = table_head(head)
     variants = sorted({row for rows in records.values() for row in rows if is_variant(row)})
     for row in variants:
-        method = method_options(row)[0]
+        base = base_row(row)
         for regime in (r for r in REGIMES if row in records.get(r, {})):
             rows, recs = records[regime], records[regime][row]
-            rec, base_rec = recovery(rows, row), recovery(rows, method)
+            rec, base_rec = recovery(rows, row), recovery(rows, base)
             loss = final_training_loss(recs)
             lines.append(table_row([
-                f"`{row}`", regime, box_ap(recs),
-                paired_difference(recs, rows[method]) if method in rows else "not run yet",
+                f"`{row}`", regime, box_ap(recs), f"`{base}`",
+                paired_difference(recs, rows[base]) if base in rows else "not run yet",
                 mean_std([r["final"]["segm/AP"] for r in recs]),
                 cell(rec, ".2f"), cell(base_rec, ".2f"), peak_columns(row, peaks)[1],
                 cell(loss, ".3f")]))
