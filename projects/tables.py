@@ -91,7 +91,8 @@ TABLES: Dict[str, Table] = {
     "cost-spatial": Table(
         "docs/COST.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
-        "e3va_spatial,e3va:recompute_branches=stage --size 512 --batch 2 --steps 5 --warmup 1 "
+        "e3va_spatial,e3va_spatial:stage_mixer=False,e3va:recompute_branches=stage --size 512 "
+        "--batch 2 --steps 5 --warmup 1 "
         "--no-peak --fit-batches 2 "
         "--output output/cost-spatial"),
     "highway-time": Table(
@@ -117,8 +118,10 @@ TABLES: Dict[str, Table] = {
         f"{_BENCH}.tuning_cost --config-file configs/Shapes/accuracy_near_mask_rcnn_swin.py "
         "--methods full,fixed,lora,e3va,e3va_spatial,e3va:recompute_branches=stage,"
         "e3va:saved_input_dtype=bfloat16,e3va:saved_input_dtype=float8_e4m3fn,"
-        "e3va:trunk_dtype=bfloat16,e3va_spatial:conv_kernels=(),e3va_spatial:read_state=False,"
-        "e3va_spatial:stage_mixer=True,e3va_spatial:conv_kernels=(3,5,7) "
+        "e3va:trunk_dtype=bfloat16,e3va_spatial:stage_mixer=False,"
+        "e3va_spatial:stage_mixer=False:conv_kernels=(),"
+        "e3va_spatial:stage_mixer=False:read_state=False,"
+        "e3va_spatial:stage_mixer=False:conv_kernels=(3,5,7) "
         "--size 128 --batch 4 --steps 0 --warmup 1 "
         "--output output/peak-accuracy"),
     "adapter-init": Table(

@@ -12,7 +12,7 @@ from e3va_d2.modeling.tuning import SpatialE3VATuning
 
 from .conftest import TINY_SWIN
 
-VARIANTS = [dict(), dict(stage_mixer=True), dict(read_state=False), dict(conv_kernels=()),
+VARIANTS = [dict(), dict(stage_mixer=False), dict(read_state=False), dict(conv_kernels=()),
             dict(conv_kernels=(3, 5, 7))]
 
 
@@ -73,14 +73,16 @@ def test_recomputation_gives_the_same_gradients(options):
 def test_it_keeps_what_e3va_keeps_and_nothing_of_the_trunk():
     images = torch.randn(2, 3, 96, 96)
     e3va = TunedSwin(trunk=SwinTransformer(**TINY_SWIN), tuning="e3va").train()
-    spatial = tiny()
+    spatial = tiny(stage_mixer=False)
     saved = cost.saved_bytes_by_module(lambda: spatial(images), spatial)
     assert not [m for m in saved if m.startswith("trunk.layers")]
     # The convolutions and the deviation are recomputed: each adapter keeps one B x L x C input.
     assert saved == cost.saved_bytes_by_module(lambda: e3va(images), e3va)
-    mixed = tiny(stage_mixer=True)
+    mixed = tiny()  # the default adds the stage mixers
     saved_mixed = cost.saved_bytes_by_module(lambda: mixed(images), mixed)
+    assert not [m for m in saved_mixed if m.startswith("trunk.layers")]
     extra = {m: b for m, b in saved_mixed.items() if "stage_mixers" in m}
+    assert {m: b for m, b in saved_mixed.items() if m not in extra} == saved
     assert len(extra) == 4  # one kept input per stage
     for name, nbytes in extra.items():
         stage = int(name.split(".")[2])

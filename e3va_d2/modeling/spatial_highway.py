@@ -143,7 +143,7 @@ class SpatialHighway(E3VAHighway):
         trainable_downsampling: bool = False,
         conv_kernels: Sequence[int] = (3,),
         read_state: bool = True,
-        stage_mixer: bool = False,
+        stage_mixer: bool = True,
     ):
         super().__init__(trunk, rank=rank, hidden_dims=hidden_dims, init=init,
                          zero_init=zero_init, recompute=recompute, saved_dtype=saved_dtype,

@@ -20,12 +20,13 @@ class SpatialE3VATuning(E3VATuning):
     conv_kernels: odd depthwise kernel sizes inside each adapter's bottleneck, on the token
         grid; () for none.
     read_state: each adapter's bottleneck also reads the highway's deviation from the trunk.
-    stage_mixer: a spatial bottleneck on the highway at each stage's end.
+    stage_mixer: a spatial bottleneck on the highway at each stage's end (on by default: it adds
+        the most accuracy of the three, docs/ACCURACY.md "Variants").
     """
 
     conv_kernels: Tuple[int, ...] = field(default=(3,))
     read_state: bool = True
-    stage_mixer: bool = False
+    stage_mixer: bool = True
 
     def __post_init__(self):
         super().__post_init__()
