@@ -16,7 +16,10 @@ what the adapters read; a zero-initialised highway is the frozen model bit for b
   branches), so ``d`` is exactly zero while the highway is, and the adapter keeps ``a + d``
   instead of ``a``: no extra memory. Corrections now compound along the highway.
 - ``stage_mixer``: one more zero-initialised bottleneck with the same spatial mixing on the
-  highway at each stage's end, before the output norm and the patch merging.
+  highway at each stage's end, before the output norm and the patch merging. It reads the
+  highway itself (trunk features and corrections together) and keeps its input per stage.
+
+All three are on by default (the tuning method ``e3va_spatial``).
 
 Shape legend: B batch, L tokens, C channels, h bottleneck width.
 """

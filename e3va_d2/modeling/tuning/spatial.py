@@ -20,8 +20,9 @@ class SpatialE3VATuning(E3VATuning):
     conv_kernels: odd depthwise kernel sizes inside each adapter's bottleneck, on the token
         grid; () for none.
     read_state: each adapter's bottleneck also reads the highway's deviation from the trunk.
-    stage_mixer: a spatial bottleneck on the highway at each stage's end (on by default: it adds
-        the most accuracy of the three, docs/ACCURACY.md "Variants").
+    stage_mixer: a spatial bottleneck on the highway at each stage's end, its depthwise
+        kernels ``conv_kernels`` (3 where those are empty). On by default: of the three it adds
+        the most accuracy (docs/ACCURACY.md, "Variants").
     """
 
     conv_kernels: Tuple[int, ...] = field(default=(3,))
