@@ -127,7 +127,8 @@ class StageMixer(nn.Module):
 class SpatialHighway(E3VAHighway):
     """E3VA's highway with the options of this module's docstring.
 
-    Args (besides :class:`E3VAHighway`'s):
+    Args (besides :class:`E3VAHighway`'s; no defaults here: the tuning method
+    :class:`~e3va_d2.modeling.tuning.SpatialE3VATuning` holds them, in one place):
         conv_kernels: depthwise kernel sizes inside each adapter's bottleneck (empty: none).
         read_state: adapters also read the highway's deviation from the trunk.
         stage_mixer: a spatial bottleneck on the highway at each stage's end.
@@ -144,9 +145,9 @@ class SpatialHighway(E3VAHighway):
         recompute: bool = True,
         saved_dtype: Optional[torch.dtype] = None,
         trainable_downsampling: bool = False,
-        conv_kernels: Sequence[int] = (3,),
-        read_state: bool = True,
-        stage_mixer: bool = True,
+        conv_kernels: Sequence[int],
+        read_state: bool,
+        stage_mixer: bool,
     ):
         super().__init__(trunk, rank=rank, hidden_dims=hidden_dims, init=init,
                          zero_init=zero_init, recompute=recompute, saved_dtype=saved_dtype,
