@@ -5,7 +5,8 @@ A script that measures something (``--record NAME``) writes its result as a JSON
 registered for ``NAME``, between the markers ``<!-- begin: NAME -->`` and
 ``<!-- end: NAME -->``. Rendering reads the record only, so ``tests/test_tables.py`` re-renders
 every registered table from the committed records and fails when a committed table differs:
-nothing in a generated table is typed by hand.
+nothing in a generated table is typed by hand. A table may also have a figure (``figure``,
+``plot``), drawn from the same record whenever the table is written.
 
 A table that was typed in from a script's output before records existed is registered with
 ``measured_at`` (the commit that typed it): its block is kept as it was, marked as such, until
@@ -41,6 +42,8 @@ class Table:
     command: str  # what measures it and writes its record (``--record NAME`` added)
     measured_at: str = ""  # typed in at this commit, before records existed: no record yet
     pending: str = ""  # not measured yet, and why: the block says so until the record exists
+    figure: str = ""  # a picture drawn from the same record, relative to the repository root
+    plot: str = ""  # "module:function" drawing ``figure`` from (record's ``data``, path)
 
 
 _BENCH = "python -m projects.benchmark"
@@ -73,8 +76,9 @@ TABLES: Dict[str, Table] = {
         "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
         "full,fixed,bitfit,norm,partial1,adapter,lora,adaptformer,e3va,e3va_plus,e3va_plusplus,"
-        "e3va_spatial:stage_mixer=False --size 512 --batch 2 --steps 0 --warmup 1 "
-        "--output output/peak-swin-b"),
+        "e3va_spatial,e3va_spatial:stage_mixer=False --size 512 --batch 2 --steps 0 --warmup 1 "
+        "--output output/peak-swin-b",
+        figure="docs/peak_swin_b.png", plot="projects.benchmark.tuning_cost:plot_record"),
     "peak-swin-b-options": Table(
         "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,e3va,"
@@ -204,6 +208,19 @@ def renderer(name: str) -> Callable[[Dict[str, Any]], str]:
     return getattr(importlib.import_module(module), function)
 
 
+def draw(name: str, record: Optional[Dict[str, Any]] = None) -> None:
+    """Draw table ``name``'s figure, if it has one, from its record (default: the committed
+    one), so that the picture and the table never come from different measurements."""
+    table = TABLES[name]
+    if not table.figure:
+        return
+    if record is None:
+        with open(record_path(name)) as f:
+            record = json.load(f)
+    module, function = table.plot.split(":")
+    getattr(importlib.import_module(module), function)(record["data"], _path(table.figure))
+
+
 def render(name: str, record: Optional[Dict[str, Any]] = None) -> str:
     """The block of table ``name`` from its record (default: the committed one): the table,
     then where it comes from."""
@@ -230,7 +247,8 @@ def publish(name: str, data: Dict[str, Any], render_function: str, command: str)
         raise SystemExit(f"--record {name}: that table is rendered by {table.render}, "
                          f"not by {render_function}")
     record = {"table": name, "commit": _commit(), "command": command, "data": data}
-    body = render(name, json.loads(json.dumps(record)))  # as it will be read back
+    record = json.loads(json.dumps(record))  # as it will be read back
+    body = render(name, record)
     path = record_path(name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -241,6 +259,7 @@ def publish(name: str, data: Dict[str, Any], render_function: str, command: str)
         text = f.read()
     with open(doc, "w") as f:
         f.write(replace_block(text, name, body))
+    draw(name, record)
     return path
 
 
@@ -274,6 +293,8 @@ def problems() -> List[str]:
         elif current != render(name):
             found.append(f"{name}: the table in {table.doc} differs from what its record gives; "
                          "run `python -m projects.tables`")
+        if has_record and table.figure and not os.path.isfile(_path(table.figure)):
+            found.append(f"{name}: no figure {table.figure}; run `python -m projects.tables`")
     for doc, text in documents.items():
         for name in re.findall(r"<!-- begin: (\S+) -->", text):
             if name not in TABLES and name not in RECORD_SETS:
@@ -314,6 +335,8 @@ def main(argv=None) -> int:
                 body = render(name) if has_record else pending_block(name)
                 with open(doc, "w") as f:
                     f.write(replace_block(text, name, body))
+            if has_record:
+                draw(name)
     found = problems()
     for problem in found:
         print(problem, file=sys.stderr)

@@ -24,6 +24,11 @@ def render_rows(data):
     return "\n".join(f"| {k} | {v} |" for k, v in data["rows"].items())
 
 
+def plot_rows(data, path):
+    with open(path, "w") as f:
+        f.write(",".join(f"{k}={v}" for k, v in data["rows"].items()))
+
+
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
     """A repository of one document with one registered table."""
@@ -75,6 +80,18 @@ def test_a_pending_table_says_so_until_its_record_exists(sandbox, monkeypatch):
         doc.read_text()
     tables.publish("t", {"rows": {"a": 1}}, f"{__name__}:render_rows", "python -m make_t")
     assert tables.problems() == ["t: has a record now; drop its pending in projects/tables.py"]
+
+
+def test_a_figure_is_drawn_from_the_same_record_as_its_table(sandbox, monkeypatch):
+    monkeypatch.setitem(tables.TABLES, "t", tables.Table(
+        "docs/T.md", f"{__name__}:render_rows", "python -m make_t",
+        figure="docs/t.txt", plot=f"{__name__}:plot_rows"))
+    figure = sandbox / "docs" / "t.txt"
+    tables.publish("t", {"rows": {"a": 1}}, f"{__name__}:render_rows", "python -m make_t")
+    assert figure.read_text() == "a=1" and tables.problems() == []
+    figure.unlink()
+    assert tables.problems() == ["t: no figure docs/t.txt; run `python -m projects.tables`"]
+    assert tables.main([]) == 0 and figure.read_text() == "a=1"
 
 
 def test_a_script_cannot_publish_into_another_scripts_table(sandbox):

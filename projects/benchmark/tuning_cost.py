@@ -324,6 +324,11 @@ def render(data: dict) -> str:
     ])
 
 
+def plot_record(data: dict, path: str) -> None:
+    """The peak chart from the benchmark's record (what ``projects.tables`` draws into docs/)."""
+    plot_peak(data["results"], path, data["setup"])
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
