@@ -220,6 +220,14 @@ def test_variants_are_compared_with_their_own_method_seed_by_seed():
         "_No variant is recorded yet._")
 
 
+def test_a_paired_difference_that_rounds_to_zero_has_no_sign():
+    base = [record("far", "e3va", 0, 59.61)]
+    assert study_report.paired_difference([record("far", "e3va:x=1", 0, 59.60)], base) == (
+        "+0.0 (1 seed)")
+    assert study_report.paired_difference([record("far", "e3va:x=1", 0, 59.4)], base) == (
+        "-0.2 (1 seed)")
+
+
 def test_a_record_that_fails_to_build_leaves_no_file_that_marks_its_run_done(tmp_path):
     """The record's presence skips the run on every checkout, so it is written whole or not at
     all: here the run folder has no metrics.json, and no empty record may stay behind."""

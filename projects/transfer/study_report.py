@@ -183,10 +183,11 @@ def paired_difference(recs: List[dict], base: List[dict], metric: str = "bbox/AP
              if r["seed"] in base_by_seed]
     if not diffs:
         return "no common seed yet"
+    # + 0.0 turns a difference that rounds to -0.0 into +0.0: no sign where there is none.
+    mean = round(statistics.fmean(diffs), 1) + 0.0
     if len(diffs) == 1:
-        return f"{diffs[0]:+.1f} (1 seed)"
-    return (f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} "
-            f"({len(diffs)} seeds)")
+        return f"{mean:+.1f} (1 seed)"
+    return f"{mean:+.1f} ± {statistics.stdev(diffs):.1f} ({len(diffs)} seeds)"
 
 
 def variants_table(records: Dict[str, Dict[str, List[dict]]],
