@@ -97,8 +97,7 @@ TABLES: Dict[str, Table] = {
         "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods fixed,e3va,"
         "e3va:trunk_dtype=bfloat16 --size 512 --batch 2 --steps 5 --warmup 1 --no-peak "
-        "--fit-batches 2 --output output/cost-trunk-dtype",
-        pending="needs the 2 cores alone for about 10 minutes"),
+        "--fit-batches 2 --output output/cost-trunk-dtype"),
     "cost-spatial": Table(
         "docs/COST.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
