@@ -209,6 +209,26 @@ def test_narrow_trunk_recomputing_branches_is_exact_and_keeps_the_narrow_stream(
     assert saved["highway.branch_recompute"] == 2 * sum(stream)
 
 
+@pytest.mark.parametrize("recompute_branches", [None, "stage"])
+def test_a_float16_trunk_that_overflows_stops_with_an_error_naming_the_fix(recompute_branches):
+    from e3va_d2.modeling.trunk_precision import TrunkOverflowError
+
+    torch.manual_seed(0)
+    model = tiny(E3VATuning(rank=4, trunk_dtype="float16", recompute_branches=recompute_branches))
+    images = torch.randn(1, 3, 64, 64)
+    model(images)  # in range: runs
+    with torch.no_grad():  # stage 2's MLPs each add 6e4: the stream leaves float16's range
+        for block in model.trunk.layers[2].blocks:
+            block.mlp.fc2.bias.fill_(6e4)
+    for mode in (model.train, model.eval):
+        mode()
+        with pytest.raises(TrunkOverflowError, match=r"stage 2.*trunk_dtype='bfloat16'"):
+            model(images)
+    bfloat16 = tiny(E3VATuning(rank=4, trunk_dtype="bfloat16"))
+    bfloat16.load_state_dict(model.state_dict())
+    assert all(out.isfinite().all() for out in bfloat16(images).values())
+
+
 def test_narrowest_dtype_wins_for_adapter_inputs():
     assert E3VATuning(trunk_dtype="bfloat16").adapter_saved_dtype() == torch.bfloat16
     assert E3VATuning(trunk_dtype="bfloat16", saved_input_dtype="float8_e4m3fn"

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..layers.bottleneck import _autocast_state
 from .swin import SwinBlock, SwinTransformer, next_grid, tokens_to_map
-from .trunk_precision import narrowed_dtype, to_highway
+from .trunk_precision import check_stream, narrowed_dtype, to_highway
 
 __all__ = ["RECOMPUTE_BRANCHES", "BranchRecomputation", "forward_recomputing_branches"]
 
@@ -113,6 +113,7 @@ def forward_recomputing_branches(highway: nn.Module, trunk: SwinTransformer, ima
         for segment in _segments(list(zip(stage.blocks, adapters["blocks"])), per):
             params = [p for _, block_adapters in segment for p in block_adapters.parameters()]
             e, x = _RecomputedBranches.apply(e, x, hw, stage, segment, highway_dtype, *params)
+        check_stream(x, i)
         if i in trunk.out_indices:
             outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
         if stage.downsample is not None:

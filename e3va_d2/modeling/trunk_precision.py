@@ -12,7 +12,9 @@ is cast to the blocks' dtype on the way into a stage and back for its patch merg
 outputs are cast to the highway's dtype (:func:`to_highway`) as the adapters read them.
 
 This changes what the trunk computes (its weights and activations are rounded): a lossy option,
-whose accuracy must be measured.
+whose accuracy must be measured. float16 also narrows the range (its largest value is 65504),
+and a Swin's residual stream grows stage by stage; :func:`check_stream` stops a run whose trunk
+left that range with an error that says so, rather than letting the highway read infinities.
 """
 from __future__ import annotations
 
@@ -23,9 +25,38 @@ from torch import Tensor
 
 from .swin import SwinTransformer
 
-__all__ = ["TRUNK_DTYPES", "narrow_trunk_blocks", "narrowed_dtype", "to_highway"]
+__all__ = [
+    "TRUNK_DTYPES",
+    "TrunkOverflowError",
+    "check_stream",
+    "narrow_trunk_blocks",
+    "narrowed_dtype",
+    "to_highway",
+]
 
 TRUNK_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrunkOverflowError(FloatingPointError):
+    """The frozen trunk's stream held inf or NaN in float16 (``trunk_dtype="float16"``)."""
+
+
+def check_stream(x: Tensor, stage: int) -> None:
+    """Raise :class:`TrunkOverflowError` when the trunk's stream ``x`` at the end of ``stage`` is
+    float16 and not finite.
+
+    Why: without it, training stops later on a NaN loss that does not say where it came from,
+    and inference returns empty or garbage detections without a word. Only a float16 stream is
+    checked (bfloat16 and float32 share float32's range); on a GPU the check costs one
+    synchronisation per stage.
+    """
+    if x.dtype == torch.float16 and not bool(torch.isfinite(x).all()):
+        raise TrunkOverflowError(
+            f"the frozen trunk's activations left float16's range (largest value 65504) in "
+            f"stage {stage}, so the highway would read inf or NaN. Run the trunk in bfloat16 "
+            f"(model.backbone.bottom_up.tuning.trunk_dtype='bfloat16': the same memory, "
+            f"float32's range) or in float32 (trunk_dtype=None)."
+        )
 
 
 def narrow_trunk_blocks(trunk: SwinTransformer, dtype: torch.dtype) -> None:

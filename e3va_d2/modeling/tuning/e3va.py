@@ -60,7 +60,8 @@ class E3VATuning(TuningMethod):
     trunk_dtype: None, "bfloat16" or "float16": hold and run the frozen trunk's blocks in this
         dtype while highway, neck and heads stay float32. Halves the blocks' weights and what
         the adapters keep (their inputs are kept in this dtype, exactly as the trunk produced
-        them, unless saved_input_dtype is narrower). Lossy: the trunk's features are rounded.
+        them, unless saved_input_dtype is narrower). Lossy: the trunk's features are rounded
+        (float16 also narrows their range: a trunk that overflows it stops with an error).
     """
 
     trunk_runs_without_grad = True
