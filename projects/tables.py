@@ -65,13 +65,13 @@ TABLES: Dict[str, Table] = {
     "cost-retinanet": Table(
         "docs/COST.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file configs/PascalVOC/retinanet_swin_l_e3va.py "
-        "--methods full,fixed,bitfit,lora,e3va --size 512 --steps 3 --warmup 1 --fit-batches 1",
-        measured_at="c63bb5b"),
+        "--methods full,fixed,bitfit,lora,e3va,e3va_spatial --size 512 --steps 3 --warmup 1 "
+        "--fit-batches 1"),
     "cost-upernet": Table(
         "docs/COST.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file configs/ADE20K/upernet_swin_l_e3va.py "
-        "--methods full,fixed,bitfit,lora,e3va --size 512 --steps 3 --warmup 1 --fit-batches 1",
-        measured_at="c63bb5b"),
+        "--methods full,fixed,bitfit,lora,e3va,e3va_spatial --size 512 --steps 3 --warmup 1 "
+        "--fit-batches 1"),
     "peak-swin-b": Table(
         "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
