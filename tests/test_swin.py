@@ -3,7 +3,7 @@ when needed, drop path and activation checkpointing."""
 import pytest
 import torch
 
-from e3va_d2.modeling.swin import SwinTransformer, swin_size
+from e3va_d2.modeling.swin import SwinTransformer, TrunkHooks, swin_size
 
 from .conftest import TINY_SWIN
 
@@ -99,6 +99,43 @@ def test_block_is_sum_of_its_two_branches():
             a2 = block.mlp_branch(x + a1)
             assert torch.equal(block(x, hw, mask), x + a1 + a2)
         x = x + a1 + a2
+
+
+def test_one_walk_shows_every_block_s_branches_and_every_stage_s_end():
+    """What plugs into the trunk's one walk sees each block's input and branch outputs, in
+    order, and each stage's output and grid: everything the highways read."""
+
+    class Record(TrunkHooks):
+        def __init__(self):
+            self.blocks, self.ends, self.last = [], [], None
+
+        def block(self, i, j, x, a1, a2, hw):
+            if self.last is not None:  # the stream a block reads is the last one's output
+                assert torch.equal(x, self.last)
+            self.blocks.append((i, j, hw))
+            self.last = (x + a1) + a2
+
+        def stage_end(self, i, x, hw):
+            assert torch.equal(x, self.last)
+            self.ends.append((i, hw, x))
+
+        def merge(self, i, merge, x, hw):
+            self.last = merge(x, hw)
+            return self.last
+
+    torch.manual_seed(0)
+    trunk = SwinTransformer(**TINY_SWIN).eval()
+    images = torch.randn(1, 3, 90, 70)
+    walk = Record()
+    with torch.no_grad():
+        trunk.walk(images, walk)
+        plain = trunk(images)
+    grids = [(23, 18), (12, 9), (6, 5), (3, 3)]
+    assert walk.blocks == [(i, j, grids[i]) for i in range(4) for j in range(2)]
+    for i, hw, x in walk.ends:
+        assert hw == grids[i]
+        assert torch.equal(plain[f"p{i}"].flatten(2).transpose(1, 2), trunk.get_submodule(
+            f"norm{i}")(x))
 
 
 def test_only_requested_stages_are_built():

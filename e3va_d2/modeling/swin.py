@@ -7,8 +7,11 @@ other layouts onto these names.
 
 Unlike the reference code, a block exposes its two residual branches
 (:meth:`SwinBlock.attention_branch`, :meth:`SwinBlock.mlp_branch`) so that the E3VA highway
-can read them without hooks, and the spatial size travels as an argument instead of being
-written into the blocks.
+can read them, and the spatial size travels as an argument instead of being written into the
+blocks. The trunk is walked in one place (:meth:`SwinTransformer.walk`, stage by stage, and
+:meth:`SwinStage.walk_blocks`, block by block); whatever reads the walk or changes how blocks
+run (the plain forward's output norms, E3VA's highways, branch recomputation, the trunk's
+precision) is a :class:`TrunkHooks`, not another loop.
 
 Shape legend: B batch, H/W token grid, C channels, N tokens per window, nW windows.
 
@@ -18,7 +21,7 @@ it: its classes are only meaningful together, and checkpoint keys follow this mo
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,7 @@ __all__ = [
     "PatchEmbed",
     "SwinStage",
     "SwinTransformer",
+    "TrunkHooks",
 ]
 
 # Architecture hyper-parameters of the released models (Swin paper, Table 1 / appendix).
@@ -226,9 +230,16 @@ class SwinBlock(nn.Module):
             h = self.mlp_insert(z, h)
         return self.drop_path(h)
 
+    def branches(self, x: Tensor, hw: Tuple[int, int], shift_mask: Optional[Tensor]
+                 ) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(a1, a2, block output)``: both branch outputs and ``(x + a1) + a2``."""
+        a1 = self.attention_branch(x, hw, shift_mask)
+        x = x + a1
+        a2 = self.mlp_branch(x)
+        return a1, a2, x + a2
+
     def forward(self, x: Tensor, hw: Tuple[int, int], shift_mask: Optional[Tensor]) -> Tensor:
-        x = x + self.attention_branch(x, hw, shift_mask)
-        return x + self.mlp_branch(x)
+        return self.branches(x, hw, shift_mask)[2]
 
 
 class PatchMerging(nn.Module):
@@ -327,19 +338,80 @@ class SwinStage(nn.Module):
         different = regions.unsqueeze(1) != regions.unsqueeze(2)
         return torch.zeros_like(different, dtype=torch.float32).masked_fill_(different, -100.0)
 
-    def forward(
-        self, x: Tensor, hw: Tuple[int, int], use_checkpoint: bool = False
-    ) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
-        """Returns the stage output (before merging), the next stage's input and its grid."""
+    def walk_blocks(
+        self,
+        x: Tensor,
+        hw: Tuple[int, int],
+        on_block: Optional[Callable[[int, Tensor, Tensor, Tensor], None]] = None,
+        blocks: Optional[range] = None,
+        checkpointed: bool = False,
+    ) -> Tensor:
+        """The trunk's one loop over blocks: ``blocks`` of this stage (all by default) on ``x``
+        (B, H*W, C), returning their output. ``on_block(j, x, a1, a2)`` sees each block's input
+        and branch outputs; ``checkpointed``: activation checkpointing of each block when
+        gradients flow."""
         mask = self.shift_mask(hw, x.device)
-        for blk in self.blocks:
-            if use_checkpoint and x.requires_grad:
-                x = checkpoint(blk, x, hw, mask, use_reentrant=False)
+        for j in range(len(self.blocks)) if blocks is None else blocks:
+            block = self.blocks[j]
+            if checkpointed and x.requires_grad:
+                a1, a2, out = checkpoint(block.branches, x, hw, mask, use_reentrant=False)
             else:
-                x = blk(x, hw, mask)
+                a1, a2, out = block.branches(x, hw, mask)
+            if on_block is not None:
+                on_block(j, x, a1, a2)
+            del a1, a2  # not alive during the next block, unless the reader kept them
+            x = out
+        return x
+
+    def forward(
+        self, x: Tensor, hw: Tuple[int, int], hooks: Optional[TrunkHooks] = None, index: int = 0
+    ) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
+        """Stage ``index`` of a walk of the trunk (``hooks``: the plain trunk by default).
+        Returns the stage output (before merging), the next stage's input and its grid."""
+        hooks = TrunkHooks() if hooks is None else hooks
+        x = hooks.run_blocks(index, self, hooks.stage_input(index, x), hw)
+        hooks.stage_end(index, x, hw)
         if self.downsample is None:
             return x, x, hw
-        return x, self.downsample(x, hw), next_grid(hw)
+        return x, hooks.merge(index, self.downsample, x, hw), next_grid(hw)
+
+
+class TrunkHooks:
+    """What plugs into the one walk of the trunk (:meth:`SwinTransformer.walk`).
+
+    The walk runs the patch embedding, then each stage's blocks and its patch merging, and
+    calls these methods on the way. Readers of the trunk's intermediate tensors (E3VA's
+    highways: every block's branch outputs ``a1``, ``a2`` and the stream, every stage's end and
+    grid) and policies for how the trunk runs (branch recomputation, the trunk's precision)
+    override them; none walks the trunk again. This base class is the plain trunk: blocks run
+    under the caller's autograd, and nothing reads them.
+    """
+
+    checkpoint_blocks = False  # activation checkpointing of each block when gradients flow
+
+    def start(self, x: Tensor, hw: Tuple[int, int]) -> None:
+        """The patch embedding (B, H*W, C) on its grid ``hw``."""
+
+    def stage_input(self, i: int, x: Tensor) -> Tensor:
+        """The stream as stage ``i``'s blocks read it (a narrower trunk casts it here)."""
+        return x
+
+    def run_blocks(self, i: int, stage: SwinStage, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """Stage ``i``'s blocks on ``x``; a policy that runs them otherwise overrides this."""
+        return stage.walk_blocks(x, hw, lambda j, x, a1, a2: self.block(i, j, x, a1, a2, hw),
+                                 checkpointed=self.checkpoint_blocks)
+
+    def block(self, i: int, j: int, x: Tensor, a1: Tensor, a2: Tensor, hw: Tuple[int, int]
+              ) -> None:
+        """Block ``j`` of stage ``i`` ran: its input ``x`` and its branch outputs (its output is
+        ``(x + a1) + a2``)."""
+
+    def stage_end(self, i: int, x: Tensor, hw: Tuple[int, int]) -> None:
+        """Stage ``i``'s output (before its patch merging) on its grid ``hw``."""
+
+    def merge(self, i: int, merge: PatchMerging, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """The trunk's patch merging of stage ``i``'s output: the next stage's input."""
+        return merge(x, hw)
 
 
 def next_grid(hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -427,16 +499,32 @@ class SwinTransformer(Backbone):
     def size_divisibility(self) -> int:
         return self._out_feature_strides[f"p{self.num_stages - 1}"]
 
+    def walk(self, images: Tensor, hooks: TrunkHooks) -> None:
+        """The one walk of the trunk over ``images`` (B, 3, H, W): the patch embedding, then
+        every stage (its blocks, then its patch merging), with ``hooks`` reading it and deciding
+        how the blocks run. Autograd is the caller's (a frozen trunk walks under no_grad)."""
+        x, hw = self.patch_embed(images)
+        hooks.start(x, hw)
+        for i, stage in enumerate(self.layers):
+            _, x, hw = stage(x, hw, hooks, i)
+
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         """(B, 3, H, W) -> {"p{i}": (B, C_i, ceil(H / stride_i), ceil(W / stride_i))}."""
-        x, hw = self.patch_embed(images)
-        outs = {}
-        for i, stage in enumerate(self.layers):
-            y, x, next_hw = stage(x, hw, self.use_checkpoint)
-            if i in self.out_indices:
-                outs[f"p{i}"] = tokens_to_map(getattr(self, f"norm{i}")(y), hw)
-            hw = next_hw
-        return outs
+        features = _OutputNorms(self)
+        self.walk(images, features)
+        return features.outputs
+
+
+class _OutputNorms(TrunkHooks):
+    """The plain trunk's outputs: each requested stage's output through its norm, as a map."""
+
+    def __init__(self, trunk: SwinTransformer):
+        self.trunk, self.checkpoint_blocks = trunk, trunk.use_checkpoint
+        self.outputs: Dict[str, Tensor] = {}
+
+    def stage_end(self, i: int, x: Tensor, hw: Tuple[int, int]) -> None:
+        if i in self.trunk.out_indices:
+            self.outputs[f"p{i}"] = tokens_to_map(getattr(self.trunk, f"norm{i}")(x), hw)
 
 
 def swin_stage_channels(embed_dim: int, stage: int) -> int:
