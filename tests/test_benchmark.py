@@ -240,9 +240,9 @@ def test_highway_time_separates_gradient_path_from_adapters(tmp_path):
         highway_time.synthetic_detection_batch(1, 64, 3), torch.device("cpu"))
     model = steps["gradient path"].model
     highway = model.backbone.bottom_up.highway
-    traces, source = [], highway.trace_source
-    highway.trace_source = lambda trunk, images: traces.append(source(trunk, images)) or traces[-1]
+    embeddings, begin = [], highway.begin
+    highway.begin = lambda embedding: embeddings.append(begin(embedding)) or embeddings[-1]
     sum(f.sum() for f in model.backbone(torch.randn(1, 3, 64, 64)).values()).backward()
-    assert traces[0].embedding.grad is not None  # the gradient crossed every merge
+    assert embeddings[0].grad is not None  # the gradient crossed every merge
     assert not any(p.grad is not None for n, p in model.named_parameters() if "_adapter" in n)
     assert "| gradient path |" in (tmp_path / "highway_time.md").read_text()

@@ -135,3 +135,41 @@ def test_benchmark_script_writes_its_table(tmp_path):
     assert saved == pytest.approx(2 * trunk_mb, rel=0.02)
     assert (tmp_path / "shared_trunk.md").is_file()
     assert (tmp_path / "shared_trunk.json").is_file()
+
+
+def test_a_shared_walk_recomputes_branches_as_its_tasks_ask_and_gives_each_task_s_gradients():
+    """Training through one shared walk (two tasks' highways beside one trunk pass): branch
+    recomputation still keeps one stream tensor per stage, for both tasks, instead of every
+    adapter's input, and each task gets exactly the gradients it gets alone."""
+    from e3va_d2.engine import cost
+    from e3va_d2.engine.multitask import SharedTrunkPass
+    from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin
+
+    from .conftest import TINY_SWIN
+
+    def task(seed):
+        torch.manual_seed(0)  # the same frozen trunk for every task
+        trunk = SwinTransformer(**TINY_SWIN)
+        torch.manual_seed(seed)
+        return TunedSwin(trunk=trunk, tuning=E3VATuning(rank=4, recompute_branches="stage"))
+
+    alone, shared = [task(1).train(), task(2).train()], [task(1).train(), task(2).train()]
+    trunk_pass = SharedTrunkPass()
+    for model in shared:
+        trunk_pass.lanes.append((model.highway, model.trunk))
+        model.highway.trunk_pass = trunk_pass
+    images = torch.randn(2, 3, 96, 96)  # grids 24, 12, 6, 3
+    outputs = []
+    saved = cost.saved_bytes_by_module(lambda: outputs.extend(m(images) for m in shared),
+                                       torch.nn.ModuleList(shared))
+    assert trunk_pass.runs == 1
+    stream = sum(2 * (24 // 2**i) ** 2 * 32 * 2**i * 4 for i in range(4))  # B * tokens * C floats
+    assert saved["0.highway.branch_recompute"] == stream  # the walk's, for both tasks
+    assert not [name for name in saved if name.endswith("_adapter")]
+    sum(o.square().mean() for out in outputs for o in out.values()).backward()
+    for model in alone:
+        sum(o.square().mean() for o in model(images).values()).backward()
+    for a, b in zip(alone, shared):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            if p.requires_grad:
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-7, msg=name)

@@ -154,3 +154,130 @@ def test_a_short_run_lowers_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_each_seed_builds_the_spatial_highway_it_built_before():
+    """The spatial highway once built E3VA's adapters, then replaced them: every seed (the
+    accuracy study's too) was drawn after them. It draws their numbers without building them."""
+    from e3va_d2.modeling.spatial_highway import SpatialBlockAdapters
+
+    trunk = SwinTransformer(**TINY_SWIN)
+    torch.manual_seed(0)
+    built = build_tuning("e3va_spatial").attach(trunk).layers[0]["blocks"][0]
+    torch.manual_seed(0)
+    build_tuning("e3va").attach(trunk)  # what used to be built first
+    before = SpatialBlockAdapters(32, hidden_dim=16, kernels=(3,), rank=8)
+    for (name, ours), theirs in zip(built.state_dict().items(), before.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+
+
+def backward_on(model, images):
+    outputs = model(images)
+    sum(o.square().mean() for o in outputs.values()).backward()
+    return outputs
+
+
+def assert_same_gradients(a, b):
+    trained = 0
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-7, msg=name)
+            trained += 1
+    assert trained == len(a.trainable_names)
+
+
+@pytest.mark.parametrize("per", ["block", "stage"])
+@pytest.mark.parametrize("read_state", [True, False])
+def test_recomputed_branches_give_the_spatial_highway_s_forward_and_gradients(per, read_state):
+    """Lossless with the spatial highway too: its adapters that read the highway's deviation
+    rerun their segment from the highway kept at its start; the others need only the stream."""
+    default = perturb(tiny(read_state=read_state))
+    recomputing = tiny(read_state=read_state, recompute_branches=per)
+    recomputing.load_state_dict(default.state_dict())
+    images = torch.randn(2, 3, 64, 80)  # odd grids: padding in windows and merging
+    outs = [backward_on(m, images) for m in (default, recomputing)]
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    assert_same_gradients(default, recomputing)
+
+
+@pytest.mark.parametrize("read_state", [True, False])
+def test_recomputed_branches_keep_the_stream_and_the_highway_per_stage(read_state):
+    images = torch.randn(2, 3, 96, 96)  # grids 24, 12, 6, 3
+    saved = {}
+    for per in (None, "stage"):
+        model = tiny(read_state=read_state, recompute_branches=per)
+        saved[per] = cost.saved_bytes_by_module(lambda m=model: m(images), model)
+    stream = [2 * (24 // 2**i) ** 2 * 32 * 2**i * 4 for i in range(4)]  # B * tokens * C floats
+    # The trunk's stream at each stage's start, and the highway there when adapters read it
+    # (at the first stage's start both are the patch embedding: one tensor).
+    kept = 2 * sum(stream) - stream[0] if read_state else sum(stream)
+    assert saved["stage"].pop("highway.branch_recompute") == kept
+    assert saved["stage"] == {m: b for m, b in saved[None].items() if not m.endswith("_adapter")}
+
+
+@pytest.mark.parametrize("read_state", [True, False])
+def test_a_bfloat16_trunk_runs_beside_the_spatial_highway(read_state):
+    wide = perturb(tiny(read_state=read_state, rank=4))
+    narrow = tiny(read_state=read_state, rank=4, trunk_dtype="bfloat16")
+    narrow.load_state_dict(wide.state_dict())
+    assert {p.dtype for s in narrow.trunk.layers for p in s.blocks.parameters()} == {
+        torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in narrow.highway.parameters())
+    images = torch.randn(2, 3, 96, 96)
+    saved_wide, saved_narrow = (cost.saved_bytes_by_module(lambda m=m: m(images), m)
+                                for m in (wide, narrow))
+    # Adapters that read the trunk's branch alone keep it as the narrow trunk made it; those that
+    # also read the deviation keep a float32 sum, as do the stage mixers.
+    for name, nbytes in saved_wide.items():
+        halved = name.endswith("_adapter") and not read_state
+        assert saved_narrow[name] * (2 if halved else 1) == nbytes, name
+    outs_wide, outs_narrow = backward_on(wide, images), backward_on(narrow, images)
+    for key, out in outs_wide.items():
+        assert outs_narrow[key].dtype == torch.float32
+        torch.testing.assert_close(outs_narrow[key], out, rtol=0.05, atol=0.05, msg=key)
+    for (name, p), q in zip(wide.named_parameters(), narrow.parameters()):
+        if p.requires_grad:
+            scale = p.grad.abs().max().item()
+            torch.testing.assert_close(q.grad, p.grad, rtol=0.1, atol=0.05 * scale, msg=name)
+
+
+def test_a_bfloat16_trunk_with_recomputed_branches_is_exact_beside_the_spatial_highway():
+    default = perturb(tiny(rank=4, trunk_dtype="bfloat16"))
+    recomputing = tiny(rank=4, trunk_dtype="bfloat16", recompute_branches="stage")
+    recomputing.load_state_dict(default.state_dict())
+    images = torch.randn(2, 3, 64, 64)
+    outs = [backward_on(m, images) for m in (default, recomputing)]
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    assert_same_gradients(default, recomputing)
+
+
+def test_zeroed_spatial_highway_beside_a_bfloat16_trunk_equals_e3va_s_exactly():
+    torch.manual_seed(0)
+    e3va = TunedSwin(trunk=SwinTransformer(**TINY_SWIN),
+                     tuning=build_tuning("e3va", zero_init=True, trunk_dtype="bfloat16")).train()
+    spatial = tiny(zero_init=True, trunk_dtype="bfloat16")
+    spatial.trunk.load_state_dict(e3va.trunk.state_dict())
+    images = torch.randn(2, 3, 64, 64)
+    a, b = e3va(images), spatial(images)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_narrow_saved_inputs_shrink_what_the_spatial_highway_keeps_and_only_round_backward():
+    wide = perturb(tiny())
+    narrow = tiny(saved_input_dtype="bfloat16")
+    narrow.load_state_dict(wide.state_dict())
+    images = torch.randn(2, 3, 96, 96)
+    saved_wide, saved_narrow = (cost.saved_bytes_by_module(lambda m=m: m(images), m)
+                                for m in (wide, narrow))
+    for name, nbytes in saved_wide.items():  # adapters' and mixers' inputs: half
+        kept_input = name.endswith("_adapter") or "stage_mixers" in name
+        assert saved_narrow[name] * (2 if kept_input else 1) == nbytes, name
+    outs_wide, outs_narrow = backward_on(wide, images), backward_on(narrow, images)
+    assert all(torch.equal(outs_wide[k], outs_narrow[k]) for k in outs_wide)
+    differ = 0
+    for (name, p), q in zip(wide.named_parameters(), narrow.parameters()):
+        if p.requires_grad:
+            scale = p.grad.abs().max().item()
+            torch.testing.assert_close(q.grad, p.grad, rtol=0.05, atol=0.02 * scale, msg=name)
+            differ += not torch.equal(q.grad, p.grad)
+    assert differ  # the rounding reached the gradients: the option is not a no-op

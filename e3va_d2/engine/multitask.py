@@ -4,21 +4,22 @@ of the shared trunk.
 E3VA never changes the pre-trained Swin, so every task trained from the same base is that
 frozen trunk plus a delta (``model_final_delta.pth``). :class:`MultiTaskPredictor` keeps one
 copy of the trunk's weights (the tasks' frozen trunk tensors are tied to the first task's) and
-runs the trunk once per image (:class:`SharedTrunkPass`); the outputs equal each task's model
-run alone, bit for bit, because every task computes exactly what it computes alone, on the same
-tensors.
+walks the trunk once per image with every task's highway beside it (:class:`SharedTrunkPass`);
+the outputs equal each task's model run alone, bit for bit, because every task computes exactly
+what it computes alone, on the same tensors.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..modeling.backbone import TunedSwin, tuned_swins
-from ..modeling.highway import E3VAHighway, TrunkTrace, trace_trunk
+from ..modeling.highway import E3VAHighway
+from ..modeling.highway_walk import Lane, walk_highways
 from ..modeling.swin_weights import trunk_architecture
 from .predictor import Predictor
 
@@ -30,23 +31,31 @@ class TaskMismatchError(ValueError):
 
 
 class SharedTrunkPass:
-    """The trace of the last images the trunk ran on, handed to every task whose (normalised,
-    padded) images are the same; other images run the trunk again."""
+    """One walk of the frozen trunk for every task: the first highway that asks for images
+    walks the trunk with every registered task's highway beside it (``lanes``); the others'
+    outputs wait here until their task asks with the same (normalised, padded) images. Other
+    images walk the trunk again. The walk recomputes branches as the highway that starts it
+    asks (``recompute_branches``, while gradients flow)."""
 
     def __init__(self):
+        self.lanes: List[Lane] = []  # (highway, its trunk) of every task
         self.images: Optional[Tensor] = None
-        self.trace: Optional[TrunkTrace] = None
+        self.outputs: Dict[int, Dict[str, Tensor]] = {}  # id(highway) -> its features
         self.runs = 0  # trunk passes since the last clear()
 
     def clear(self) -> None:
-        self.images, self.trace, self.runs = None, None, 0
+        self.images, self.outputs, self.runs = None, {}, 0
 
-    def __call__(self, trunk: nn.Module, images: Tensor) -> TrunkTrace:
+    def __call__(self, trunk: nn.Module, images: Tensor, highway: E3VAHighway
+                 ) -> Dict[str, Tensor]:
         cached = self.images
-        if cached is None or cached.shape != images.shape or not torch.equal(cached, images):
-            self.images, self.trace = images, trace_trunk(trunk, images)
+        if (id(highway) not in self.outputs or cached is None or cached.shape != images.shape
+                or not torch.equal(cached, images)):
+            lanes = self.lanes if any(h is highway for h, _ in self.lanes) else [(highway, trunk)]
+            found = walk_highways(trunk, images, lanes, highway.branch_recompute)
+            self.images, self.outputs = images, {id(h): out for (h, _), out in zip(lanes, found)}
             self.runs += 1
-        return self.trace
+        return self.outputs.pop(id(highway))
 
 
 def _tuned_swin(model: nn.Module, task: str) -> TunedSwin:
@@ -85,7 +94,8 @@ class MultiTaskPredictor:
         for name, swin in swins.items():
             self._check_same_trunk(first_name, first, name, swin, shared)
             self._tie(swin.trunk, shared)
-            swin.highway.trace_source = self.trunk_pass
+            self.trunk_pass.lanes.append((swin.highway, swin.trunk))
+            swin.highway.trunk_pass = self.trunk_pass
 
     @staticmethod
     def _check_same_trunk(first_name, first, name, swin, shared) -> None:
@@ -118,4 +128,4 @@ class MultiTaskPredictor:
             return OrderedDict((name, predictor(image, image_format))
                                for name, predictor in self.predictors.items())
         finally:
-            self.trunk_pass.images = self.trunk_pass.trace = None  # free the activations
+            self.trunk_pass.images, self.trunk_pass.outputs = None, {}  # free the activations

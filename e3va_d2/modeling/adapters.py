@@ -25,6 +25,7 @@ __all__ = [
     "ADAPTER_INITS",
     "ADAPTER_KINDS",
     "HIGHWAY_STRUCTURES",
+    "init_dual_low_rank_",
 ]
 
 ADAPTER_KINDS = ("dual_low_rank", "standard")
@@ -71,23 +72,7 @@ class DualLowRankLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.init == "lorand":
-            # kaiming_uniform_(a=sqrt(5)) of an (in, r) and an (r, out) factor: bounds
-            # 1/sqrt(r) and 1/sqrt(out) (gain sqrt(1/3) times sqrt(3 / fan-in)).
-            nn.init.uniform_(self.input_factors, -self.rank ** -0.5, self.rank ** -0.5)
-            nn.init.uniform_(self.output_factors, -self.out_features ** -0.5,
-                             self.out_features ** -0.5)
-            if self.bias is not None:
-                nn.init.uniform_(self.bias, -self.in_features ** -0.5, self.in_features ** -0.5)
-            return
-        if self.init == "kaiming_fan_in":
-            nn.init.normal_(self.input_factors, std=math.sqrt(2.0 / self.in_features))
-            nn.init.normal_(self.output_factors, std=math.sqrt(2.0 / self.rank))
-        else:
-            for factor in (self.input_factors, self.output_factors):
-                nn.init.trunc_normal_(factor, std=0.02, a=-0.04, b=0.04)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        init_dual_low_rank_(self.input_factors, self.output_factors, self.bias, self.init)
 
     def zero_(self) -> None:
         """Make the layer output exactly zero (for a highway that starts at the frozen model)."""
@@ -110,6 +95,30 @@ class DualLowRankLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"rank={self.rank}, init={self.init}")
+
+
+def init_dual_low_rank_(input_factors: Tensor, output_factors: Tensor, bias: Optional[Tensor],
+                        init: str) -> None:
+    """Draw :class:`DualLowRankLinear`'s factors ``(2, r, in)``, ``(out, 2, r)`` and bias
+    ``(out,)`` in place, as its ``init`` says."""
+    _, rank, in_features = input_factors.shape
+    out_features = output_factors.shape[0]
+    if init == "lorand":
+        # kaiming_uniform_(a=sqrt(5)) of an (in, r) and an (r, out) factor: bounds
+        # 1/sqrt(r) and 1/sqrt(out) (gain sqrt(1/3) times sqrt(3 / fan-in)).
+        nn.init.uniform_(input_factors, -rank ** -0.5, rank ** -0.5)
+        nn.init.uniform_(output_factors, -out_features ** -0.5, out_features ** -0.5)
+        if bias is not None:
+            nn.init.uniform_(bias, -in_features ** -0.5, in_features ** -0.5)
+        return
+    if init == "kaiming_fan_in":
+        nn.init.normal_(input_factors, std=math.sqrt(2.0 / in_features))
+        nn.init.normal_(output_factors, std=math.sqrt(2.0 / rank))
+    else:
+        for factor in (input_factors, output_factors):
+            nn.init.trunc_normal_(factor, std=0.02, a=-0.04, b=0.04)
+    if bias is not None:
+        nn.init.zeros_(bias)
 
 
 def linear_layers(layer: nn.Module) -> List[Tuple[Tensor, Optional[Tensor]]]:
@@ -196,7 +205,14 @@ class HighwayAdapter(nn.Module):
 
 
 class BlockAdapters(nn.Module):
-    """The two adapters of one highway step: ``attn_adapter`` reads a1, ``mlp_adapter`` a2."""
+    """The two adapters of one highway step: ``attn_adapter`` reads a1, ``mlp_adapter`` a2.
+
+    Called as every highway step is (see :class:`~e3va_d2.modeling.highway.E3VAHighway`):
+    ``(e, a1, a2, stream, hw)``; E3VA's adapters read neither the trunk's stream nor the grid,
+    nor the highway ``e`` other than adding to it (``reads_highway``).
+    """
+
+    reads_highway = False
 
     def __init__(self, dim: int, structure: str = "parallel", **adapter_kwargs):
         super().__init__()
@@ -206,7 +222,8 @@ class BlockAdapters(nn.Module):
         self.attn_adapter = HighwayAdapter(dim, **adapter_kwargs)
         self.mlp_adapter = HighwayAdapter(dim, **adapter_kwargs)
 
-    def forward(self, e: Tensor, a1: Tensor, a2: Tensor) -> Tensor:
+    def forward(self, e: Tensor, a1: Tensor, a2: Tensor, stream: Optional[Tensor] = None,
+                hw: Optional[Tuple[int, int]] = None) -> Tensor:
         if self.structure == "parallel":
             # Same association as the trunk's (l + a1) + a2: exact when the adapters are zero.
             return e + self.attn_adapter(a1) + self.mlp_adapter(a2)

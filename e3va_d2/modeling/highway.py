@@ -13,13 +13,19 @@ branch ``a1`` and MLP branch ``a2``::
 
 ``e`` starts as the patch embedding and passes through the trunk's frozen patch merging at
 each stage end (gradients flow through it, its weights stay fixed). The adapters ``A`` are
-:mod:`.adapters`.
+:mod:`.adapters`. The highway reads the trunk on its one walk (:mod:`.highway_walk`), beside
+it, block by block; several highways (tasks) can share that walk.
+
+Another highway is E3VA's with other parts, not another forward: ``block_adapters`` builds each
+step's module (called ``(e, a1, a2, stream, hw)``) and ``stage_mixer`` a module run on ``e`` at
+each stage's end (the spatial highway, :mod:`.spatial_highway`).
 
 Shape legend: B batch, L tokens, C channels.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
@@ -29,15 +35,13 @@ from torch.utils.checkpoint import checkpoint
 
 from .adapters import BlockAdapters
 from .branch_recompute import BranchRecomputation
-from .swin import SwinTransformer, next_grid, tokens_to_map
-from .trunk_precision import check_stream, narrowed_dtype, to_highway
+from .highway_walk import walk_highways
+from .swin import SwinTransformer, tokens_to_map
 
 __all__ = [
     "HIGHWAY_PREFIX",
     "Highway",
     "E3VAHighway",
-    "TrunkTrace",
-    "trace_trunk",
     "rename_legacy_highway_keys",
 ]
 
@@ -48,6 +52,9 @@ HIGHWAY_PREFIX = "highway."  # parameter names of the highway inside a TunedSwin
 _LEGACY_KEY = re.compile(r"(^|\.)side\.(?=(layers|downsample)\.)")
 
 V = TypeVar("V")
+
+# Builds one highway module from (channels, bottleneck width).
+ModuleFactory = Callable[[int, int], nn.Module]
 
 
 def rename_legacy_highway_keys(state: Mapping[str, V]) -> Dict[str, V]:
@@ -71,42 +78,6 @@ class Highway(nn.Module):
         return {}
 
 
-class TrunkTrace:
-    """What the highway reads from one pass of the frozen trunk: the patch embedding, each
-    stage's token grid, and every block's two branch outputs ``(a1, a2)``."""
-
-    def __init__(self, embedding: Tensor):
-        self.embedding = embedding
-        self.grids: List[Tuple[int, int]] = []
-        self.branches: List[List[Tuple[Tensor, Tensor]]] = []
-
-
-@torch.no_grad()
-def trace_trunk(trunk: SwinTransformer, images: Tensor) -> TrunkTrace:
-    """Run the frozen trunk block by block without autograd, recording its branch outputs."""
-    x, hw = trunk.patch_embed(images)
-    trace = TrunkTrace(x)
-    narrow = narrowed_dtype(trunk)  # blocks in another dtype than embedding and merging
-    for stage in trunk.layers:
-        if narrow is not None:
-            x = x.to(narrow)
-        mask = stage.shift_mask(hw, images.device)
-        branches = []
-        for block in stage.blocks:
-            a1 = block.attention_branch(x, hw, mask)
-            x = x + a1
-            a2 = block.mlp_branch(x)
-            x = x + a2
-            branches.append((a1, a2))
-        check_stream(x, len(trace.grids))
-        trace.grids.append(hw)
-        trace.branches.append(branches)
-        if stage.downsample is not None:
-            x = stage.downsample(x if narrow is None else x.to(trace.embedding.dtype), hw)
-            hw = next_grid(hw)
-    return trace
-
-
 class E3VAHighway(Highway):
     """Adapters beside every block of a Swin trunk, plus (optionally) trainable copies of the
     trunk's patch merging layers.
@@ -117,6 +88,10 @@ class E3VAHighway(Highway):
     ``recompute_branches``: None, or "block" / "stage": while training, keep one tensor of the
     trunk's stream per block / stage for backward instead of the adapters' inputs, and
     recompute the trunk's branch outputs from it there (see :mod:`.branch_recompute`).
+    ``block_adapters``: builds each block's step from (channels, width) instead of E3VA's
+    :class:`~e3va_d2.modeling.adapters.BlockAdapters` (the adapter options then go unused);
+    ``stage_mixer``: builds a module ``(e, hw) -> e`` run at each stage's end, before its output
+    norm and patch merging (``stage_mixers``), or None.
     """
 
     def __init__(
@@ -133,28 +108,21 @@ class E3VAHighway(Highway):
         saved_dtype: Optional[torch.dtype] = None,
         trainable_downsampling: bool = False,
         recompute_branches: Optional[str] = None,
+        block_adapters: Optional[ModuleFactory] = None,
+        stage_mixer: Optional[ModuleFactory] = None,
     ):
         super().__init__()
         self.recompute = recompute
         self.branch_recompute = BranchRecomputation(recompute_branches) if recompute_branches \
             else None
+        if block_adapters is None:
+            block_adapters = functools.partial(
+                _e3va_block_adapters, structure=structure, kind=adapter_kind, rank=rank,
+                init=init, zero_init=zero_init, recompute=recompute, saved_dtype=saved_dtype)
         self.layers = nn.ModuleList()
         for i, stage in enumerate(trunk.layers):
             dim, width = trunk.num_features[i], hidden_dims[i]
-            blocks = nn.ModuleList(
-                BlockAdapters(
-                    dim,
-                    structure,
-                    hidden_dim=width,
-                    kind=adapter_kind,
-                    rank=rank,
-                    init=init,
-                    zero_init=zero_init,
-                    recompute=recompute,
-                    saved_dtype=saved_dtype,
-                )
-                for _ in stage.blocks
-            )
+            blocks = nn.ModuleList(block_adapters(dim, width) for _ in stage.blocks)
             self.layers.append(nn.ModuleDict({"blocks": blocks}))
         # Trainable reductions (Table 7 ablation) start as copies of the pre-trained ones; the
         # checkpointer fills them from the trunk's weights (see ``inherited_weights``).
@@ -167,9 +135,14 @@ class E3VAHighway(Highway):
             if trainable_downsampling
             else None
         )
-        # Where the frozen trunk's pass comes from: None runs the trunk here; a callable
-        # (trunk, images) -> TrunkTrace lets several tasks share one pass (engine/multitask.py).
-        self.trace_source: Optional[Callable[[SwinTransformer, Tensor], TrunkTrace]] = None
+        self.stage_mixers = nn.ModuleList(
+            stage_mixer(trunk.num_features[i], hidden_dims[i]) for i in range(len(trunk.layers))
+        ) if stage_mixer is not None else None
+        # Where the frozen trunk's walk comes from: None walks it here; a callable
+        # (trunk, images, highway) -> outputs lets several tasks share one walk
+        # (engine/multitask.py).
+        self.trunk_pass: Optional[Callable[[SwinTransformer, Tensor, E3VAHighway],
+                                           Dict[str, Tensor]]] = None
 
     def inherited_weights(self, trunk_prefix: str, highway_prefix: str) -> Dict[str, str]:
         """Highway parameter name -> trunk parameter name it is initialised from."""
@@ -182,46 +155,47 @@ class E3VAHighway(Highway):
         }
 
     def forward(self, trunk: SwinTransformer, images: Tensor) -> Dict[str, Tensor]:
-        """Run the frozen trunk without autograd, then the highway on its branch outputs.
+        """Walk the frozen trunk without autograd, the highway beside it on its branch outputs.
 
-        With ``trace_source`` set (see :mod:`e3va_d2.engine.multitask`), the trunk's pass
-        comes from there: several tasks on one frozen trunk then share it.
+        With ``trunk_pass`` set (see :mod:`e3va_d2.engine.multitask`), the walk comes from
+        there: several tasks on one frozen trunk then share it.
         """
-        if self.trace_source is not None:
-            return self.from_trace(trunk, self.trace_source(trunk, images))
-        if self.branch_recompute is not None and torch.is_grad_enabled():
-            return self.branch_recompute(self, trunk, images)
-        return self.from_trace(trunk, trace_trunk(trunk, images), consume=True)
+        if self.trunk_pass is not None:
+            return self.trunk_pass(trunk, images, self)
+        return walk_highways(trunk, images, [(self, trunk)], self.branch_recompute)[0]
 
-    def from_trace(
-        self, trunk: SwinTransformer, trace: TrunkTrace, consume: bool = False
-    ) -> Dict[str, Tensor]:
-        """The highway (the only autograd graph) on a recorded pass of the frozen trunk.
+    # -- the highway's part of the walk (see :mod:`.highway_walk`) ----------------------------
 
-        ``consume``: drop each branch output from ``trace`` once its adapters have read it, so
-        that what backward keeps (possibly a narrower copy) does not coexist with the whole
-        recorded pass. Only for a trace nothing else reads.
-        """
-        e = trace.embedding
-        # A narrowed trunk (``trunk_dtype``) hands its branches to the highway in e's dtype.
-        highway_dtype = e.dtype if narrowed_dtype(trunk) is not None else None
-        outs = {}
-        for i, (stage, adapters, branches) in enumerate(
-            zip(trunk.layers, self.layers, trace.branches)
-        ):
-            hw = trace.grids[i]
-            for j, block_adapters in enumerate(adapters["blocks"]):
-                a1, a2 = branches[j]
-                if consume:
-                    branches[j] = None
-                e = block_adapters(e, to_highway(a1, highway_dtype), to_highway(a2, highway_dtype))
-            del a1, a2
-            if i in trunk.out_indices:
-                outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
-            if stage.downsample is not None:
-                e = self._merge(stage.downsample if self.downsample is None else self.downsample[i],
-                                e, hw)
-        return outs
+    @property
+    def reads_highway(self) -> bool:
+        """Whether a step reads ``e`` other than adding to it (the spatial highway's adapters
+        read its deviation from the trunk)."""
+        return any(step.reads_highway for stage in self.layers for step in stage["blocks"])
+
+    def begin(self, embedding: Tensor) -> Tensor:
+        """``e`` starts as the patch embedding, as the trunk's stream does."""
+        return embedding
+
+    def block(self, i: int, j: int, e: Tensor, x: Tensor, a1: Tensor, a2: Tensor,
+              hw: Tuple[int, int]) -> Tensor:
+        """``e`` past block ``j`` of stage ``i`` (``x``: the trunk's stream at its input)."""
+        return self.layers[i]["blocks"][j](e, a1, a2, x, hw)
+
+    def block_parameters(self, i: int, j: int) -> List[nn.Parameter]:
+        return list(self.layers[i]["blocks"][j].parameters())
+
+    def stage_end(self, trunk: SwinTransformer, i: int, e: Tensor, hw: Tuple[int, int],
+                  outputs: Dict[str, Tensor]) -> Tensor:
+        """Stage ``i``'s output into ``outputs`` (when requested); ``e`` for the next stage."""
+        if self.stage_mixers is not None:
+            e = self.stage_mixers[i](e, hw)
+        if i in trunk.out_indices:
+            outputs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
+        stage = trunk.layers[i]
+        if stage.downsample is not None:
+            e = self._merge(stage.downsample if self.downsample is None else self.downsample[i],
+                            e, hw)
+        return e
 
     def _merge(self, merge: nn.Module, e: Tensor, hw: Tuple[int, int]) -> Tensor:
         """Patch merging of the highway. With ``recompute``, its norm is recomputed in backward
@@ -232,3 +206,7 @@ class E3VAHighway(Highway):
             return merge(e, hw)
         normed = checkpoint(merge.merged_norm, e, hw, use_reentrant=False, preserve_rng_state=False)
         return merge.reduction(normed)
+
+
+def _e3va_block_adapters(dim: int, width: int, *, structure: str, **options) -> BlockAdapters:
+    return BlockAdapters(dim, structure, hidden_dim=width, **options)

@@ -19,24 +19,28 @@ what the adapters read; a zero-initialised highway is the frozen model bit for b
   highway at each stage's end, before the output norm and the patch merging. It reads the
   highway itself (trunk features and corrections together) and keeps its input per stage.
 
-All three are on by default (the tuning method ``e3va_spatial``).
+All three are on by default (the tuning method ``e3va_spatial``). The spatial highway is E3VA's
+highway (:class:`~e3va_d2.modeling.highway.E3VAHighway`) built with these steps and stage
+mixers (:func:`spatial_highway`), so it walks the trunk as E3VA does and takes E3VA's memory
+options: ``recompute_branches`` (adapters that read the deviation keep the highway at each
+segment's start too), ``trunk_dtype`` and ``saved_input_dtype``.
 
 Shape legend: B batch, L tokens, C channels, h bottleneck width.
 """
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..layers.bottleneck import recomputed
-from .adapters import DualLowRankLinear, HighwayAdapter
-from .highway import E3VAHighway, TrunkTrace
+from .adapters import DualLowRankLinear, HighwayAdapter, init_dual_low_rank_
+from .highway import E3VAHighway
 from .swin import SwinTransformer, tokens_to_map
 
-__all__ = ["GridMixer", "SpatialAdapter", "SpatialBlockAdapters", "SpatialHighway"]
+__all__ = ["GridMixer", "SpatialAdapter", "SpatialBlockAdapters", "StageMixer", "spatial_highway"]
 
 
 class GridMixer(nn.Module):
@@ -88,16 +92,24 @@ class SpatialAdapter(HighwayAdapter):
 
 
 class SpatialBlockAdapters(nn.Module):
-    """The two adapters of one highway step, parallel: both read the block's starting
-    deviation ``d``; ``e + A1(a1, d) + A2(a2, d)`` associates as the trunk's ``(l + a1) + a2``."""
+    """The two adapters of one highway step, parallel: with ``read_state`` both read the
+    block's starting deviation ``d = e - l`` (``l`` the trunk's stream at the block's input, as
+    the highway holds it: see :mod:`.highway_walk`);
+    ``e + A1(a1, d) + A2(a2, d)`` associates as the trunk's ``(l + a1) + a2``."""
 
-    def __init__(self, dim: int, **adapter_kwargs):
+    def __init__(self, dim: int, read_state: bool = True, **adapter_kwargs):
         super().__init__()
+        self.read_state = read_state
         self.attn_adapter = SpatialAdapter(dim, **adapter_kwargs)
         self.mlp_adapter = SpatialAdapter(dim, **adapter_kwargs)
 
-    def forward(self, e: Tensor, a1: Tensor, a2: Tensor, hw: Tuple[int, int],
-                d: Optional[Tensor] = None) -> Tensor:
+    @property
+    def reads_highway(self) -> bool:
+        return self.read_state
+
+    def forward(self, e: Tensor, a1: Tensor, a2: Tensor, stream: Tensor,
+                hw: Tuple[int, int]) -> Tensor:
+        d = e - stream if self.read_state else None
         return e + self.attn_adapter(a1, hw, d) + self.mlp_adapter(a2, hw, d)
 
 
@@ -124,73 +136,60 @@ class StageMixer(nn.Module):
         return e + fn(e)
 
 
-class SpatialHighway(E3VAHighway):
-    """E3VA's highway with the options of this module's docstring.
+def spatial_highway(
+    trunk: SwinTransformer,
+    *,
+    rank: int,
+    hidden_dims: Sequence[int],
+    init: str,
+    zero_init: bool,
+    recompute: bool,
+    saved_dtype: Optional[torch.dtype],
+    mixer_saved_dtype: Optional[torch.dtype],
+    trainable_downsampling: bool,
+    recompute_branches: Optional[str],
+    conv_kernels: Sequence[int],
+    read_state: bool,
+    stage_mixer: bool,
+) -> E3VAHighway:
+    """E3VA's highway with the steps and stage mixers of this module's docstring.
 
-    Args (besides :class:`E3VAHighway`'s; no defaults here: the tuning method
-    :class:`~e3va_d2.modeling.tuning.SpatialE3VATuning` holds them, in one place):
+    Args (besides :class:`~e3va_d2.modeling.highway.E3VAHighway`'s; no defaults here: the
+    tuning method :class:`~e3va_d2.modeling.tuning.SpatialE3VATuning` holds them, in one place):
+        saved_dtype / mixer_saved_dtype: what the steps' adapters / the stage mixers keep their
+            inputs as for backward (see ``HighwayAdapter``).
         conv_kernels: depthwise kernel sizes inside each adapter's bottleneck (empty: none).
         read_state: adapters also read the highway's deviation from the trunk.
         stage_mixer: a spatial bottleneck on the highway at each stage's end.
     """
+    _draw_as_replaced_e3va_adapters(trunk, hidden_dims, rank, init)
+    kernels = tuple(conv_kernels)
+    steps = functools.partial(
+        _spatial_block_adapters, read_state=read_state, kernels=kernels, rank=rank, init=init,
+        zero_init=zero_init, recompute=recompute, saved_dtype=saved_dtype)
+    mixers = functools.partial(StageMixer, rank=rank, kernels=kernels, recompute=recompute,
+                               saved_dtype=mixer_saved_dtype) if stage_mixer else None
+    return E3VAHighway(trunk, hidden_dims=hidden_dims, recompute=recompute,
+                       trainable_downsampling=trainable_downsampling,
+                       recompute_branches=recompute_branches, block_adapters=steps,
+                       stage_mixer=mixers)
 
-    def __init__(
-        self,
-        trunk: SwinTransformer,
-        *,
-        rank: int = 8,
-        hidden_dims: Sequence[int],
-        init: str = "lorand",
-        zero_init: bool = False,
-        recompute: bool = True,
-        saved_dtype: Optional[torch.dtype] = None,
-        trainable_downsampling: bool = False,
-        conv_kernels: Sequence[int],
-        read_state: bool,
-        stage_mixer: bool,
-    ):
-        super().__init__(trunk, rank=rank, hidden_dims=hidden_dims, init=init,
-                         zero_init=zero_init, recompute=recompute, saved_dtype=saved_dtype,
-                         trainable_downsampling=trainable_downsampling)
-        self.read_state = read_state
-        kernels = tuple(conv_kernels)
-        for i, stage in enumerate(trunk.layers):
-            dim = trunk.num_features[i]
-            self.layers[i]["blocks"] = nn.ModuleList(
-                SpatialBlockAdapters(dim, hidden_dim=hidden_dims[i], kernels=kernels, rank=rank,
-                                     init=init, zero_init=zero_init, recompute=recompute,
-                                     saved_dtype=saved_dtype)
-                for _ in stage.blocks)
-        self.stage_mixers = nn.ModuleList(
-            StageMixer(trunk.num_features[i], hidden_dims[i], rank, kernels, recompute,
-                       saved_dtype)
-            for i in range(len(trunk.layers))) if stage_mixer else None
 
-    def from_trace(self, trunk: SwinTransformer, trace: TrunkTrace,
-                   consume: bool = False) -> Dict[str, Tensor]:
-        e = stream = trace.embedding  # highway and trunk stream (l), equal at the start
-        outs = {}
-        for i, (stage, adapters, branches) in enumerate(
-                zip(trunk.layers, self.layers, trace.branches)):
-            hw = trace.grids[i]
-            for j, block_adapters in enumerate(adapters["blocks"]):
-                a1, a2 = branches[j]
-                if consume:
-                    branches[j] = None
-                deviation = e - stream if self.read_state else None
-                e = block_adapters(e, a1, a2, hw, deviation)
-                if self.read_state:
-                    with torch.no_grad():
-                        stream = (stream + a1) + a2
-            del a1, a2
-            if self.stage_mixers is not None:
-                e = self.stage_mixers[i](e, hw)
-            if i in trunk.out_indices:
-                outs[f"p{i}"] = tokens_to_map(getattr(trunk, f"norm{i}")(e), hw)
-            if stage.downsample is not None:
-                e = self._merge(stage.downsample if self.downsample is None else self.downsample[i],
-                                e, hw)
-                if self.read_state:
-                    with torch.no_grad():
-                        stream = stage.downsample(stream, hw)
-        return outs
+def _spatial_block_adapters(dim: int, width: int, **options) -> SpatialBlockAdapters:
+    return SpatialBlockAdapters(dim, hidden_dim=width, **options)
+
+
+def _draw_as_replaced_e3va_adapters(trunk: SwinTransformer, hidden_dims: Sequence[int],
+                                    rank: int, init: str) -> None:
+    """Draw, and drop, the random numbers that E3VA's adapters used to draw here.
+
+    Until the spatial highway became E3VA's highway with other parts, it built E3VA's adapters
+    first and replaced them. Every seed of ``e3va_spatial`` (the accuracy study's records
+    included) was drawn after them; drawing the same numbers keeps each seed's model as it was.
+    """
+    for i, stage in enumerate(trunk.layers):
+        dim, width = trunk.num_features[i], hidden_dims[i]
+        for _ in range(2 * len(stage.blocks)):  # an attention and an MLP adapter per block
+            for fan_in, fan_out in ((dim, width), (width, dim)):  # down, up
+                init_dual_low_rank_(torch.empty(2, rank, fan_in), torch.empty(fan_out, 2, rank),
+                                    torch.empty(fan_out), init)

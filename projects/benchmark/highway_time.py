@@ -30,7 +30,7 @@ from e3va_d2.config import load_config
 from e3va_d2.engine.cost import TrainingStep, median, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.modeling.adapters import BlockAdapters
-from e3va_d2.modeling.highway import E3VAHighway, trace_trunk
+from e3va_d2.modeling.highway import E3VAHighway
 from projects.tables import command_line, publish, table_head, table_row
 
 from .tuning_cost import build_model, num_classes, share_common_tensors
@@ -40,19 +40,17 @@ VARIANTS = ("fixed", "gradient path", "e3va")
 
 def _without_adapters(model: torch.nn.Module) -> None:
     """Remove every adapter of ``model``'s highway; keep gradients flowing through it."""
-    def plain_step(self, e, a1, a2):
+    def plain_step(self, e, a1, a2, stream=None, hw=None):
         return e + a1 + a2
 
-    def trace_with_trainable_embedding(trunk, images):
-        trace = trace_trunk(trunk, images)
-        trace.embedding.requires_grad_(True)
-        return trace
+    def trainable_embedding(self, embedding):
+        return embedding.requires_grad_(True)
 
     for module in model.modules():
         if isinstance(module, BlockAdapters):
             module.forward = types.MethodType(plain_step, module)
         if isinstance(module, E3VAHighway):
-            module.trace_source = trace_with_trainable_embedding
+            module.begin = types.MethodType(trainable_embedding, module)
 
 
 def build_steps(cfg, batch, device, amp_dtype=None):

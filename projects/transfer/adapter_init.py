@@ -57,7 +57,7 @@ def measure(cfg, images: torch.Tensor, init: str, zero_init: bool, seed: int) ->
 
     from e3va_d2.config import tuned_swin_node
     from e3va_d2.modeling import E3VATuning
-    from e3va_d2.modeling.highway import trace_trunk
+    from e3va_d2.modeling.highway_walk import walk_highways
 
     node = tuned_swin_node(cfg.model)
     node.tuning = "fixed"  # the pre-trained trunk alone; each reading's highway is built here
@@ -67,21 +67,39 @@ def measure(cfg, images: torch.Tensor, init: str, zero_init: bool, seed: int) ->
     pixel_mean = torch.tensor(cfg.model.pixel_mean).view(1, 3, 1, 1)
     pixel_std = torch.tensor(cfg.model.pixel_std).view(1, 3, 1, 1)
     x = (images - pixel_mean) / pixel_std
+    ratios = _AdapterRatios(highway)
     with torch.no_grad():
-        trace = trace_trunk(trunk, x)
-        adapter_ratios: List[float] = []
-        for stage_adapters, branches in zip(highway.layers, trace.branches):
-            for block, (a1, a2) in zip(stage_adapters["blocks"], branches):
-                for adapter, branch in ((block.attn_adapter, a1), (block.mlp_adapter, a2)):
-                    adapter_ratios.append(float(adapter.branch(branch).norm() / branch.norm()))
-        highway_out = highway.from_trace(trunk, trace_trunk(trunk, x))
+        highway_out = walk_highways(trunk, x, [(highway, trunk), (ratios, trunk)])[0]
         frozen = trunk(x)
+    adapter_ratios = ratios.ratios
     stage_ratios = {k: float((highway_out[k] - frozen[k]).norm() / frozen[k].norm())
                     for k in sorted(frozen)}
     return {"init": init, "zero_init": zero_init,
             "adapter_median": statistics.median(adapter_ratios),
             "adapter_min": min(adapter_ratios), "adapter_max": max(adapter_ratios),
             "stages": stage_ratios}
+
+
+class _AdapterRatios:
+    """A reader of the trunk's walk beside the highway: ``|A(a) - a| / |a|`` for every adapter
+    of ``highway`` on the branch ``a`` it reads."""
+
+    reads_highway = False
+
+    def __init__(self, highway):
+        self.highway, self.ratios = highway, []
+
+    def begin(self, embedding):
+        return embedding
+
+    def block(self, i, j, e, x, a1, a2, hw):
+        step = self.highway.layers[i]["blocks"][j]
+        for adapter, branch in ((step.attn_adapter, a1), (step.mlp_adapter, a2)):
+            self.ratios.append(float(adapter.branch(branch).norm() / branch.norm()))
+        return e
+
+    def stage_end(self, trunk, i, e, hw, outputs):
+        return e
 
 
 def render(data: dict) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -113,10 +113,18 @@ class E3VATuning(TuningMethod):
     def attach(self, trunk):
         if self.trunk_dtype is not None:
             narrow_trunk_blocks(trunk, TRUNK_DTYPES[self.trunk_dtype])
+        return self.build_highway(trunk)
+
+    def hidden_dims(self, trunk) -> List[int]:
+        """The adapters' bottleneck width per stage of ``trunk``."""
+        return [self.bottleneck_width(d) for d in trunk.num_features[: trunk.num_stages]]
+
+    def build_highway(self, trunk) -> E3VAHighway:
+        """The highway beside ``trunk`` (already narrowed to ``trunk_dtype``)."""
         return E3VAHighway(
             trunk,
             rank=self.rank,
-            hidden_dims=[self.bottleneck_width(d) for d in trunk.num_features[: trunk.num_stages]],
+            hidden_dims=self.hidden_dims(trunk),
             init=self.init,
             adapter_kind=self.adapter_kind,
             structure=self.structure,

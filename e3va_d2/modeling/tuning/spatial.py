@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Tuple
 
-from ..spatial_highway import SpatialHighway
+from ..highway import E3VAHighway
+from ..spatial_highway import spatial_highway
 from .base import OptionError, register_tuning
 from .e3va import SAVED_INPUT_DTYPES, E3VATuning
 
@@ -15,7 +16,7 @@ __all__ = ["SpatialE3VATuning"]
 @register_tuning("e3va_spatial")
 @dataclass
 class SpatialE3VATuning(E3VATuning):
-    """E3VA's options (dual low-rank, parallel adapters only) plus:
+    """E3VA's options (dual low-rank, parallel adapters only; its memory options too) plus:
 
     conv_kernels: odd depthwise kernel sizes inside each adapter's bottleneck, on the token
         grid; () for none.
@@ -40,23 +41,23 @@ class SpatialE3VATuning(E3VATuning):
             raise OptionError("SpatialE3VATuning", "adapter_kind",
                               " must be 'dual_low_rank' (and structure 'parallel'): the spatial "
                               "highway builds on E3VA's parallel dual low-rank adapters")
-        # Its adapters read the highway itself, so a stage's gradient is not shared by its
-        # blocks (recompute_branches), and its stream bookkeeping is float32 (trunk_dtype).
-        for name in ("recompute_branches", "trunk_dtype"):
-            if getattr(self, name) is not None:
-                raise OptionError("SpatialE3VATuning", name,
-                                  " must be None: the spatial highway does not support it")
 
-    def attach(self, trunk):
-        return SpatialHighway(
+    def build_highway(self, trunk) -> E3VAHighway:
+        saved = SAVED_INPUT_DTYPES[self.saved_input_dtype]
+        return spatial_highway(
             trunk,
             rank=self.rank,
-            hidden_dims=[self.bottleneck_width(d) for d in trunk.num_features[: trunk.num_stages]],
+            hidden_dims=self.hidden_dims(trunk),
             init=self.init,
             zero_init=self.zero_init,
             recompute=self.recompute_adapters,
-            saved_dtype=SAVED_INPUT_DTYPES[self.saved_input_dtype],
+            # An adapter that reads the deviation reads a sum in the highway's dtype, not the
+            # narrowed trunk's own branch: keeping it in the trunk's dtype would round it. So
+            # would the mixers'.
+            saved_dtype=saved if self.read_state else self.adapter_saved_dtype(),
+            mixer_saved_dtype=saved,
             trainable_downsampling=self.trainable_downsampling,
+            recompute_branches=self.recompute_branches,
             conv_kernels=self.conv_kernels,
             read_state=self.read_state,
             stage_mixer=self.stage_mixer,
