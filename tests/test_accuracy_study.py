@@ -7,7 +7,7 @@ import os
 import pytest
 
 from projects.tables import replace_block
-from projects.transfer import runner, study, study_records, study_report
+from projects.transfer import run_executor, study, study_records, study_report
 
 
 def test_committed_tables_match_the_committed_records():
@@ -129,8 +129,8 @@ def test_runs_with_a_committed_record_are_not_run_again(tmp_path, monkeypatch):
         with open(path, "w") as f:
             json.dump(record("near", row, seed, 1.0), f)
     calls = []
-    monkeypatch.setattr(runner, "train_all", lambda config, opts, rows, seeds, *rest: calls.append(
-        (rows, seeds)) or {})
+    monkeypatch.setattr(run_executor, "train_all",
+                        lambda config, opts, rows, seeds, *rest: calls.append((rows, seeds)) or {})
     args = study.parse_args(["--regimes", "near", "--rows", "full,fixed,lora,e3va",
                              "--seeds", "0,1", "--records", str(records),
                              "--output", str(tmp_path / "out")])
@@ -239,11 +239,11 @@ def test_fit_check_finds_finished_runs_in_table_order_and_renders_the_gap(tmp_pa
 
     for regime, row, seed in (("far", "e3va", 2), ("far", "full", 1), ("near", "lora", 0),
                               ("far", "full", 0), ("far", "e3va:zero_init=True", 0)):
-        folder = tmp_path / runner.run_folder(regime, row, seed)
+        folder = tmp_path / run_executor.run_folder(regime, row, seed)
         folder.mkdir(parents=True)
         (folder / "model_final.pth").write_bytes(b"")
         (folder / "result.json").write_text(json.dumps({"row": row, "seed": seed}))
-    unfinished = tmp_path / runner.run_folder("far", "lora", 0)
+    unfinished = tmp_path / run_executor.run_folder("far", "lora", 0)
     unfinished.mkdir(parents=True)
     (unfinished / "model_final.pth").write_bytes(b"")  # a checkpoint, but no result yet
     runs = fit_check.finished_runs(str(tmp_path), ["near", "far"])
@@ -271,9 +271,9 @@ def test_a_row_with_options_gets_its_own_folder_and_config():
     from e3va_d2.config import tuned_swin_node
 
     row = "e3va_spatial:conv_kernels=()"
-    folder = runner.run_folder("out/far", row, 1)
+    folder = run_executor.run_folder("out/far", row, 1)
     assert folder == os.path.join("out/far", "runs", "e3va_spatial__conv_kernels=()", "seed1")
-    cfg = runner.run_config(os.path.join(study_records.ROOT, study_records.REGIMES["far"]),
+    cfg = run_executor.run_config(os.path.join(study_records.ROOT, study_records.REGIMES["far"]),
                              ["train.max_iter=7"], row, 1, folder)
     assert (cfg.train.output_dir, cfg.train.seed, cfg.train.max_iter) == (folder, 1, 7)
     tuning = tuned_swin_node(cfg.model).tuning

@@ -12,7 +12,7 @@ size, run alone before any training so that its times are not disturbed.
     python -m projects.transfer.compare --methods full,e3va --seeds 0 train.max_iter=20
 
 Every run trains in its own process into ``<output>/runs/<row>/seed<k>/`` and ends by writing
-``result.json`` (:mod:`projects.transfer.runner`, which the accuracy study's runs go through
+``result.json`` (:mod:`projects.transfer.run_executor`, which the accuracy study's runs go through
 too); a restarted comparison skips the runs that have one and resumes a stopped run from its
 last checkpoint. A row may carry options: ``e3va:zero_init=True``. Writes
 ``<output>/results.json``, ``results.md`` (the table), ``accuracy_vs_memory.png`` (the
@@ -31,7 +31,7 @@ import sys
 from typing import Dict, List, Optional
 
 from projects.tables import table_head, table_row
-from projects.transfer.runner import FLOOR, METRICS, run_folder, train_all
+from projects.transfer.run_executor import FLOOR, METRICS, run_folder, train_all
 
 DEFAULT_CONFIG = "configs/Shapes/transfer_mask_rcnn_swin_e3va.py"
 

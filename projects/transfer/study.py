@@ -9,7 +9,7 @@ with one recipe for every method:
 - ``far`` (``configs/Shapes/accuracy_far_mask_rcnn_swin.py``): objects set apart only by fine
   stripes or checks, which the pre-text never taught.
 
-Every (regime, row, seed) run trains with :mod:`projects.transfer.runner` (one process per
+Every (regime, row, seed) run trains with :mod:`projects.transfer.run_executor` (one process per
 run, resumed from its last checkpoint after a stop, skipped once finished) and evaluates every
 ``train.eval_period`` iterations, so each run's held-out curve shows whether it plateaued. Its
 record (final metrics, the curves, time) is written to
@@ -38,7 +38,7 @@ import sys
 from typing import Dict, List
 
 from e3va_d2.modeling.tuning import parse_method_specs
-from projects.transfer import runner
+from projects.transfer import run_executor
 from projects.transfer.study_records import (
     RECORDS,
     REGIMES,
@@ -97,13 +97,13 @@ def run(args) -> None:
                 todo.setdefault(missing, []).append(row)
         results = {}
         for missing, group in todo.items():
-            results.update(runner.train_all(
+            results.update(run_executor.train_all(
                 config, list(args.opts), group, [int(s) for s in missing.split(",")], output,
                 args.jobs, args.threads))
         max_iter = load_config(config, list(args.opts)).train.max_iter
         for row, per_seed in results.items():
             for result in per_seed:
-                write_record(regime, result, runner.run_folder(output, row, result["seed"]),
+                write_record(regime, result, run_executor.run_folder(output, row, result["seed"]),
                              max_iter, args.records)
 
 
