@@ -92,8 +92,8 @@ def test_coco_json_config_on_retinanet_and_rle_masks(tmp_path):
     cfg = coco_json_config(json=ann, image_root=images,
                            config="PascalVOC/retinanet_swin_l_e3va.py", name="own_rle_retina")
     assert cfg.model.num_classes == 2
-    mask = coco_json_config(json=ann, image_root=images, config="COCO/cascade_mask_rcnn_swin_b_e3va.py",
-                            name="own_rle_mask")
+    mask = coco_json_config(json=ann, image_root=images, name="own_rle_mask",
+                            config="COCO/cascade_mask_rcnn_swin_b_e3va.py")
     assert mask.dataloader.train.mapper.instance_mask_format == "bitmask"
 
 
