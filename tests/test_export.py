@@ -88,3 +88,14 @@ def test_traced_backbone_holds_at_other_sizes(tuning):
 ])
 def test_traced_models_hold_at_other_sizes(config, tuning, tmp_path):
     check_export(demo_model(config, tuning), tmp_path)
+
+
+@pytest.mark.slow
+def test_inference_latency_script_runs():
+    """The script behind INFERENCE.md's inference cost, on one small image (not a timing)."""
+    from projects.benchmark import inference_latency
+
+    times = inference_latency.main(["--config", "Shapes/mask_rcnn_swin_demo_e3va.py",
+                                    "--size", "64", "64", "--images", "1", "--warmup", "0"])
+    assert set(times) == {"fixed", "e3va", "e3va_spatial"}
+    assert all(len(v) == 1 and v[0] > 0 for v in times.values())
