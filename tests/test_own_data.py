@@ -169,9 +169,15 @@ def test_data_md_walk_through_runs(tmp_path):
 @pytest.mark.slow
 def test_wheel_carries_the_configs(tmp_path):
     """A regular (non-editable) install finds the configs inside the package."""
+    source = tmp_path / "source"  # a copy: setuptools builds in the tree it is given
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("e3va_d2", "configs"):
+        shutil.copytree(os.path.join(ROOT, name), source / name, ignore=ignore)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", ROOT, "-w", str(tmp_path / "wheel")], check=True, cwd=tmp_path,
-                   capture_output=True, timeout=300)
+                    "-q", str(source), "-w", str(tmp_path / "wheel")], check=True,
+                   cwd=tmp_path, capture_output=True, timeout=300)
     (wheel,) = os.listdir(tmp_path / "wheel")
     zipfile.ZipFile(tmp_path / "wheel" / wheel).extractall(tmp_path / "site")
     code = ("import e3va_d2.config as c; print(c.configs_root()); "
