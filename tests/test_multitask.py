@@ -141,9 +141,9 @@ def test_a_shared_walk_recomputes_branches_as_its_tasks_ask_and_gives_each_task_
     """Training through one shared walk (two tasks' highways beside one trunk pass): branch
     recomputation still keeps one stream tensor per stage, for both tasks, instead of every
     adapter's input, and each task gets exactly the gradients it gets alone."""
-    from e3va_d2.engine import cost
     from e3va_d2.engine.multitask import SharedTrunkPass
     from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin
+    from projects.benchmark.measure import saved_bytes_by_module
 
     from .conftest import TINY_SWIN
 
@@ -160,7 +160,7 @@ def test_a_shared_walk_recomputes_branches_as_its_tasks_ask_and_gives_each_task_
         model.highway.trunk_pass = trunk_pass
     images = torch.randn(2, 3, 96, 96)  # grids 24, 12, 6, 3
     outputs = []
-    saved = cost.saved_bytes_by_module(lambda: outputs.extend(m(images) for m in shared),
+    saved = saved_bytes_by_module(lambda: outputs.extend(m(images) for m in shared),
                                        torch.nn.ModuleList(shared))
     assert trunk_pass.runs == 1
     stream = sum(2 * (24 // 2**i) ** 2 * 32 * 2**i * 4 for i in range(4))  # B * tokens * C floats

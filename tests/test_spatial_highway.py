@@ -5,10 +5,10 @@ read the highway's deviation, and parameter counts that match the formula."""
 import pytest
 import torch
 
-from e3va_d2.engine import cost
 from e3va_d2.modeling import SwinTransformer, TunedSwin, build_tuning
 from e3va_d2.modeling.spatial_highway import GridMixer
 from e3va_d2.modeling.tuning import SpatialE3VATuning
+from projects.benchmark.measure import saved_bytes_by_module
 
 from .conftest import TINY_SWIN
 
@@ -74,12 +74,12 @@ def test_it_keeps_what_e3va_keeps_and_nothing_of_the_trunk():
     images = torch.randn(2, 3, 96, 96)
     e3va = TunedSwin(trunk=SwinTransformer(**TINY_SWIN), tuning="e3va").train()
     spatial = tiny(stage_mixer=False)
-    saved = cost.saved_bytes_by_module(lambda: spatial(images), spatial)
+    saved = saved_bytes_by_module(lambda: spatial(images), spatial)
     assert not [m for m in saved if m.startswith("trunk.layers")]
     # The convolutions and the deviation are recomputed: each adapter keeps one B x L x C input.
-    assert saved == cost.saved_bytes_by_module(lambda: e3va(images), e3va)
+    assert saved == saved_bytes_by_module(lambda: e3va(images), e3va)
     mixed = tiny()  # the default adds the stage mixers
-    saved_mixed = cost.saved_bytes_by_module(lambda: mixed(images), mixed)
+    saved_mixed = saved_bytes_by_module(lambda: mixed(images), mixed)
     assert not [m for m in saved_mixed if m.startswith("trunk.layers")]
     extra = {m: b for m, b in saved_mixed.items() if "stage_mixers" in m}
     assert {m: b for m, b in saved_mixed.items() if m not in extra} == saved
@@ -206,7 +206,7 @@ def test_recomputed_branches_keep_the_stream_and_the_highway_per_stage(read_stat
     saved = {}
     for per in (None, "stage"):
         model = tiny(read_state=read_state, recompute_branches=per)
-        saved[per] = cost.saved_bytes_by_module(lambda m=model: m(images), model)
+        saved[per] = saved_bytes_by_module(lambda m=model: m(images), model)
     stream = [2 * (24 // 2**i) ** 2 * 32 * 2**i * 4 for i in range(4)]  # B * tokens * C floats
     # The trunk's stream at each stage's start, and the highway there when adapters read it
     # (at the first stage's start both are the patch embedding: one tensor).
@@ -224,7 +224,7 @@ def test_a_bfloat16_trunk_runs_beside_the_spatial_highway(read_state):
         torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in narrow.highway.parameters())
     images = torch.randn(2, 3, 96, 96)
-    saved_wide, saved_narrow = (cost.saved_bytes_by_module(lambda m=m: m(images), m)
+    saved_wide, saved_narrow = (saved_bytes_by_module(lambda m=m: m(images), m)
                                 for m in (wide, narrow))
     # Adapters that read the trunk's branch alone keep it as the narrow trunk made it; those that
     # also read the deviation keep a float32 sum, as do the stage mixers.
@@ -267,7 +267,7 @@ def test_narrow_saved_inputs_shrink_what_the_spatial_highway_keeps_and_only_roun
     narrow = tiny(saved_input_dtype="bfloat16")
     narrow.load_state_dict(wide.state_dict())
     images = torch.randn(2, 3, 96, 96)
-    saved_wide, saved_narrow = (cost.saved_bytes_by_module(lambda m=m: m(images), m)
+    saved_wide, saved_narrow = (saved_bytes_by_module(lambda m=m: m(images), m)
                                 for m in (wide, narrow))
     for name, nbytes in saved_wide.items():  # adapters' and mixers' inputs: half
         kept_input = name.endswith("_adapter") or "stage_mixers" in name
