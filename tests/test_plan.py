@@ -148,7 +148,7 @@ def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatc
             raise KeyboardInterrupt  # the user stops the run
         calls.append(1)
         pixels = sum(d["image"].shape[-1] * d["image"].shape[-2] for d in step.batch)
-        return int(1e8 + 1e3 * pixels + 1e6 * len(step.batch))
+        return dict(peak_bytes=int(1e8 + 1e3 * pixels + 1e6 * len(step.batch)))
 
     monkeypatch.setattr(plan, "Bench", CountingBench)
     monkeypatch.setattr(plan, "measure_peak", fake_peak)
@@ -168,18 +168,50 @@ def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatc
 
 
 def test_the_fast_peak_matches_the_profiler_timeline():
-    from e3va_d2.config import load_config
-    from e3va_d2.engine.cost import synthetic_detection_batch
+    from e3va_d2.engine.cost import TrainingStep
     from e3va_d2.utils.memory import step_peak_memory
     from projects.benchmark.plan_measure import cpu_step_peak
-    from projects.benchmark.tuning_cost import Bench
 
-    cfg = load_config(TOY, TOY_OPTS)
-    batches = {"b": synthetic_detection_batch(2, 64, 4, seed=0)}
-    step = Bench(cfg, ["e3va"], torch.device("cpu"), batches, kinds=("model",)).steps["e3va"]["modelb"]
-    step.run(seed=0, record=False)
+    class Toy(torch.nn.Module):  # a detectron2-style model: a list of dicts in, losses out
+        def __init__(self):
+            super().__init__()
+            self.frozen = torch.nn.Linear(256, 256).requires_grad_(False)
+            self.head = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(),
+                                            torch.nn.Linear(512, 1))
+
+        def forward(self, batch):
+            x = torch.stack([d["image"] for d in batch])
+            return {"loss": self.head(self.frozen(x)).square().mean()}
+
+    torch.manual_seed(0)
+    step = TrainingStep(Toy(), [{"image": torch.randn(64, 256)} for _ in range(2)],
+                        torch.device("cpu"))
+    step.run(seed=0, record=False)  # AdamW's moments
     timeline = step_peak_memory(lambda: step.run(seed=0, record=False)).peak_bytes
-    assert cpu_step_peak(step) == pytest.approx(timeline, rel=0.02)
+    peaks = cpu_step_peak(step)
+    assert peaks["peak_bytes"] == pytest.approx(timeline, rel=0.02)
+    assert peaks["peak_bytes"] == max(peaks["forward_backward_bytes"], peaks["update_bytes"])
+
+
+def test_the_optimizer_update_is_a_floor_not_a_slope():
+    # At small sizes the update (weights, gradients, moments) can set a step's peak; a line
+    # through those peaks is flat and predicts far too little at 1333x800.
+    from projects.benchmark.sweep import per_pixel_image_and_constant
+
+    def forward_backward(s, b):
+        return 1e9 + 300e6 * b + 900.0 * s * s * b
+
+    fit_points = [dict(size=s, batch=b, pixels=s * s * b, role="fit", update_bytes=2e9,
+                       forward_backward_bytes=forward_backward(s, b),
+                       peak_bytes=max(forward_backward(s, b), 2e9))
+                  for s in (224, 288) for b in (1, 2)]
+    model = plan.PeakModel.fit(fit_points)
+    assert model.per_pixel == pytest.approx(900.0, rel=1e-6) and model.update == 2e9
+    assert model.predict(224 * 224, 1) == 2e9  # the update's floor
+    assert model.predict(1344 * 800, 2) == pytest.approx(1e9 + 600e6 + 900.0 * 1344 * 800 * 2)
+    flat = per_pixel_image_and_constant(fit_points, "peak_bytes")[0]
+    assert flat < 450  # what fitting whole-step peaks gave: half the slope, or less
+    assert model.largest_batch(1344 * 800, 2e9 - 1) == 0
 
 
 def test_the_paper_comparison_adds_its_terms_and_judges_each_card(tmp_path):
@@ -212,3 +244,23 @@ def test_the_paper_comparison_adds_its_terms_and_judges_each_card(tmp_path):
     assert f"{s['agree']} of {len(s['cells'])} cells agree" in plan_paper.error_band(
         str(record))
     assert plan_paper.error_band(str(tmp_path / "none.json")) == ""
+
+
+def test_prefilled_adamw_state_is_what_its_first_step_allocates():
+    from projects.benchmark.plan_measure import prefill_optimizer_state
+
+    stepped, prefilled = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    prefilled.bias.requires_grad_(False)
+    a = torch.optim.AdamW(stepped.parameters(), lr=0.0)
+    b = torch.optim.AdamW([p for p in prefilled.parameters() if p.requires_grad], lr=0.0)
+    stepped(torch.ones(1, 4)).sum().backward()
+    a.step()
+    assert prefill_optimizer_state(b)
+    want = {k: (v.shape, v.dtype, v.device) for k, v in a.state[stepped.weight].items()}
+    assert {k: (v.shape, v.dtype, v.device) for k, v in b.state[prefilled.weight].items()} == want
+    before = {k: v.data_ptr() for k, v in b.state[prefilled.weight].items()}
+    prefilled(torch.ones(1, 4)).sum().backward()
+    b.step()  # steps on the prefilled tensors: nothing allocated anew
+    assert {k: v.data_ptr() for k, v in b.state[prefilled.weight].items()} == before
+    assert float(b.state[prefilled.weight]["step"]) == 1.0
+    assert not prefill_optimizer_state(torch.optim.SGD(stepped.parameters(), lr=0.1))

@@ -60,7 +60,7 @@ from .plan_checks import (
     load_measured,
     min_fit_side,
 )
-from .plan_measure import MeasuredPoints, Progress, cpu_step_peak
+from .plan_measure import MeasuredPoints, Progress, cpu_step_peak, prefill_optimizer_state
 from .report import GPUS
 from .sweep import per_pixel_image_and_constant
 from .tuning_cost import Bench, method_names, num_classes
@@ -100,28 +100,43 @@ def padded_pixels(width: int, height: int, divisibility: int) -> int:
 
 @dataclass
 class PeakModel:
-    """``peak = per_pixel * pixels * batch + per_image * batch + constant`` (bytes)."""
+    """``peak = max(per_pixel * pixels * batch + per_image * batch + constant, update)``.
+
+    The linear part is the forward and backward pass's peak; ``update`` is the optimizer
+    update's (weights, gradients, moments and the update's temporaries), which does not grow
+    with the image. At small sizes the update can set a step's peak, and a line through such
+    peaks is flat: fitting the forward and backward peaks alone keeps the slope physical.
+    """
 
     per_pixel: float
     per_image: float
     constant: float
+    update: float = 0.0
 
     @classmethod
     def fit(cls, points: Sequence[dict], key: str = "peak_bytes") -> PeakModel:
         """Least squares over ``points``, dicts with ``pixels`` (padded pixels of the whole
-        batch, as ``sweep.py`` counts them), ``batch`` and ``key``; relative errors."""
+        batch, as ``sweep.py`` counts them), ``batch`` and ``key``; relative errors. Points
+        measured by phase (``forward_backward_bytes``, ``update_bytes``) fit the linear part
+        to the forward and backward peaks and take the largest update peak."""
         sizes, batches = {p["pixels"] / p["batch"] for p in points}, {p["batch"] for p in points}
         if len(sizes) < 2 or len(batches) < 2:
             raise ValueError("the fit needs at least two image sizes and two batch sizes")
+        if key == "peak_bytes" and all("forward_backward_bytes" in p for p in points):
+            return cls(*per_pixel_image_and_constant(list(points), "forward_backward_bytes"),
+                       update=max(p["update_bytes"] for p in points))
         return cls(*per_pixel_image_and_constant(list(points), key))
 
     def predict(self, pixels: int, batch: int) -> float:
         """Peak bytes for ``batch`` images of ``pixels`` (padded) pixels each."""
-        return self.per_pixel * pixels * batch + self.per_image * batch + self.constant
+        return max(self.per_pixel * pixels * batch + self.per_image * batch + self.constant,
+                   self.update)
 
     def largest_batch(self, pixels: int, budget: float, max_batch: int = 64) -> int:
         """The largest batch (<= ``max_batch``) whose predicted peak is within ``budget`` bytes;
         0 when not even one image fits."""
+        if self.update > budget:
+            return 0
         per_batch = self.per_pixel * pixels + self.per_image
         if per_batch <= 0:
             return max_batch if self.constant <= budget else 0
@@ -176,10 +191,11 @@ def _ints(text: str) -> List[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def measure_peak(step, device: torch.device) -> int:
-    """One step's peak: the allocator's on CUDA, the profiler's allocation events on CPU."""
+def measure_peak(step, device: torch.device) -> Dict[str, int]:
+    """One step's peak (``peak_bytes``): the allocator's on CUDA; on CPU from the profiler's
+    allocation events, with the forward-backward and update phases' peaks."""
     if device.type == "cuda":
-        return step.cuda_peak_bytes()
+        return dict(peak_bytes=step.cuda_peak_bytes())
     return cpu_step_peak(step)
 
 
@@ -237,19 +253,22 @@ def measure(args) -> dict:
         first = next(iter(roles))
         some_step = next(iter(bench.steps.values()))[f"model{first[0]}x{first[1]}"]
         state.size_divisibility = some_step.model.backbone.size_divisibility
+    progress.restart()  # the pace of measuring, not of building
     for method in building:
         state.trainable[method] = bench.results[method]["trainable_total"]
         if not todo[method]:
             continue
         bench.on_device(method, device)
         steps = bench.steps[method]
-        steps[f"model{first[0]}x{first[1]}"].run(seed=0, record=False)  # AdamW's state
+        if not prefill_optimizer_state(steps[f"model{first[0]}x{first[1]}"].optimizer):
+            steps[f"model{first[0]}x{first[1]}"].run(seed=0, record=False)  # AdamW's state
         for size, batch in todo[method]:
-            peak = measure_peak(steps[f"model{size}x{batch}"], device)
+            peaks = measure_peak(steps[f"model{size}x{batch}"], device)
             state.add(method, dict(
-                size=size, batch=batch, role=roles[size, batch], peak_bytes=peak,
+                size=size, batch=batch, role=roles[size, batch], **peaks,
                 pixels=padded_pixels(size, size, state.size_divisibility) * batch))
-            progress.step(f"{method} at {size}x{size} x {batch}: peak {peak / 2**20:.1f} MiB")
+            progress.step(f"{method} at {size}x{size} x {batch}: peak "
+                          f"{peaks['peak_bytes'] / 2**20:.1f} MiB")
         bench.on_device(method, torch.device("cpu"))
         bench.steps.pop(method)  # its model is measured: let it go
         release_freed_memory()
@@ -384,9 +403,12 @@ def render(data: dict) -> str:
         verdict(models, sizes, divisibility, budgets, gpu, max_batch),
         f"The paper's Table 4 cards at {sizes[0][0]}x{sizes[0][1]} (a card's GB are GiB):",
         gpu_table(models, sizes[0], divisibility, terms, trainable),
-        "Fits (step peak = per_pixel * pixels * batch + per_image * batch + constant):",
+        "Fits (step peak = the larger of per_pixel * pixels * batch + per_image * batch + "
+        "constant, the forward and backward pass's, and the optimizer update's):",
         "\n".join(f"- {m}: {f.per_pixel:.1f} B/pixel, {f.per_image / 2**20:.1f} MiB/image, "
-                  f"{f.constant / 2**20:.1f} MiB constant" for m, f in models.items()),
+                  f"{f.constant / 2**20:.1f} MiB constant"
+                  + (f"; optimizer update {f.update / 2**20:.1f} MiB" if f.update else "")
+                  for m, f in models.items()),
         checks and f"Check at sizes not fitted (largest error {100 * worst:.1f}%):\n\n{checks}",
     ]))
 

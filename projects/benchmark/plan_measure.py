@@ -56,28 +56,58 @@ def resident_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, bat
     return sum(_storages(tensors).values())
 
 
-def allocation_peak(step: Callable[[], object]) -> int:
-    """The largest running sum of CPU allocations minus frees during ``step()`` (bytes)."""
+def allocation_peaks(step: Callable[[], object]) -> Dict[str, int]:
+    """The largest running sum of CPU allocations minus frees during ``step()`` (bytes):
+    ``peak`` over the whole step, ``forward_backward`` before the optimizer's update starts
+    and ``update`` from then on (the update's own annotation, ``Optimizer.step#...``)."""
+    from torch._C._autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    from torch._C._autograd import DeviceType
-
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
-    events.sort(key=lambda e: e.start_ns())
-    held = peak = 0
-    for event in events:
+    events = prof.profiler.kineto_results.events()
+    update_starts = [e.start_ns() for e in events if e.name().startswith("Optimizer.step#")]
+    update_start = min(update_starts, default=None)
+    memory = sorted((e for e in events
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
+                    key=lambda e: e.start_ns())
+    held, peaks = 0, dict(peak=0, forward_backward=0, update=0)
+    for event in memory:
         held += event.nbytes()
-        peak = max(peak, held)
-    return peak
+        phase = "update" if update_start is not None and event.start_ns() >= update_start \
+            else "forward_backward"
+        peaks[phase] = max(peaks[phase], held)
+        peaks["peak"] = max(peaks["peak"], held)
+    return peaks
 
 
-def cpu_step_peak(training_step) -> int:
-    """Peak bytes of one step of a :class:`~e3va_d2.engine.cost.TrainingStep` on CPU."""
+def cpu_step_peak(training_step) -> Dict[str, int]:
+    """Peak bytes of one step of a :class:`~e3va_d2.engine.cost.TrainingStep` on CPU: the
+    step's (``peak_bytes``), its forward and backward's (``forward_backward_bytes``: grows with
+    the image) and its optimizer update's (``update_bytes``: weights, gradients, moments and the
+    update's temporaries, whatever the image). A step's peak is the larger of the last two."""
     base = resident_bytes(training_step.model, training_step.optimizer, training_step.batch)
-    return base + allocation_peak(lambda: training_step.run(seed=0, record=False))
+    peaks = allocation_peaks(lambda: training_step.run(seed=0, record=False))
+    return dict(peak_bytes=base + peaks["peak"],
+                forward_backward_bytes=base + peaks["forward_backward"],
+                update_bytes=base + peaks["update"])
+
+
+def prefill_optimizer_state(optimizer: torch.optim.Optimizer) -> bool:
+    """Give Adam / AdamW the state their first step would allocate (the moments, zeros, and
+    the step counter), so that the first measured step is a steady-state one without a
+    warm-up step: one step fewer per method. False (nothing done) for other optimizers."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or any(
+            g.get("amsgrad") or g.get("capturable") or g.get("fused")
+            for g in optimizer.param_groups):
+        return False
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and not optimizer.state[p]:
+                optimizer.state[p] = dict(step=torch.tensor(0.0),
+                                          exp_avg=torch.zeros_like(p),
+                                          exp_avg_sq=torch.zeros_like(p))
+    return True
 
 
 class MeasuredPoints:
@@ -124,6 +154,9 @@ class Progress:
 
     def __init__(self, total: int, done: int = 0):
         self.total, self.done, self.start, self.new = total, done, time.monotonic(), 0
+
+    def restart(self) -> None:
+        self.start, self.new = time.monotonic(), 0
 
     def step(self, message: str) -> None:
         self.done += 1

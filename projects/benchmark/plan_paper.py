@@ -79,6 +79,8 @@ def parse_args(argv=None):
     parser.add_argument("--runs", default=",".join(RUNS), help="which models to measure")
     parser.add_argument("--output", default="output/plan-paper",
                         help="folder of the runs' states (one subfolder per run)")
+    parser.add_argument("--methods", default="",
+                        help="measure only these of each run's methods (default: all of them)")
     parser.add_argument("--no-measure", action="store_true",
                         help="measure nothing: the tables from what the runs' states hold "
                              "(methods with every fit point)")
@@ -311,6 +313,8 @@ def main(argv=None):
     measured = {}
     for run in RUNS:
         config, methods, _, _ = RUNS[run]
+        if args.methods:
+            methods = [m for m in methods if m in args.methods.split(",")]
         run_args = plan.parse_args(["--config-file", config, "--methods", ",".join(methods),
                                     "--output", os.path.join(args.output, run),
                                     *CHECKS.get(run, [])])
