@@ -91,7 +91,7 @@ TABLES: Dict[str, Table] = {
         "--gpu-memory 11GiB --methods full,fixed,lora,e3va,bitfit,adapter --check-sizes 416 "
         "--check-batches 1 --output output/plan-paper/swin-l-cascade"),
     "plan-paper": Table(
-        "docs/MEMORY.md", "projects.benchmark.plan_paper:render",
+        "docs/MEMORY.md", "projects.benchmark.paper_memory:render",
         f"{_BENCH}.plan_paper"),
     "peft-swin-b": Table(
         "docs/MEMORY.md", "projects.benchmark.peft_peer:render",

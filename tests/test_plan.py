@@ -102,6 +102,14 @@ def test_a_fit_whose_peak_falls_with_size_is_refused_not_printed(tmp_path):
     assert not (tmp_path / "out" / "plan.md").exists()
 
 
+def test_a_fit_through_peaks_set_by_different_parts_is_refused(tmp_path):
+    # A frozen Swin-L RetinaNet at 224-288: the peak barely moves, then jumps (measured, MiB).
+    jump = {(224, 1): 933.9, (288, 1): 943.5, (224, 2): 944.7, (288, 2): 999.8}
+    message = refusal(["--from-json", measured_file(
+        tmp_path, {k: v * 2**20 for k, v in jump.items()})], tmp_path)
+    assert "not linear in pixels" in message and "--fit-sizes" in message
+
+
 @pytest.mark.parametrize("wrap", [
     lambda m: {"measured": m},  # plan.json
     lambda m: m,  # measured.json, the state of a run
@@ -215,7 +223,7 @@ def test_the_optimizer_update_is_a_floor_not_a_slope():
 
 
 def test_the_paper_comparison_adds_its_terms_and_judges_each_card(tmp_path):
-    from projects.benchmark import plan_paper
+    from projects.benchmark import paper_memory
 
     def run(per_pixel, constant, trainable):
         peaks = {(s, b): constant + per_pixel * s * s * b for s in (224, 288) for b in (1, 2)}
@@ -228,7 +236,7 @@ def test_the_paper_comparison_adds_its_terms_and_judges_each_card(tmp_path):
     terms = GpuTerms(ddp_gradient_copy=True, allocator_slack=0.0, cuda_context=0)
     data = dict(runs={"swin-l-cascade": run(1000.0, 2**30, 10**6)}, terms=terms.to_dict(),
                 device="cpu", fit_sizes="224,288")
-    s = plan_paper.summary(data)
+    s = paper_memory.summary(data)
     pixels = 1344 * 800
     step = 2**30 + 1000.0 * pixels * 2
     allocated = step + 128 * pixels * 5 + 8 * 2**20 + 4 * 10**6
@@ -241,9 +249,9 @@ def test_the_paper_comparison_adds_its_terms_and_judges_each_card(tmp_path):
     assert s["agree"] == sum(c["ours"] == c["paper"] for c in s["cells"])
     record = tmp_path / "plan-paper.json"
     record.write_text(json.dumps({"data": data}))
-    assert f"{s['agree']} of {len(s['cells'])} cells agree" in plan_paper.error_band(
+    assert f"{s['agree']} of {len(s['cells'])} cells agree" in paper_memory.error_band(
         str(record))
-    assert plan_paper.error_band(str(tmp_path / "none.json")) == ""
+    assert paper_memory.error_band(str(tmp_path / "none.json")) == ""
 
 
 def test_prefilled_adamw_state_is_what_its_first_step_allocates():

@@ -33,36 +33,30 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import re
-from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import asdict
+from typing import Dict, List, Tuple
 
-# The profiler's tracing library (kineto) logs its stages and, on a CPU-only machine with a
-# CUDA build of torch, "gpuGetDeviceCount failed": messages about GPU tracing, which the planner
-# does not use (it reads CPU allocations; on CUDA the allocator's peak). Read before torch loads.
-os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+import torch
 
-import torch  # noqa: E402
-
-from e3va_d2.config import load_config  # noqa: E402
-from e3va_d2.engine.cost import release_freed_memory, synthetic_detection_batch  # noqa: E402
+from e3va_d2.config import load_config
+from e3va_d2.engine.cost import release_freed_memory, synthetic_detection_batch
 from projects.tables import command_line, publish, table_head, table_row
 
 from .gpu_terms import GpuTerms
+from .paper_memory import error_band
 from .plan_checks import (
     PlanError,
-    check_fit,
     check_fit_points,
     check_fit_sides,
     check_output,
     load_measured,
     min_fit_side,
 )
+from .plan_fit import PeakModel, fits, padded_pixels  # noqa: F401 (the planner's API)
 from .plan_measure import MeasuredPoints, Progress, cpu_step_peak, prefill_optimizer_state
 from .report import GPUS
-from .sweep import per_pixel_image_and_constant
 from .tuning_cost import Bench, method_names, num_classes
 
 logger = logging.getLogger("e3va_d2.benchmark")
@@ -90,57 +84,6 @@ def parse_size(text: str) -> Tuple[int, int]:
         raise ValueError(f"Cannot read {text!r} as an image size; write WIDTHxHEIGHT or SIDE")
     width, height = int(parts[0]), int(parts[-1])
     return width, height
-
-
-def padded_pixels(width: int, height: int, divisibility: int) -> int:
-    """Pixels of the padded image the backbone sees (detectron2 pads to the divisibility)."""
-    step = max(divisibility, 1)
-    return math.ceil(width / step) * step * math.ceil(height / step) * step
-
-
-@dataclass
-class PeakModel:
-    """``peak = max(per_pixel * pixels * batch + per_image * batch + constant, update)``.
-
-    The linear part is the forward and backward pass's peak; ``update`` is the optimizer
-    update's (weights, gradients, moments and the update's temporaries), which does not grow
-    with the image. At small sizes the update can set a step's peak, and a line through such
-    peaks is flat: fitting the forward and backward peaks alone keeps the slope physical.
-    """
-
-    per_pixel: float
-    per_image: float
-    constant: float
-    update: float = 0.0
-
-    @classmethod
-    def fit(cls, points: Sequence[dict], key: str = "peak_bytes") -> PeakModel:
-        """Least squares over ``points``, dicts with ``pixels`` (padded pixels of the whole
-        batch, as ``sweep.py`` counts them), ``batch`` and ``key``; relative errors. Points
-        measured by phase (``forward_backward_bytes``, ``update_bytes``) fit the linear part
-        to the forward and backward peaks and take the largest update peak."""
-        sizes, batches = {p["pixels"] / p["batch"] for p in points}, {p["batch"] for p in points}
-        if len(sizes) < 2 or len(batches) < 2:
-            raise ValueError("the fit needs at least two image sizes and two batch sizes")
-        if key == "peak_bytes" and all("forward_backward_bytes" in p for p in points):
-            return cls(*per_pixel_image_and_constant(list(points), "forward_backward_bytes"),
-                       update=max(p["update_bytes"] for p in points))
-        return cls(*per_pixel_image_and_constant(list(points), key))
-
-    def predict(self, pixels: int, batch: int) -> float:
-        """Peak bytes for ``batch`` images of ``pixels`` (padded) pixels each."""
-        return max(self.per_pixel * pixels * batch + self.per_image * batch + self.constant,
-                   self.update)
-
-    def largest_batch(self, pixels: int, budget: float, max_batch: int = 64) -> int:
-        """The largest batch (<= ``max_batch``) whose predicted peak is within ``budget`` bytes;
-        0 when not even one image fits."""
-        if self.update > budget:
-            return 0
-        per_batch = self.per_pixel * pixels + self.per_image
-        if per_batch <= 0:
-            return max_batch if self.constant <= budget else 0
-        return int(max(0, min(max_batch, math.floor((budget - self.constant) / per_batch))))
 
 
 def parse_args(argv=None):
@@ -278,15 +221,6 @@ def measure(args) -> dict:
                          key=lambda p: order.index((p["size"], p["batch"]))) for m in methods}
     return dict(points=ordered, size_divisibility=state.size_divisibility, device=device.type,
                 trainable={m: state.trainable[m] for m in methods})
-
-
-def fits(points: Dict[str, List[dict]]) -> Dict[str, PeakModel]:
-    """Each method's fit over its "fit" points, refused where it is not physical."""
-    models = {}
-    for method, pts in points.items():
-        models[method] = PeakModel.fit([p for p in pts if p["role"] == "fit"])
-        check_fit(method, models[method], pts)
-    return models
 
 
 def check_table(points: Dict[str, List[dict]], models: Dict[str, PeakModel]) -> Tuple[str, float]:
@@ -442,13 +376,6 @@ def check_arguments(args) -> dict:
     return data
 
 
-def paper_band() -> str:
-    """The planner's error against the paper's published peaks, from its committed record."""
-    from .plan_paper import error_band
-
-    return error_band()
-
-
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
@@ -456,7 +383,7 @@ def main(argv=None):
     if "measured" not in data:
         data["measured"] = measure(args)
     text = render(data)
-    band = paper_band()
+    band = error_band()
     print(text + ("\n\n" + band if band else ""))
     measured = data["measured"]
     models = fits(measured["points"])
