@@ -149,6 +149,9 @@ TABLES: Dict[str, Table] = {
     "shared-trunk": Table(
         "docs/INFERENCE.md", "projects.benchmark.shared_trunk:render",
         f"{_BENCH}.shared_trunk --images 32"),
+    "gpu-check": Table(
+        "docs/INSTALL.md", "projects.gpu_check.runner:render", "python -m projects.gpu_check",
+        pending="no GPU run yet"),
 }
 
 
