@@ -297,7 +297,7 @@ def test_planner_measures_fits_checks_and_plans_again_from_json(tmp_path):
     result = plan.main(PLANNER_CONFIG + [
         "--methods", "fixed,e3va", "--fit-sizes", "64,128", "--fit-batches", "1,2",
         "--check-sizes", "192", "--check-batches", "1", "--sizes", "1333x800,256",
-        "--gpu-memory", "11GB", "--reserve", "0.5GiB", "--output", str(tmp_path),
+        "--gpu-memory", "11GB", "--cuda-context", "0.5GiB", "--output", str(tmp_path),
     ] + PLANNER_OPTS)
     points = result["measured"]["points"]
     assert [(p["size"], p["batch"], p["role"]) for p in points["e3va"]] == [
@@ -309,10 +309,10 @@ def test_planner_measures_fits_checks_and_plans_again_from_json(tmp_path):
     assert result["models"]["e3va"].per_pixel > result["models"]["fixed"].per_pixel
     assert result["check_max_error"] < 0.10
     text = (tmp_path / "plan.md").read_text()
-    assert "| e3va | 1333x800 |" in text and "11GB (10.24 GiB, 0.50 GiB reserved)" in text
+    assert "| e3va | 1333x800 |" in text and "11GB (10.24 GiB)" in text
     assert "At 1333x800 on 11GB" in text and "Check at sizes not fitted" in text
     plan.main(PLANNER_CONFIG + ["--from-json", str(tmp_path / "plan.json"), "--sizes",
-                                "1333x800,256", "--gpu-memory", "11GB", "--reserve", "0.5GiB",
+                                "1333x800,256", "--gpu-memory", "11GB", "--cuda-context", "0.5GiB",
                                 "--output", str(tmp_path / "again")])
     assert (tmp_path / "again" / "plan.md").read_text() == text
     saved = json.loads((tmp_path / "plan.json").read_text())

@@ -132,7 +132,8 @@ def load_measured(path: str) -> dict:
                             f"{sorted(keys - set(bad[0]) if isinstance(bad[0], dict) else keys)}")
     if not isinstance(measured.get("size_divisibility"), int):
         raise PlanError(f"--from-json {path!r} has no size_divisibility: is it complete?")
-    measured.setdefault("device", "unknown")
+    key = saved.get("key") if isinstance(saved.get("key"), dict) else {}
+    measured.setdefault("device", key.get("device", "unknown"))  # a measured.json keeps it there
     measured.setdefault("trainable", {})
     return measured
 

@@ -78,11 +78,11 @@ def main(argv=None):
         if run in runs and not args.no_measure:
             logger.info("%s: %s", run, config)
             plan.check_arguments(run_args)
-            measured[run] = plan.measure(run_args)
+            measured[run] = dict(plan.measure(run_args), fit_sizes=run_args.fit_sizes)
         else:  # what an earlier (perhaps stopped) run of it measured
             found = measured_so_far(run_args)
             if found:
-                measured[run] = found
+                measured[run] = dict(found, fit_sizes=run_args.fit_sizes)
     if "swin-l-cascade" not in measured:
         raise SystemExit("Table 4 needs the swin-l-cascade run: measure it first "
                          "(--runs swin-l-cascade)")
