@@ -239,6 +239,8 @@ def test_highway_time_separates_gradient_path_from_adapters(tmp_path):
         highway_time.load_config(os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")),
         highway_time.synthetic_detection_batch(1, 64, 3), torch.device("cpu"))
     model = steps["gradient path"].model
+    shared = [steps[v].model.backbone.bottom_up.trunk.patch_embed.proj.weight for v in steps]
+    assert len({w.data_ptr() for w in shared}) == 1  # one copy of the common weights
     highway = model.backbone.bottom_up.highway
     traces, source = [], highway.trace_source
     highway.trace_source = lambda trunk, images: traces.append(source(trunk, images)) or traces[-1]
