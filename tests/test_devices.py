@@ -82,3 +82,10 @@ def test_highway_time_moves_its_models_and_batch_to_the_device_it_times():
     for variant, step in steps.items():
         assert elsewhere(step.model, "meta") == [], variant
         assert all(d["image"].device.type == "meta" for d in step.batch), variant
+
+
+def test_the_suite_runs_on_the_cpu_even_on_a_gpu_machine():
+    """tests/conftest.py hides the GPUs before torch looks for them, for this process and the
+    tools it starts (benchmarks on `--device auto`, launches choosing a backend)."""
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+    assert not torch.cuda.is_available()

@@ -104,7 +104,8 @@ def test_train_net_runs_two_cpu_processes_and_resumes_both_ranks(tmp_path):
 _MACHINE = """
 from e3va_d2.engine import launch
 from tests.test_distributed import run_steps
-launch(run_steps, 1, num_machines=2, machine_rank={rank}, dist_url="{url}", args=("{out}",))
+launch(run_steps, 1, num_machines=2, machine_rank={rank}, dist_url="{url}", args=("{out}",),
+       backend="gloo")
 """
 
 

@@ -25,7 +25,7 @@ train = dict(
     allow_shape_mismatch=False,
     # How long a process waits for the others (joining the process group, any collective)
     # before it fails with a message, instead of hanging.
-    dist_timeout_minutes=10.0,
+    dist_timeout_minutes=30.0,
     log_period=20,
     # The process count the batch size and lr are meant for; E3VATrainer.auto_scale_workers
     # rescales them to the processes in use (detectron2's SOLVER.REFERENCE_WORLD_SIZE). 0: off.
