@@ -45,7 +45,8 @@ def run_steps(out_file):
               for i in range(IMAGES)]
     share = IMAGES // world
     params = [p for p in model.parameters() if p.requires_grad]
-    model = create_ddp_model(model, device_ids=None, broadcast_buffers=False)
+    model = create_ddp_model(model, device_ids=None, broadcast_buffers=False,
+                             gradient_as_bucket_view=True)  # as E3VATrainer's DDP
     step = TrainStep(model, repeat(images[rank * share : (rank + 1) * share]),
                      torch.optim.SGD(params, lr=0.5))
     with EventStorage():

@@ -17,6 +17,7 @@ from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWrite
 from e3va_d2.checkpoint import E3VACheckpointer
 from e3va_d2.engine import E3VATrainer
 from e3va_d2.engine.step import MixedPrecision, TrainStep, resolve_amp_dtype
+from e3va_d2.engine.trainer import ddp_options
 
 from .helpers import short_run_config
 
@@ -281,6 +282,15 @@ def test_after_backward_hooks_see_unscaled_gradients_under_the_grad_scaler():
 
 def all_parameters(model):
     return [{"params": list(model.parameters())}]
+
+
+def test_ddp_keeps_the_gradients_in_its_buckets_unless_the_config_says_otherwise(tmp_path):
+    """gradient_as_bucket_view: one copy of the trainable gradients, not a second one in
+    DDP's all-reduce buckets (tests/test_distributed.py trains with it)."""
+    cfg = tiny_cfg(str(tmp_path))
+    assert ddp_options(cfg, "cuda") == dict(gradient_as_bucket_view=True, **cfg.train.ddp)
+    cfg.train.ddp.gradient_as_bucket_view = False
+    assert ddp_options(cfg, "cuda")["gradient_as_bucket_view"] is False
 
 
 def test_optimizer_over_frozen_parameters_is_refused(tmp_path):

@@ -8,7 +8,8 @@ train = dict(
     delta_checkpoint="",  # optional: trainable weights exported by a previous run
     max_iter=90000,
     device="cuda" if torch.cuda.is_available() else "cpu",
-    amp=dict(enabled=False, dtype=None),  # dtype None: float16 on CUDA, bfloat16 on CPU
+    # dtype None: bfloat16, or float16 (with a grad scaler) on GPUs without native bfloat16
+    amp=dict(enabled=False, dtype=None),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=3),
     eval_period=5000,
