@@ -146,9 +146,8 @@ class TrainStep(SimpleTrainer):
         after_backward: called after every backward, before the update (gradient clipping,
             logging), with the gradients unscaled (float16; unlike detectron2 main's
             AMPTrainer, so a hook must not call the scaler's ``unscale_``). Default:
-            ``after_backward`` of the
-            hooks registered on this trainer; a trainer that owns this step
-            (``DefaultTrainer._trainer``) passes its own hooks'.
+            ``after_backward`` of the hooks registered on this trainer; a trainer that owns
+            this step (``DefaultTrainer._trainer``) passes its own hooks'.
         losses: ``(model, data) -> {name: loss}``; default ``model(data)``.
     """
 
