@@ -60,7 +60,7 @@ def test_the_trainer_builds_every_tensor_on_train_device(name):
 
 def test_the_predictor_builds_every_tensor_on_train_device():
     """The predictor (and so demo.py, which draws with it) on a SyncBN config."""
-    predictor = Predictor(on_meta(UPERNET), checkpoint="")
+    predictor = Predictor(on_meta(UPERNET), checkpoint="", allow_untrained=True)
     assert elsewhere(predictor.model, "meta") == []
 
 
