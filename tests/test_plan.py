@@ -176,8 +176,8 @@ def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatc
 
 
 def test_the_fast_peak_matches_the_profiler_timeline():
-    from e3va_d2.engine.cost import TrainingStep
-    from e3va_d2.utils.memory import step_peak_memory
+    from projects.benchmark.measure import MeasuredStep
+    from projects.benchmark.peak_memory import step_peak_memory
     from projects.benchmark.plan_measure import cpu_step_peak
 
     class Toy(torch.nn.Module):  # a detectron2-style model: a list of dicts in, losses out
@@ -192,7 +192,7 @@ def test_the_fast_peak_matches_the_profiler_timeline():
             return {"loss": self.head(self.frozen(x)).square().mean()}
 
     torch.manual_seed(0)
-    step = TrainingStep(Toy(), [{"image": torch.randn(64, 256)} for _ in range(2)],
+    step = MeasuredStep(Toy(), [{"image": torch.randn(64, 256)} for _ in range(2)],
                         torch.device("cpu"))
     step.run(seed=0, record=False)  # AdamW's moments
     timeline = step_peak_memory(lambda: step.run(seed=0, record=False)).peak_bytes

@@ -12,7 +12,7 @@ import torch
 from detectron2.config import LazyConfig
 from detectron2.utils.file_io import PathManager
 
-from projects.transfer.compare import trunk_source
+from projects.transfer.run_executor import trunk_source
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SDIST = os.path.join(os.environ.get("E3VA_D2_CACHE", os.path.expanduser("~/.cache/e3va_d2")),

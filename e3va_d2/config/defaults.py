@@ -42,7 +42,6 @@ def add_e3va_config(cfg: CN) -> CN:
     cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
     cfg.MODEL.SWIN.PATCH_SIZE = 4
     cfg.MODEL.SWIN.OUT_FEATURES = ["p0", "p1", "p2", "p3"]
-    cfg.MODEL.SWIN.USE_CHECKPOINT = False
     # A pre-trained Swin loaded into the trunk as the model is built (TunedSwin's ``weights``),
     # so detectron2's plain DetectionCheckpointer (MODEL.WEIGHTS) never has to read Swin layouts.
     cfg.MODEL.SWIN.WEIGHTS = ""
@@ -51,7 +50,7 @@ def add_e3va_config(cfg: CN) -> CN:
     # trainable tensors do not all fit; how long a process waits for the others.
     cfg.MODEL.TRUST_CHECKPOINT_CODE = False
     cfg.MODEL.ALLOW_SHAPE_MISMATCH = False
-    cfg.DIST_TIMEOUT_MINUTES = 10.0  # a float: yacs refuses 0.5 for an int key
+    cfg.DIST_TIMEOUT_MINUTES = 30.0  # a float: yacs refuses 0.5 for an int key
 
     cfg.MODEL.TUNING = CN()
     cfg.MODEL.TUNING.METHOD = "e3va"

@@ -20,8 +20,7 @@ Shape legend: B batch, L tokens, C channels.
 from __future__ import annotations
 
 import copy
-import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from .adapters import BlockAdapters
 from .branch_recompute import BranchRecomputation
 from .swin import SwinTransformer, next_grid, tokens_to_map
-from .trunk_precision import check_stream, narrowed_dtype, to_highway
+from .trunk_precision import blocks_autocast, check_stream, narrowed_dtype, to_highway
 
 __all__ = [
     "HIGHWAY_PREFIX",
@@ -38,25 +37,9 @@ __all__ = [
     "E3VAHighway",
     "TrunkTrace",
     "trace_trunk",
-    "rename_legacy_highway_keys",
 ]
 
 HIGHWAY_PREFIX = "highway."  # parameter names of the highway inside a TunedSwin
-
-# Before the highway had one name it was the "side network": checkpoints and deltas written
-# then name its tensors ``side.layers.…`` / ``side.downsample.…`` (below a TunedSwin's prefix).
-_LEGACY_KEY = re.compile(r"(^|\.)side\.(?=(layers|downsample)\.)")
-
-V = TypeVar("V")
-
-
-def rename_legacy_highway_keys(state: Mapping[str, V]) -> Dict[str, V]:
-    """``state`` with the highway's old ``side.`` names renamed to ``highway.``, order kept.
-
-    Pure, and the one rule for full checkpoints and deltas alike; keys that are not
-    the highway's are returned unchanged."""
-    return {_LEGACY_KEY.sub(r"\1" + HIGHWAY_PREFIX, key): value for key, value in state.items()}
-
 
 class Highway(nn.Module):
     """Base class of modules that run beside a trunk and produce the backbone's outputs."""
@@ -92,12 +75,13 @@ def trace_trunk(trunk: SwinTransformer, images: Tensor) -> TrunkTrace:
             x = x.to(narrow)
         mask = stage.shift_mask(hw, images.device)
         branches = []
-        for block in stage.blocks:
-            a1 = block.attention_branch(x, hw, mask)
-            x = x + a1
-            a2 = block.mlp_branch(x)
-            x = x + a2
-            branches.append((a1, a2))
+        with blocks_autocast(narrow, images.device.type):
+            for block in stage.blocks:
+                a1 = block.attention_branch(x, hw, mask)
+                x = x + a1
+                a2 = block.mlp_branch(x)
+                x = x + a2
+                branches.append((a1, a2))
         check_stream(x, len(trace.grids))
         trace.grids.append(hw)
         trace.branches.append(branches)

@@ -27,12 +27,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from e3va_d2.config import load_config
-from e3va_d2.engine.cost import TrainingStep, median, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.modeling.adapters import BlockAdapters
 from e3va_d2.modeling.highway import E3VAHighway, trace_trunk
 from projects.tables import command_line, publish, table_head, table_row
 
+from .measure import MeasuredStep, median, synthetic_detection_batch
 from .tuning_cost import build_model, num_classes, share_common_tensors
 
 VARIANTS = ("fixed", "gradient path", "e3va")
@@ -56,20 +56,24 @@ def _without_adapters(model: torch.nn.Module) -> None:
 
 
 def build_steps(cfg, batch, device, amp_dtype=None):
+    """The three variants' steps, models and batch on ``device``; the variants share every
+    tensor they have in common there (one copy of the weights on the GPU)."""
+    batch = [{k: v.to(device) if hasattr(v, "to") else v for k, v in d.items()} for d in batch]
     steps, reference = {}, None
     for variant in VARIANTS:
         model = build_model(cfg, "fixed" if variant == "fixed" else "e3va", seed=0)
         if reference is None:
-            reference = model.state_dict()
+            reference = model.to(device).state_dict()
         else:
-            share_common_tensors(model, reference)
+            share_common_tensors(model, reference)  # the shared ones are on the device already
+            model.to(device)
         if variant == "gradient path":
             _without_adapters(model)
-        steps[variant] = TrainingStep(model, batch, device, backbone_only=True, amp_dtype=amp_dtype)
+        steps[variant] = MeasuredStep(model, batch, device, backbone_only=True, amp_dtype=amp_dtype)
     return steps
 
 
-def flops(step: TrainingStep) -> int:
+def flops(step: MeasuredStep) -> int:
     with FlopCounterMode(display=False) as counter:
         step.run(seed=0, record=False)
     return counter.get_total_flops()

@@ -24,8 +24,8 @@ from typing import Dict, List
 import torch
 
 from e3va_d2.config import get_config
-from e3va_d2.engine.cost import median
 
+from .measure import median
 from .tuning_cost import build_model, share_common_tensors
 
 METHODS = ("fixed", "e3va", "e3va_spatial")

@@ -17,7 +17,7 @@ import json
 import os
 from typing import Dict, List, Optional, Tuple
 
-from e3va_d2.paper import METHODS, TABLE4_CARDS, TABLE4_FITS, TRAINING_MEMORY_MB
+from projects.paper import METHODS, TABLE4_CARDS, TABLE4_FITS, TRAINING_MEMORY_MB
 from projects.tables import RECORDS, ROOT, table_head, table_row
 
 from .gpu_terms import GpuTerms
@@ -28,7 +28,7 @@ SIZE = (1333, 800)  # the COCO recipe's largest image (configs/common/data/coco.
 RECORD = "plan-paper"
 
 # run -> (config, methods in the order they are measured, the paper's table and row prefix in
-# e3va_d2.paper). The frozen model and E3VA first: a run stopped early still tells how the
+# projects.paper). The frozen model and E3VA first: a run stopped early still tells how the
 # paper's frozen detector compares with ours. Swin-L Cascade is docs/MEMORY.md's plan
 # (plan-swin-l) with Table 4's methods and its check size: one state serves both.
 _ALL = ["fixed", "e3va", "full", "lora", "bitfit", "norm", "partial1", "adapter", "adaptformer",

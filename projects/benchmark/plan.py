@@ -41,10 +41,10 @@ from typing import Dict, List, Tuple
 import torch
 
 from e3va_d2.config import load_config
-from e3va_d2.engine.cost import release_freed_memory, synthetic_detection_batch
 from projects.tables import command_line, publish, table_head, table_row
 
 from .gpu_terms import GpuTerms
+from .measure import release_freed_memory, synthetic_detection_batch
 from .paper_memory import error_band
 from .plan_checks import (
     PlanError,
@@ -127,7 +127,12 @@ def parse_args(argv=None):
     parser.add_argument("--record", default="",
                         help="also write the plan as this docs table's record (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        method_names(args.methods)
+    except ValueError as e:
+        parser.error(f"--methods: {e}")
+    return args
 
 
 def _ints(text: str) -> List[int]:

@@ -1,7 +1,7 @@
 """The planner's measurements: one step's peak from the profiler's allocation events, and the
 points measured so far, kept on disk so that a stopped run resumes where it stopped.
 
-Why not ``e3va_d2.utils.memory.step_peak_memory``: its memory timeline labels every byte by
+Why not ``peak_memory.step_peak_memory``: its memory timeline labels every byte by
 category, an analysis of the whole op graph that takes minutes per step on a Swin-L detector.
 The planner needs the peak's total only: the bytes the step's tensors hold before it starts
 (parameters, buffers, AdamW's moments, the batch) plus the largest running sum of the
@@ -82,7 +82,7 @@ def allocation_peaks(step: Callable[[], object]) -> Dict[str, int]:
 
 
 def cpu_step_peak(training_step) -> Dict[str, int]:
-    """Peak bytes of one step of a :class:`~e3va_d2.engine.cost.TrainingStep` on CPU: the
+    """Peak bytes of one step of a :class:`~projects.benchmark.measure.MeasuredStep` on CPU: the
     step's (``peak_bytes``), its forward and backward's (``forward_backward_bytes``: grows with
     the image) and its optimizer update's (``update_bytes``: weights, gradients, moments and the
     update's temporaries, whatever the image). A step's peak is the larger of the last two."""

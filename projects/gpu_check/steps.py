@@ -30,13 +30,14 @@ from torch import nn
 from e3va_d2.compat import detectron2_build
 from e3va_d2.config import load_config
 from e3va_d2.engine import E3VATrainer, launch
-from e3va_d2.engine.cost import synthetic_detection_batch
 from e3va_d2.engine.launch import free_local_url
 from e3va_d2.engine.predictor import Predictor
 from e3va_d2.engine.step import TrainStep
 from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin, swin_size
+from e3va_d2.modeling.tuning import parse_method_spec
 from e3va_d2.utils.cuda_build import check_cuda_build
 from projects.benchmark import plan, tuning_cost
+from projects.benchmark.measure import synthetic_detection_batch
 
 from .runner import Outcome, Skip
 
@@ -314,7 +315,7 @@ LOSSLESS_TOLERANCE = {None: 1e-4, torch.bfloat16: 1e-3, torch.float16: 1e-3}
 
 def _tuning(options: str) -> E3VATuning:
     """``"recompute_branches=stage"`` (``:``-separated pairs) -> that E3VA."""
-    _, values = tuning_cost.method_options(":".join(["e3va", *filter(None, options.split(":"))]))
+    _, values = parse_method_spec(":".join(["e3va", *filter(None, options.split(":"))]))
     return E3VATuning(**values)
 
 
