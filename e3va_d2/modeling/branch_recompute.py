@@ -63,7 +63,7 @@ class _RecomputedSegment(torch.autograd.Function):
         ctx.save_for_backward(x, walk.stream, *(e for e, read in zip(states, reads) if read))
         walk.states = states
         x = stage.walk_blocks(x, hw, lambda j, x, a1, a2: walk.advance(i, j, x, a1, a2, hw),
-                              blocks)
+                              blocks, context=walk.blocks_context)
         ctx.mark_non_differentiable(x)
         return (x, *walk.states)
 
@@ -101,7 +101,7 @@ class _RecomputedSegment(torch.autograd.Function):
         # The forward ran under the caller's autocast; the recomputation must round as it did.
         with torch.autocast(device, dtype=dtype) if enabled else contextlib.nullcontext():
             with torch.no_grad():
-                ctx.stage.walk_blocks(x, hw, on_block, ctx.blocks)
+                ctx.stage.walk_blocks(x, hw, on_block, ctx.blocks, context=walk.blocks_context)
             for k, start in starts.items():
                 if grad_states[k] is None:
                     continue

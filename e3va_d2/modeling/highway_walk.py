@@ -7,7 +7,8 @@ walk of the trunk (:meth:`~e3va_d2.modeling.swin.SwinTransformer.walk`):
 
 - the trunk (blocks, patch merging) under no_grad, each highway under the caller's autograd;
 - the trunk's precision (:mod:`.trunk_precision`): the stream cast into narrowed blocks and
-  back for patch merging, each stage's stream checked, branch outputs widened for highways;
+  back for patch merging, the blocks under their own autocast, each stage's stream checked,
+  branch outputs widened for highways;
 - branch recomputation (:mod:`.branch_recompute`), when a highway asks for it, runs each
   segment of blocks inside one autograd function that keeps only the trunk's stream;
 - several highways (tasks) on one pass: each is a *lane* ``(highway, trunk)``, the trunk being
@@ -28,13 +29,13 @@ Shape legend: B batch, L tokens, C channels.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .swin import SwinStage, SwinTransformer, TrunkHooks
-from .trunk_precision import check_stream, narrowed_dtype, to_highway
+from .trunk_precision import blocks_autocast, check_stream, narrowed_dtype, to_highway
 
 __all__ = ["HighwayWalk", "walk_highways"]
 
@@ -52,6 +53,7 @@ class HighwayWalk(TrunkHooks):
         self.narrow = narrowed_dtype(trunk)  # blocks in another dtype than embedding and merging
         self.grad = torch.is_grad_enabled()  # the highways' autograd (the trunk has none)
         self.highway_dtype: Optional[torch.dtype] = None
+        self.device_type = "cpu"
         self.states: List[Tensor] = []
         # The stream as the highway holds it, beside a narrowed trunk that a lane reads.
         self.stream: Optional[Tensor] = None
@@ -60,6 +62,7 @@ class HighwayWalk(TrunkHooks):
     def start(self, x: Tensor, hw) -> None:
         # A narrowed trunk hands its branches to the highways in the embedding's dtype.
         self.highway_dtype = x.dtype if self.narrow is not None else None
+        self.device_type = x.device.type
         if self.narrow is not None and any(highway.reads_highway for highway, _ in self.lanes):
             self.stream = x
         with torch.set_grad_enabled(self.grad):
@@ -75,6 +78,9 @@ class HighwayWalk(TrunkHooks):
             for blocks in self.recompute.segments(len(stage.blocks)):
                 x = self.recompute(self, i, stage, blocks, x, hw)
         return x
+
+    def blocks_context(self) -> ContextManager:
+        return blocks_autocast(self.narrow, self.device_type)
 
     def block(self, i: int, j: int, x: Tensor, a1: Tensor, a2: Tensor, hw) -> None:
         with torch.set_grad_enabled(self.grad):

@@ -20,7 +20,8 @@ it: its classes are only meaningful together, and checkpoint keys follow this mo
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+import contextlib
+from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -144,9 +145,13 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each Bw, heads, N, C/heads
         bias = self.position_bias().unsqueeze(0).to(q.dtype)  # 1, heads, N, N
         if mask is not None:
+            # Each window has its own mask: windows join the heads (a 5-D query would send
+            # CUDA's SDPA to its slow math kernel), one mask per window and head, shared by
+            # the images.
             nW = mask.shape[0]
             bias = bias + mask.to(q.dtype).unsqueeze(1)  # nW, heads, N, N
-            q, k, v = (t.view(Bw // nW, nW, self.num_heads, N, -1) for t in (q, k, v))
+            bias = bias.flatten(0, 1).unsqueeze(0)  # 1, nW * heads, N, N
+            q, k, v = (t.reshape(Bw // nW, nW * self.num_heads, N, -1) for t in (q, k, v))
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x.reshape(Bw, self.num_heads, N, -1).transpose(1, 2).reshape(Bw, N, C)
         return self.proj(x)
@@ -352,18 +357,20 @@ class SwinStage(nn.Module):
         on_block: Optional[Callable[[int, Tensor, Tensor, Tensor], None]] = None,
         blocks: Optional[range] = None,
         checkpointed: bool = False,
+        context: Callable[[], ContextManager] = contextlib.nullcontext,
     ) -> Tensor:
         """The trunk's one loop over blocks: ``blocks`` of this stage (all by default) on ``x``
         (B, H*W, C), returning their output. ``on_block(j, x, a1, a2)`` sees each block's input
         and branch outputs; ``checkpointed``: activation checkpointing of each block when
-        gradients flow."""
+        gradients flow; ``context()``: what each block (not ``on_block``) runs in."""
         mask = self.shift_mask(hw, x.device)
         for j in range(len(self.blocks)) if blocks is None else blocks:
             block = self.blocks[j]
-            if checkpointed and x.requires_grad:
-                a1, a2, out = checkpoint(block.branches, x, hw, mask, use_reentrant=False)
-            else:
-                a1, a2, out = block.branches(x, hw, mask)
+            with context():
+                if checkpointed and x.requires_grad:
+                    a1, a2, out = checkpoint(block.branches, x, hw, mask, use_reentrant=False)
+                else:
+                    a1, a2, out = block.branches(x, hw, mask)
             if on_block is not None:
                 on_block(j, x, a1, a2)
             del a1, a2  # not alive during the next block, unless the reader kept them
@@ -406,7 +413,11 @@ class TrunkHooks:
     def run_blocks(self, i: int, stage: SwinStage, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         """Stage ``i``'s blocks on ``x``; a policy that runs them otherwise overrides this."""
         return stage.walk_blocks(x, hw, lambda j, x, a1, a2: self.block(i, j, x, a1, a2, hw),
-                                 checkpointed=self.checkpoint_blocks)
+                                 checkpointed=self.checkpoint_blocks, context=self.blocks_context)
+
+    def blocks_context(self) -> ContextManager:
+        """What each block runs in (a narrowed trunk's own autocast); nothing by default."""
+        return contextlib.nullcontext()
 
     def block(self, i: int, j: int, x: Tensor, a1: Tensor, a2: Tensor, hw: Tuple[int, int]
               ) -> None:
