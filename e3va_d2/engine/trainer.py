@@ -37,7 +37,7 @@ from ..config.reliability import reliability_settings
 from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
 from ..utils.safe_load import trust_checkpoint_code
-from .checks import check_max_iter, check_resume_iteration
+from .checks import check_num_classes, check_resume_iteration, check_training_settings
 from .params import trainable_parameter_table
 from .resume import (
     GatherTrainingState,
@@ -49,7 +49,7 @@ from .signals import StopOnSignal
 from .step import TrainStep, call_after_backward, resolve_amp_dtype
 from .writers import training_writers
 
-__all__ = ["E3VATrainer", "resolve_device", "test_dataset_names"]
+__all__ = ["E3VATrainer", "resolve_device", "test_dataset_names", "train_dataset_names"]
 
 logger = logging.getLogger("e3va_d2.trainer")
 
@@ -78,6 +78,13 @@ def _accepts(lazy_call, argument: str) -> bool:
 def test_dataset_names(cfg):
     """The test datasets of a config, as a list (``cfg.DATASETS.TEST`` of yacs configs)."""
     names = cfg.dataloader.test.dataset.names
+    return [names] if isinstance(names, str) else list(names)
+
+
+def train_dataset_names(cfg):
+    """The training datasets of a config (its ``dataloader.train.dataset.names``), as a list;
+    empty for a loader built otherwise."""
+    names = cfg.dataloader.train.get("dataset", {}).get("names", [])
     return [names] if isinstance(names, str) else list(names)
 
 
@@ -110,7 +117,7 @@ class E3VATrainer(DefaultTrainer):
         # DefaultTrainer.__init__ reads yacs keys (cfg.SOLVER, cfg.MODEL.WEIGHTS); this builds
         # the same parts, in the same order, from the LazyConfig keys.
         TrainerBase.__init__(self)
-        check_max_iter(cfg.train.max_iter, "train.max_iter")  # before minutes of building
+        check_training_settings(cfg)  # before minutes of building
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         if not logger.isEnabledFor(logging.INFO):
@@ -121,6 +128,7 @@ class E3VATrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        check_num_classes(model, train_dataset_names(cfg))  # the data's metadata is loaded now
 
         device_type = next(model.parameters()).device.type
         ddp_options = dict(cfg.train.get("ddp", {}))
@@ -239,6 +247,7 @@ class E3VATrainer(DefaultTrainer):
             # The loader comes first: building it materialises generated datasets the
             # evaluator reads (the synthetic shapes json).
             loader = cls.build_test_loader(cfg, name)
+            check_num_classes(model, [name])
             if evaluators is not None:
                 evaluator = evaluators[i]
             else:
