@@ -45,6 +45,7 @@ from .resume import (
     load_training_state,
     preserved_rng,
 )
+from .resume_settings import LAZY_KEYS, ConfigWinsOnResume
 from .signals import StopOnSignal
 from .step import TrainStep, call_after_backward, resolve_amp_dtype
 from .writers import training_writers
@@ -110,7 +111,8 @@ class E3VATrainer(DefaultTrainer):
     keeps detectron2's signature and meaning, reading the LazyConfig keys listed above where
     detectron2 reads yacs ones (``cfg.dataloader.test.dataset.names`` for ``cfg.DATASETS.TEST``,
     ``cfg.train.output_dir`` for ``cfg.OUTPUT_DIR``...). On top: the optimizer must hold exactly
-    the trainable parameters, AMP on CUDA and CPU, atomic checkpoints, exact ``--resume``.
+    the trainable parameters, AMP on CUDA and CPU, atomic checkpoints, exact ``--resume`` (and
+    on ``--resume``, the config's optimizer and schedule settings, each change logged).
     """
 
     def __init__(self, cfg):
@@ -301,6 +303,7 @@ class E3VATrainer(DefaultTrainer):
         return [
             hooks.IterationTimer(),
             hooks.LRScheduler(self._trainer.optimizer, self.scheduler),
+            ConfigWinsOnResume(self._trainer.optimizer, self.scheduler, self.max_iter, LAZY_KEYS),
             gather,
             PeriodicCheckpointer(self.checkpointer, ckpt.period, max_to_keep=ckpt.get(
                 "max_to_keep")) if main else None,

@@ -6,7 +6,8 @@ adds (an evaluator per dataset type) and crash-safe checkpoints that also read S
 ``MODEL.WEIGHTS``; and the reliability of the LazyConfig trainer: ``SOLVER.MAX_ITER``,
 ``SOLVER.CHECKPOINT_PERIOD``, the classes against the data and the resumed iteration checked,
 checkpoints read as data (``MODEL.TRUST_CHECKPOINT_CODE``), shapes checked
-(``MODEL.ALLOW_SHAPE_MISMATCH``), SIGTERM saving a checkpoint.
+(``MODEL.ALLOW_SHAPE_MISMATCH``), SIGTERM saving a checkpoint, the config's solver settings
+winning on ``--resume``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..config.reliability import reliability_settings
 from ..evaluation import VOCDetectionEvaluator
 from ..utils.safe_load import trust_checkpoint_code
 from .checks import check_num_classes, check_resume_iteration, check_yacs_training_settings
+from .resume_settings import YACS_KEYS, ConfigWinsOnResume
 from .signals import StopOnSignal
 from .writers import training_writers
 
@@ -53,7 +55,9 @@ class YacsTrainer(DefaultTrainer):
             old.model, old.save_dir,
             allow_shape_mismatch=reliability_settings(self.cfg).allow_shape_mismatch,
             **old.checkpointables)
-        return super().build_hooks() + [StopOnSignal(self.checkpointer)]
+        return super().build_hooks() + [
+            ConfigWinsOnResume(self.optimizer, self.scheduler, self.max_iter, YACS_KEYS),
+            StopOnSignal(self.checkpointer)]
 
     def build_writers(self):
         return training_writers(self.cfg.OUTPUT_DIR, self.max_iter)
