@@ -82,6 +82,33 @@ def test_sigterm_saves_a_checkpoint_then_exits_non_zero(tmp_path):
     assert trainer.start_iter == 2
 
 
+def test_sigterm_in_the_final_evaluation_stops_it_keeps_the_checkpoint_and_exits_143(tmp_path):
+    """SIGTERM during the final evaluation was ignored: the evaluation ran on, the delta was
+    saved and the run exited 0."""
+    seed_all_rng(0)
+    trainer = E3VATrainer(sigterm_cfg(str(tmp_path), max_iter=2))
+    finished = []
+
+    def evaluation_preempted_midway(cfg, model):
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler preempting the job
+        time.sleep(5)  # the evaluation goes on, unless the signal stops it
+        finished.append(True)
+        return {"bbox": {"AP": 50.0}}
+
+    trainer.test = evaluation_preempted_midway  # what the final evaluation runs
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.train()
+    assert info.value.code == 128 + signal.SIGTERM
+    assert not finished  # stopped, not waited for
+    assert not (tmp_path / "model_final_delta.pth").exists()  # no half-evaluated final delta
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    resumed = E3VATrainer(sigterm_cfg(str(tmp_path), max_iter=2))
+    resumed.resume_or_load(resume=True)  # --resume: nothing to train, evaluates, writes the delta
+    assert resumed.start_iter == 2
+
+
 # ------------------------------------------------------------------ dying with the launcher
 
 CHILD = """
