@@ -38,6 +38,7 @@ from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
 from ..utils.safe_load import trust_checkpoint_code
 from .checks import check_num_classes, check_resume_iteration, check_training_settings
+from .lifeline import tie_loader_workers
 from .params import trainable_parameter_table
 from .resume import (
     GatherTrainingState,
@@ -195,12 +196,14 @@ class E3VATrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return instantiate(cfg.dataloader.train)
+        """``cfg.dataloader.train``, its worker processes tied to this one (:mod:`.lifeline`)."""
+        return tie_loader_workers(instantiate(cfg.dataloader.train))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name=None):
-        """``cfg.dataloader.test``, on ``dataset_name`` instead of its own datasets if given."""
-        return instantiate(_dataloader_for(cfg, dataset_name).test)
+        """``cfg.dataloader.test``, on ``dataset_name`` instead of its own datasets if given;
+        its worker processes tied to this one."""
+        return tie_loader_workers(instantiate(_dataloader_for(cfg, dataset_name).test))
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

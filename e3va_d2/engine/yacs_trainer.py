@@ -23,6 +23,7 @@ from ..config.reliability import reliability_settings
 from ..evaluation import VOCDetectionEvaluator
 from ..utils.safe_load import trust_checkpoint_code
 from .checks import check_num_classes, check_resume_iteration, check_yacs_training_settings
+from .lifeline import tie_loader_workers
 from .resume_settings import YACS_KEYS, ConfigWinsOnResume
 from .signals import StopOnSignal
 from .writers import training_writers
@@ -35,6 +36,15 @@ class YacsTrainer(DefaultTrainer):
         check_yacs_training_settings(cfg)  # before the model is built
         super().__init__(cfg)
         check_num_classes(self.model, cfg.DATASETS.TRAIN, yacs=True)  # the data is loaded now
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's, its worker processes tied to this one (:mod:`.lifeline`)."""
+        return tie_loader_workers(super().build_train_loader(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return tie_loader_workers(super().build_test_loader(cfg, dataset_name))
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
