@@ -354,11 +354,18 @@ class E3VATrainer(DefaultTrainer):
         """Run the loop; returns the last evaluation results (as detectron2's tools do)."""
         with torch.jit.optimized_execution(self.cfg.train.get("optimize_torchscript", False)):
             TrainerBase.train(self, self.start_iter, self.max_iter)
+        results = getattr(self, "_last_eval_results", OrderedDict())
         if comm.is_main_process():
             path = os.path.join(self.cfg.train.output_dir, "model_final_delta.pth")
-            export_delta(self._trainer.model, path, extra={"iteration": self.iter})
+            try:
+                export_delta(self._trainer.model, path, extra={"iteration": self.iter})
+            except Exception:
+                # The error ends the run before its caller logs the results: keep them.
+                logger.error("Final evaluation (the delta could not be saved): %s",
+                             dict(results))
+                raise
             logger.info("Saved the trainable weights (delta against the base) to %s", path)
-        return getattr(self, "_last_eval_results", OrderedDict())
+        return results
 
     # detectron2 0.6's DefaultTrainer saves the optimizer as a separate checkpointable, main
     # through the trainer; here it always travels with the trainer (iteration, hooks, step),
