@@ -11,11 +11,14 @@
 #   make bench       tuning-cost benchmark
 #   make compare     every tuning method fine-tuned from the shipped pre-trained Swin
 #                    (projects/transfer/compare.py; COMPARE_ARGS)
+#   make gpu-check   validate this machine's GPU(s) in <= 10 minutes (projects/gpu_check;
+#                    GPU_CHECK_ARGS); writes docs/records/gpu-check.json
 #   make clean-venv  remove $(VENV)
 #
 # Overridable: TORCH_SPEC (pip requirement(s)/options for torch, e.g. another
-# build), PYTHON3 (interpreter used to create the venv), VENV, PYTEST_ARGS,
-# TESTS, DEMO_CONFIG, DEMO_ARGS, BENCH_ARGS.  See docs/INSTALL.md.
+# build; default: TORCH_PINS from the wheels whose kernels cover this machine's GPU),
+# PYTHON3 (interpreter used to create the venv), VENV, PYTEST_ARGS, TESTS, DEMO_CONFIG,
+# DEMO_ARGS, BENCH_ARGS, GPU_CHECK_ARGS.  See docs/INSTALL.md.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -23,7 +26,13 @@ SHELL := bash
 
 PYTHON3 ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# The GPU picks the build: torch's default wheels have kernels for compute capability >= 7.5;
+# scripts/torch_spec.sh adds the CUDA 12.6 index for an older card (nvidia-smi; no GPU: the
+# default). Given TORCH_SPEC (command line or environment) wins.
+ifeq ($(origin TORCH_SPEC),undefined)
+TORCH_SPEC := $(shell bash scripts/torch_spec.sh $(TORCH_PINS))
+endif
 # loadgroup: tests that share an expensive fixture (xdist_group) run in one worker.
 PYTEST_ARGS ?= -q -n 2 --dist loadgroup
 TESTS ?= tests
@@ -31,6 +40,7 @@ DEMO_CONFIG ?= configs/Shapes/mask_rcnn_swin_demo_e3va.py
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 COMPARE_ARGS ?=
+GPU_CHECK_ARGS ?= --record gpu-check
 
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check
@@ -47,10 +57,10 @@ ifneq ($(strip $(shell cat $(TORCH_STAMP) 2>/dev/null)),$(strip $(TORCH_SPEC)))
 $(shell rm -f $(TORCH_STAMP))
 endif
 
-.PHONY: help setup demo test test-slow lint bench compare clean-venv
+.PHONY: help setup demo test test-slow lint bench compare gpu-check clean-venv
 
 help:
-	@echo "make setup | demo | test | test-slow | lint | bench | compare | clean-venv   (see docs/INSTALL.md)"
+	@echo "make setup | demo | test | test-slow | lint | bench | compare | gpu-check | clean-venv   (see docs/INSTALL.md)"
 
 $(VPY):
 	@echo ">> creating $(VENV) with $(PYTHON3) ($$($(PYTHON3) --version 2>&1))"
@@ -92,6 +102,10 @@ bench: setup
 
 compare: setup
 	$(VPY) -m projects.transfer.compare $(COMPARE_ARGS)
+
+# Exit 0: every step passed (skips listed); 1: a step failed; 3: no CUDA GPU, nothing ran.
+gpu-check: setup
+	$(VPY) -m projects.gpu_check $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -17,6 +17,7 @@ before anything is written there; see docs/RELIABILITY.md.
 """
 import contextlib
 import logging
+import os
 
 import torch
 from detectron2.config import get_cfg
@@ -129,9 +130,20 @@ def main(args):
         return lazy_main(cfg, args)
 
 
+def log_resolved_config(cfg) -> None:
+    """detectron2's default_setup logs a LazyConfig's file as written, without the command
+    line's overrides, and saves the config that runs as <output_dir>/config.yaml: log that."""
+    path = os.path.join(cfg.train.output_dir, "config.yaml")
+    if comm.is_main_process() and os.path.isfile(path):
+        with open(path) as f:
+            logger.info("Running with this config (the file and its overrides, saved as %s):"
+                        "\n%s", path, f.read())
+
+
 def lazy_main(cfg, args):
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="e3va_d2")
+    log_resolved_config(cfg)
     if args.eval_only:
         return do_eval(cfg)
     trainer = E3VATrainer(cfg)

@@ -2,7 +2,8 @@
 detectron2.
 
 Importing the package registers its backbones and the synthetic datasets (cheaply: nothing is
-generated until a dataset is used) and logs which detectron2 build it found.
+generated until a dataset is used), fvcore's flop count of fused attention, and logs which
+detectron2 build it found.
 """
 import logging
 
@@ -19,6 +20,7 @@ from .modeling import (
     build_tuning,
     swin_size,
 )
+from .utils.flops import register_flop_handles
 
 __version__ = E3VA_D2_VERSION
 __all__ = [
@@ -32,4 +34,5 @@ __all__ = [
     "swin_size",
 ]
 
+register_flop_handles()  # fvcore (and detectron2's tools) count Swin's fused attention
 logging.getLogger(__name__).info("e3va_d2 %s uses %s", __version__, detectron2_build())

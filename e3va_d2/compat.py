@@ -7,6 +7,9 @@ depends on which one is present goes through this module.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from importlib import metadata
 
 import detectron2
@@ -21,6 +24,7 @@ __all__ = [
     "HAS_COMPILED_OPS",
     "detectron2_build",
     "init_local_process_group",
+    "import_export_without_caffe2",
 ]
 
 DETECTRON2_VERSION: str = getattr(detectron2, "__version__", "unknown")
@@ -54,14 +58,18 @@ def detectron2_build() -> str:
     return f"detectron2 {DETECTRON2_VERSION}, {kind}, at {detectron2.__path__[0]}"
 
 
+def _is_v06() -> bool:
+    major_minor = tuple(int(p) for p in DETECTRON2_VERSION.split(".")[:2] if p.isdigit())
+    return major_minor < (0, 7)
+
+
 def restore_numpy_aliases() -> None:
     """detectron2 0.6 still uses ``np.int``, ``np.float`` and ``np.bool``, removed in NumPy 1.24:
     ``SemSegEvaluator``, ``PascalVOCDetectionEvaluator``, ``BitMasks`` from polygons and the
     class histogram fail without them. They meant the Python builtins, so alias those back;
     only done for detectron2 < 0.7 (main uses the builtins) and only where NumPy lacks them.
     """
-    major_minor = tuple(int(p) for p in DETECTRON2_VERSION.split(".")[:2] if p.isdigit())
-    if major_minor >= (0, 7):
+    if not _is_v06():
         return
     for name, builtin in (("int", int), ("float", float), ("bool", bool)):
         if name not in np.__dict__:
@@ -84,4 +92,35 @@ def init_local_process_group(num_workers_per_machine: int, machine_rank: int) ->
             comm._LOCAL_PROCESS_GROUP = group
 
 
+def import_export_without_caffe2() -> None:
+    """Make ``detectron2.export`` importable on detectron2 0.6 without Caffe2.
+
+    0.6's ``detectron2/export/__init__.py`` imports its Caffe2 exporter first, which needs the
+    ``caffe2`` package that torch 2 no longer ships, so ``TracingAdapter`` and everything that
+    imports it (``detectron2.utils.analysis``: flop and activation counts) fail at import.
+    detectron2 main imports the Caffe2 part only when Caffe2 is there. Do the same: the package
+    is created without running its ``__init__`` and given its Caffe2-free names.
+    """
+    if not _is_v06() or "detectron2.export" in sys.modules:
+        return
+    try:
+        importlib.import_module("detectron2.export")
+        return
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("caffe2"):
+            raise
+    spec = importlib.util.find_spec("detectron2.export")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["detectron2.export"] = package
+    detectron2.export = package  # as an import sets it
+    from detectron2.export.flatten import TracingAdapter
+    from detectron2.export.torchscript import dump_torchscript_IR, scripting_with_instances
+
+    package.TracingAdapter = TracingAdapter
+    package.dump_torchscript_IR = dump_torchscript_IR
+    package.scripting_with_instances = scripting_with_instances
+    package.__all__ = ["TracingAdapter", "dump_torchscript_IR", "scripting_with_instances"]
+
+
 restore_numpy_aliases()
+import_export_without_caffe2()

@@ -105,6 +105,11 @@ TABLES: Dict[str, Table] = {
         "--batch 2 --steps 5 --warmup 1 "
         "--no-peak --fit-batches 2 "
         "--output output/cost-spatial"),
+    "cost-amp-swin-b": Table(
+        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
+        "e3va:saved_input_dtype=float8_e4m3fn --size 512 --steps 5 --warmup 1 --amp",
+        measured_at="be4fe81"),
     "highway-time": Table(
         "docs/COST.md", "projects.benchmark.highway_time:render",
         f"{_BENCH}.highway_time --steps 10"),
@@ -146,6 +151,9 @@ TABLES: Dict[str, Table] = {
     "shared-trunk": Table(
         "docs/INFERENCE.md", "projects.benchmark.shared_trunk:render",
         f"{_BENCH}.shared_trunk --images 32"),
+    "gpu-check": Table(
+        "docs/INSTALL.md", "projects.gpu_check.runner:render", "python -m projects.gpu_check",
+        pending="no GPU run yet"),
 }
 
 

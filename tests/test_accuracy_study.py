@@ -7,7 +7,7 @@ import os
 import pytest
 
 from projects.tables import replace_block
-from projects.transfer import compare, study, study_records, study_report
+from projects.transfer import run_executor, study, study_records, study_report
 
 
 def test_committed_tables_match_the_committed_records():
@@ -121,59 +121,7 @@ def test_records_round_trip_and_curves_come_from_detectron2_metrics(tmp_path):
     assert study_records.load_records(str(tmp_path / "records")) == {"far": {rec["row"]: [rec]}}
 
 
-FINISHED = {"row": "fixed", "seed": 0, "trunk": "e3va://x.pth", "trainable_in_backbone": 0,
-            "metrics": {"bbox/AP": 70.2, "segm/AP": 75.2}, "minutes": 76.1}
-
-
-def _run(folder, checkpoints, last, metrics="m\n", finished=False):
-    folder.mkdir(parents=True)
-    for name in checkpoints:
-        (folder / name).write_bytes(name.encode())
-    (folder / "last_checkpoint").write_text(last)
-    (folder / "metrics.json").write_text(metrics)
-    (folder / "log.txt").write_text("not resume state")
-    if finished:
-        (folder / "result.json").write_text(json.dumps(FINISHED))
-
-
-def test_parked_runs_continue_on_another_checkout(tmp_path):
-    """--park keeps an unfinished run's last checkpoint, its name, its metrics and its
-    minutes so far (nothing else, one checkpoint a run); a finished run gets its record and
-    its parked state goes; a fresh output folder gets the parked state back, a run that has
-    its own checkpoint keeps it."""
-    output, parked, fresh = tmp_path / "output", tmp_path / "parked", tmp_path / "fresh"
-    _run(output / "near/runs/full/seed0", ["model_0000499.pth", "model_0000999.pth"],
-         "model_0000999.pth", metrics="curve\n")
-    (output / "near/runs/full/seed0/elapsed_minutes.json").write_text('{"minutes": 12.5}')
-    _run(output / "near/runs/fixed/seed0", ["model_0000499.pth"], "model_0000499.pth",
-         metrics=json.dumps({"iteration": 3999, "bbox/AP": 70.2, "segm/AP": 75.2}) + "\n",
-         finished=True)
-    _run(parked / "near/runs/fixed/seed0", ["model_0000499.pth"], "model_0000499.pth")
-    (parked / "near/runs/full/seed0").mkdir(parents=True)
-    (parked / "near/runs/full/seed0/model_0000499.pth").write_bytes(b"older")
-
-    records = tmp_path / "records"
-    assert study.park(str(output), str(parked), str(records)) == [
-        os.path.join("near", "runs", "full", "seed0")]
-    finished = study_records.load_records(str(records))["near"]["fixed"][0]
-    assert finished["final"] == FINISHED["metrics"]
-    kept = parked / "near/runs/full/seed0"
-    assert sorted(os.listdir(kept)) == ["elapsed_minutes.json", "last_checkpoint",
-                                        "metrics.json", "model_0000999.pth"]
-    assert (kept / "metrics.json").read_text() == "curve\n"
-    assert not (parked / "near/runs/fixed/seed0").exists()  # finished: its record is kept
-
-    assert study.unpark(str(parked), str(fresh)) == [os.path.join("near", "runs", "full", "seed0")]
-    resumed = fresh / "near/runs/full/seed0"
-    assert (resumed / "last_checkpoint").read_text() == "model_0000999.pth"
-    assert (resumed / "model_0000999.pth").read_bytes() == b"model_0000999.pth"
-    assert compare.minutes_before(str(resumed)) == 12.5  # its time so far travels with it
-    assert study.unpark(str(parked), str(output)) == []  # output's runs have their own state
-
-
 def test_runs_with_a_committed_record_are_not_run_again(tmp_path, monkeypatch):
-    from projects.transfer import compare
-
     records = tmp_path / "records"
     for row, seed in (("full", 0), ("full", 1), ("fixed", 0), ("fixed", 1), ("e3va", 0)):
         path = study_records.record_path("near", row, seed, str(records))
@@ -181,14 +129,13 @@ def test_runs_with_a_committed_record_are_not_run_again(tmp_path, monkeypatch):
         with open(path, "w") as f:
             json.dump(record("near", row, seed, 1.0), f)
     calls = []
-    monkeypatch.setattr(compare, "train_all", lambda a, threads: calls.append(
-        (a.methods, a.seeds)) or {})
+    monkeypatch.setattr(run_executor, "train_all",
+                        lambda config, opts, rows, seeds, *rest: calls.append((rows, seeds)) or {})
     args = study.parse_args(["--regimes", "near", "--rows", "full,fixed,lora,e3va",
                              "--seeds", "0,1", "--records", str(records),
-                             "--output", str(tmp_path / "out"),
-                             "--parked", str(tmp_path / "parked")])
+                             "--output", str(tmp_path / "out")])
     study.run(args)
-    assert calls == [("lora", "0,1"), ("e3va", "1")]
+    assert calls == [(["lora"], [0, 1]), (["e3va"], [1])]
 
 
 def test_curves_mark_where_the_step_schedule_drops_the_learning_rate():
@@ -292,11 +239,11 @@ def test_fit_check_finds_finished_runs_in_table_order_and_renders_the_gap(tmp_pa
 
     for regime, row, seed in (("far", "e3va", 2), ("far", "full", 1), ("near", "lora", 0),
                               ("far", "full", 0), ("far", "e3va:zero_init=True", 0)):
-        folder = tmp_path / compare.run_folder(regime, row, seed)
+        folder = tmp_path / run_executor.run_folder(regime, row, seed)
         folder.mkdir(parents=True)
         (folder / "model_final.pth").write_bytes(b"")
         (folder / "result.json").write_text(json.dumps({"row": row, "seed": seed}))
-    unfinished = tmp_path / compare.run_folder("far", "lora", 0)
+    unfinished = tmp_path / run_executor.run_folder("far", "lora", 0)
     unfinished.mkdir(parents=True)
     (unfinished / "model_final.pth").write_bytes(b"")  # a checkpoint, but no result yet
     runs = fit_check.finished_runs(str(tmp_path), ["near", "far"])
@@ -324,9 +271,9 @@ def test_a_row_with_options_gets_its_own_folder_and_config():
     from e3va_d2.config import tuned_swin_node
 
     row = "e3va_spatial:conv_kernels=()"
-    folder = compare.run_folder("out/far", row, 1)
+    folder = run_executor.run_folder("out/far", row, 1)
     assert folder == os.path.join("out/far", "runs", "e3va_spatial__conv_kernels=()", "seed1")
-    cfg = compare.run_config(os.path.join(study_records.ROOT, study_records.REGIMES["far"]),
+    cfg = run_executor.run_config(os.path.join(study_records.ROOT, study_records.REGIMES["far"]),
                              ["train.max_iter=7"], row, 1, folder)
     assert (cfg.train.output_dir, cfg.train.seed, cfg.train.max_iter) == (folder, 1, 7)
     tuning = tuned_swin_node(cfg.model).tuning

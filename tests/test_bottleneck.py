@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from e3va_d2.engine.cost import saved_activation_bytes
 from e3va_d2.layers import recomputed_bottleneck
+from projects.benchmark.measure import saved_activation_bytes
 
 
 def chain(x, layers, gelu_at):

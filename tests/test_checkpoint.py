@@ -533,39 +533,14 @@ def as_written_before_the_rename(state: dict) -> dict:
     return renamed
 
 
-def test_rename_of_old_highway_keys_is_exact():
-    from e3va_d2.modeling.highway import rename_legacy_highway_keys
-
-    old = {"backbone.bottom_up.side.layers.0.blocks.1.mlp_adapter.up.bias": 1,
-           "side.downsample.2.reduction.weight": 2,
-           "backbone.bottom_up.trunk.norm0.weight": 3,
-           "roi_heads.side.weight": 4}  # not a highway: no layers/downsample below it
-    assert rename_legacy_highway_keys(old) == {
-        "backbone.bottom_up.highway.layers.0.blocks.1.mlp_adapter.up.bias": 1,
-        "highway.downsample.2.reduction.weight": 2,
-        "backbone.bottom_up.trunk.norm0.weight": 3,
-        "roi_heads.side.weight": 4,
-    }
-
-
-def test_old_full_checkpoint_with_side_keys_loads(trained, official_file, tmp_path):
-    path = str(tmp_path / "old_model.pth")
-    torch.save({"model": as_written_before_the_rename(trained.state_dict()), "iteration": 7}, path)
-    model = fresh_base(official_file)
-    assert E3VACheckpointer(model).load(path) == {"iteration": 7}
-    expected = trained.state_dict()
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, expected[k]), k
-
-
-def test_old_delta_with_side_keys_loads(trained, official_file, tmp_path):
+def test_a_delta_with_pre_release_side_keys_is_refused_by_name(trained, official_file, tmp_path):
+    """The pre-release rename shim is gone: a delta that calls the highway "side" is refused,
+    naming the tensors it lacks, never loaded with a random highway."""
     path = str(tmp_path / "old_delta.pth")
     export_delta(trained, path)
     payload = torch.load(path, weights_only=True)
     payload["tensors"] = as_written_before_the_rename(payload["tensors"])
     torch.save(payload, path)
-    model = fresh_base(official_file)
-    load_delta(model, path)  # strict: every trained tensor found under its new name
-    expected = trained.state_dict()
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, expected[k]), k
+    with pytest.raises(Exception, match=r"not in the delta: \[.*highway\.") as refused:
+        load_delta(fresh_base(official_file), path)
+    assert "not trained by the model" in str(refused.value)

@@ -1,6 +1,7 @@
-"""A comparison (or the accuracy study, which runs through it) stops with its runs: SIGTERM
-reaches every run, which saves where it is, and no queued run starts; a comparison killed
-outright takes its runs with it instead of leaving them training into the output folder."""
+"""A comparison (or the accuracy study: both run through projects/transfer/run_executor.py)
+stops with its runs: SIGTERM reaches every run, which saves where it is, and no queued run
+starts; a comparison killed outright takes its runs with it instead of leaving them training
+into the output folder."""
 import glob
 import os
 import signal

@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from e3va_d2.engine import cost
 from e3va_d2.modeling import (
     DualLowRankLinear,
     E3VATuning,
@@ -15,6 +14,7 @@ from e3va_d2.modeling import (
     swin_size,
 )
 from e3va_d2.modeling.tuning import TuningMethod
+from projects.benchmark import measure
 
 from .conftest import TINY_SWIN
 
@@ -70,14 +70,20 @@ def test_dual_low_rank_init_readings():
         DualLowRankLinear(8, 8, rank=2, init="xavier")
 
 
-def test_default_adapter_starts_near_a_tenth_of_its_input_the_literal_reading_far_above():
-    """What the default is for: a random term small against the branch it adapts."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 49, 128)
-    ratios = {init: (HighwayAdapter(128, 64, rank=8, init=init).branch(x).norm() / x.norm()).item()
-              for init in ("lorand", "kaiming_fan_in")}
-    assert 0.03 < ratios["lorand"] < 0.5, ratios
-    assert ratios["kaiming_fan_in"] > 2, ratios
+def test_default_adapter_starts_at_about_a_sixth_of_its_input_the_literal_reading_far_above():
+    """What the default is for: a random term small against the branch it adapts. The docs say
+    "about a sixth" (docs/records/adapter-init.json: median 0.158 on the scenes trunk) and "five
+    times" for the literal reading (5.66); a tenth, as the docs once said, fails here."""
+    ratios = {"lorand": [], "kaiming_fan_in": [], "trunc_normal": []}
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x = torch.randn(4, 49, 128)
+        for init, found in ratios.items():
+            branch = HighwayAdapter(128, 64, rank=8, init=init).branch(x)
+            found.append((branch.norm() / x.norm()).item())
+    assert all(0.12 < r < 0.2 for r in ratios["lorand"]), ratios
+    assert all(4 < r < 8 for r in ratios["kaiming_fan_in"]), ratios
+    assert all(r < 1e-3 for r in ratios["trunc_normal"]), ratios
 
 
 @pytest.mark.parametrize("kind", ["dual_low_rank", "standard"])
@@ -106,12 +112,18 @@ def test_zeroed_highway_equals_frozen_backbone_exactly(structure, size):
     assert all(out.requires_grad for out in a.values())  # yet the highway is live
 
 
-def test_paper_initialisation_moves_features_away_from_frozen_model():
+def test_default_initialisation_moves_every_level_away_from_the_frozen_model():
+    """Unlike zero_init, the default highway starts away from the frozen features at every
+    output level, by a tenth of their norm or more (0.2-0.7 here): a start that training must
+    first undo, not a rounding error (the test asserted only "not allclose")."""
     torch.manual_seed(0)
     e3va, fixed = tiny("e3va"), tiny("fixed")
     fixed.trunk.load_state_dict(e3va.trunk.state_dict())
     images = torch.randn(1, 3, 64, 64)
-    assert not torch.allclose(e3va(images)["p3"], fixed(images)["p3"])
+    frozen, moved = fixed(images), e3va(images)
+    for level in ("p0", "p1", "p2", "p3"):
+        distance = ((moved[level] - frozen[level]).norm() / frozen[level].norm()).item()
+        assert distance > 0.1, (level, distance)
 
 
 def test_trunk_stays_in_eval_mode_and_deterministic_when_model_trains():
@@ -139,7 +151,7 @@ def test_gradients_reach_only_the_highway_and_output_norms():
 def saved_bytes_by_module(model, images):
     """Bytes saved for backward by one forward (each storage once, parameters excluded), per
     innermost module running when autograd saved them."""
-    return cost.saved_bytes_by_module(lambda: model(images), model)
+    return measure.saved_bytes_by_module(lambda: model(images), model)
 
 
 def test_frozen_trunk_saves_nothing_for_backward():

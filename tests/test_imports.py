@@ -125,6 +125,28 @@ def test_no_import_cycles_between_subpackages():
     assert cycles(dict(graph)) == []
 
 
+def imports_of_projects(path: str) -> List[str]:
+    """The imports of ``projects`` (or any module under it) anywhere in the file at ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "projects"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] == "projects":
+                found.append(node.module)
+    return found
+
+
+def test_the_library_never_imports_the_lab(tmp_path):
+    """``e3va_d2`` is what a user imports; ``projects/`` (benchmarks, studies, pre-training)
+    builds on it, never the other way: a user's install has no ``projects``."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from projects.benchmark import measure\nimport projects\n")
+    assert sorted(imports_of_projects(str(probe))) == ["projects", "projects.benchmark"]
+    found = {module: imports_of_projects(path) for module, path in modules().items()}
+    assert {m: names for m, names in found.items() if names} == {}
+
+
 def test_no_two_modules_share_a_file_name():
     names = collections.defaultdict(list)
     for folder in (PACKAGE, "projects"):

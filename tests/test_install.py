@@ -22,11 +22,13 @@ standin_only = pytest.mark.skipif(
 )
 
 
-def test_c_extension_imports():
-    from detectron2 import _C as c
-
-    assert c is _C
-    assert hasattr(c, "__file__")
+def test_c_extension_answers_what_detectron2_asks_of_it():
+    """``detectron2.utils.collect_env`` asks ``_C`` for its compiler and CUDA versions and whether
+    it has CUDA; a compiled build and the stand-in must both answer (the test here asserted only
+    that an imported module is itself)."""
+    assert isinstance(_C.get_compiler_version(), str) and _C.get_compiler_version()
+    assert isinstance(_C.get_cuda_version(), str)
+    assert isinstance(_C.has_cuda(), bool)
 
 
 @standin_only

@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
-from e3va_d2.engine import cost
 from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin
 from e3va_d2.modeling.tuning import SpatialE3VATuning
-from e3va_d2.utils.memory import CATEGORIES, step_peak_memory
+from projects.benchmark.measure import saved_bytes_by_module
+from projects.benchmark.peak_memory import CATEGORIES, step_peak_memory
 
 from .conftest import TINY_SWIN
 
@@ -126,7 +126,7 @@ def test_recomputed_branches_keep_one_stream_tensor_per_stage_or_block():
     saved = {}
     for per in (None, "block", "stage"):
         model = tiny(E3VATuning(recompute_branches=per)).train()
-        saved[per] = cost.saved_bytes_by_module(functools.partial(model, images), model)
+        saved[per] = saved_bytes_by_module(functools.partial(model, images), model)
     stream = [2 * (24 // 2**i) ** 2 * 32 * 2**i * 4 for i in range(4)]  # B * tokens * C floats
     assert saved["stage"]["highway.branch_recompute"] == sum(stream)
     assert saved["block"]["highway.branch_recompute"] == 2 * sum(stream)  # two blocks per stage
@@ -137,14 +137,22 @@ def test_recomputed_branches_keep_one_stream_tensor_per_stage_or_block():
         assert others == {m: b for m, b in saved[None].items() if not m.endswith("_adapter")}
 
 
-def test_recomputed_branches_do_not_change_inference():
+def test_recomputed_branches_do_not_change_the_outputs():
+    """In eval mode (no drop path) with gradients on, the recomputing forward runs (it keeps its
+    stage tensors) and gives the default's outputs bit for bit; without gradients (inference)
+    the plain forward runs and gives them too. (This test ran only the second case, where both
+    models take the same path and nothing recomputes.)"""
     torch.manual_seed(0)
     default, recomputing = tiny("e3va").eval(), tiny(E3VATuning(recompute_branches="stage")).eval()
     recomputing.load_state_dict(default.state_dict())
     images = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        a, b = default(images), recomputing(images)
+    saved = saved_bytes_by_module(functools.partial(recomputing, images), recomputing)
+    assert saved.get("highway.branch_recompute", 0) > 0  # the recompute path ran
+    a, b = default(images), recomputing(images)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        c = recomputing(images)
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_memory_options_are_validated():
@@ -176,7 +184,7 @@ def test_narrow_trunk_runs_blocks_narrow_and_keeps_the_highway_float32(dtype):
         p for i in trunk.out_indices for p in getattr(trunk, f"norm{i}").parameters()]
     assert all(p.dtype == torch.float32 for p in float32)
     images = torch.randn(2, 3, 96, 96)
-    saved_wide, saved_narrow = (cost.saved_bytes_by_module(lambda m=m: m(images), m)
+    saved_wide, saved_narrow = (saved_bytes_by_module(lambda m=m: m(images), m)
                                 for m in (wide, narrow))
     # Adapters keep their inputs as the narrow trunk made them; nothing else changes.
     for name, nbytes_wide in saved_wide.items():
@@ -204,7 +212,7 @@ def test_narrow_trunk_recomputing_branches_is_exact_and_keeps_the_narrow_stream(
     for (name, p), q in zip(default.named_parameters(), recomputing.parameters()):
         if p.requires_grad:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-7, msg=name)
-    saved = cost.saved_bytes_by_module(lambda: recomputing(images), recomputing)
+    saved = saved_bytes_by_module(lambda: recomputing(images), recomputing)
     stream = [2 * (16 // 2**i) ** 2 * 32 * 2**i for i in range(4)]  # B * tokens * C
     assert saved["highway.branch_recompute"] == 2 * sum(stream)
 

@@ -1,6 +1,7 @@
 """The PEFT LoRA comparison: HF PEFT's LoRA lands where it should in our Swin, trains only its
 factors and the output norms, starts at the frozen model's function, and the script reports
-E3VA's ratios from one run. Skipped without ``peft`` (``pip install -e .[peft]``)."""
+E3VA's ratios from one run. ``peft`` is in the test extras (``make setup``), so CI runs them;
+a checkout without it skips them."""
 import json
 import os
 
@@ -71,7 +72,7 @@ def test_peft_peer_script_reports_ratios_from_one_run(tmp_path):
     assert ratios["e3va"]["backbone_step_ratio"] > 0 and "peak_above_fixed" in ratios["e3va"]
     text = (tmp_path / "peft_peer.md").read_text()
     assert "| peft_lora |" in text and "- e3va: backbone step" in text
-    assert "PEFT LoRA's (goal <= 0.40x)" in text
+    assert "goal" not in text  # what was measured, not an issue's target
     saved_ratios = json.loads((tmp_path / "peft_peer.json").read_text())["ratios"]
     assert saved_ratios.keys() == ratios.keys()
     for method, values in ratios.items():

@@ -2,18 +2,19 @@
 one different ones), demo.py writes one picture per input for detection and segmentation, and
 curves.py draws a metrics.json."""
 import json
+import logging
 import os
 
 import numpy as np
 import pytest
 import torch
-from detectron2.config import instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from PIL import Image
 
 from e3va_d2.checkpoint import export_delta
-from e3va_d2.config import load_config
+from e3va_d2.config import ConfigError, load_config
 from e3va_d2.engine.predictor import Predictor
 from projects.demo import curves, demo
 
@@ -23,7 +24,8 @@ MASK_RCNN = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
 
 
 def test_predictor_takes_either_channel_order():
-    predictor = Predictor(load_config(UPERNET, ["train.device=cpu"]), checkpoint="")
+    predictor = Predictor(load_config(UPERNET, ["train.device=cpu"]), checkpoint="",
+                          allow_untrained=True)
     path = DatasetCatalog.get("shapes_sem_seg_mini_val")[0]["file_name"]
     rgb = read_image(path, format="RGB")
     from_rgb = predictor(rgb, image_format="RGB")["sem_seg"]
@@ -74,3 +76,29 @@ def test_demo_draws_several_tasks_on_one_trunk(tmp_path):
                             "--opts", "train.device=cpu"])
     source = Image.open(DatasetCatalog.get("shapes_mini_val")[0]["file_name"])
     assert Image.open(written).size == (2 * 2 * source.size[0], 2 * source.size[1])
+
+
+def test_predictor_refuses_an_untrained_model_as_the_cli_does():
+    cfg = load_config(MASK_RCNN, ["train.device=cpu"])
+    with pytest.raises(ConfigError, match="never trained.*checkpoint=.*allow_untrained=True"):
+        Predictor(cfg)
+    assert Predictor(cfg, allow_untrained=True).untrained
+    cfg.train.eval_untrained = True
+    assert Predictor(cfg).untrained
+
+
+def test_demo_says_when_nothing_passes_the_threshold(tmp_path, capsys):
+    demo.main(["--config-file", MASK_RCNN, "--dataset", "shapes_mini_val", "--num-images", "1",
+               "--output", str(tmp_path), "--confidence-threshold", "1.01",
+               "--opts", "train.device=cpu", "train.eval_untrained=True"])
+    assert "no prediction scores at least --confidence-threshold=1.01" in capsys.readouterr().out
+
+
+def test_train_net_logs_the_config_with_its_overrides(tmp_path, caplog):
+    import train_net
+
+    cfg = load_config(MASK_RCNN, ["train.max_iter=7", f"train.output_dir={tmp_path}"])
+    LazyConfig.save(cfg, str(tmp_path / "config.yaml"))  # what default_setup saves
+    with caplog.at_level(logging.INFO, logger="e3va_d2"):
+        train_net.log_resolved_config(cfg)
+    assert "max_iter: 7" in caplog.text and str(tmp_path / "config.yaml") in caplog.text

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from e3va_d2.data.pretext import (
+from e3va_d2.data.shapes_render import THING_CLASSES
+from projects.pretrain import pretrain_swin
+from projects.pretrain.pretext import (
     BACKGROUND,
     SCENE_CLASSES,
     STYLES,
@@ -18,8 +21,6 @@ from e3va_d2.data.pretext import (
     render_scene,
     token_labels,
 )
-from e3va_d2.data.shapes_render import THING_CLASSES
-from projects.pretrain import pretrain_swin
 
 
 def test_scenes_are_a_function_of_their_index():
@@ -117,3 +118,16 @@ def test_the_shipped_layout_is_the_official_classifier(tmp_path):
     state = torch.load(tmp_path / "swin.pth", weights_only=True)["model"]
     assert "norm.weight" in state and "head.weight" in state
     assert not any(k.startswith(("norm2", "norm3", "dense", "style")) for k in state)
+
+
+@pytest.mark.parametrize("option", ["--record", "--plot"])
+def test_a_run_folder_without_its_state_is_refused_by_name(tmp_path, option):
+    """Run state is not committed, so on a fresh clone the shipped trunk's run folder is empty:
+    --record and --plot say what is missing and where the committed curve is (--record failed
+    with a bare FileNotFoundError)."""
+    argv = ["--run-dir", str(tmp_path), option] + (["pretrain-scenes"] if option == "--record"
+                                                  else [])
+    with pytest.raises(SystemExit, match="no last_checkpoint.pth or metrics.jsonl") as stop:
+        pretrain_swin.main(argv)
+    assert "docs/records/pretrain-scenes.json" in str(stop.value)
+    assert os.listdir(tmp_path) == []  # nothing written, the docs table untouched

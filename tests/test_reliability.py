@@ -12,8 +12,8 @@ from detectron2.utils.events import EventStorage
 
 from e3va_d2.checkpoint import export_delta, load_delta
 from e3va_d2.config import load_config
-from e3va_d2.engine.cost import synthetic_detection_batch
 from e3va_d2.layers import adapt_sync_batchnorm
+from projects.benchmark.measure import synthetic_detection_batch
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DEMOS = {

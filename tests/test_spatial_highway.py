@@ -5,10 +5,10 @@ read the highway's deviation, and parameter counts that match the formula."""
 import pytest
 import torch
 
-from e3va_d2.engine import cost
 from e3va_d2.modeling import SwinTransformer, TunedSwin, build_tuning
 from e3va_d2.modeling.spatial_highway import GridMixer
 from e3va_d2.modeling.tuning import SpatialE3VATuning
+from projects.benchmark.measure import saved_bytes_by_module
 
 from .conftest import TINY_SWIN
 
@@ -74,12 +74,12 @@ def test_it_keeps_what_e3va_keeps_and_nothing_of_the_trunk():
     images = torch.randn(2, 3, 96, 96)
     e3va = TunedSwin(trunk=SwinTransformer(**TINY_SWIN), tuning="e3va").train()
     spatial = tiny(stage_mixer=False)
-    saved = cost.saved_bytes_by_module(lambda: spatial(images), spatial)
+    saved = saved_bytes_by_module(lambda: spatial(images), spatial)
     assert not [m for m in saved if m.startswith("trunk.layers")]
     # The convolutions and the deviation are recomputed: each adapter keeps one B x L x C input.
-    assert saved == cost.saved_bytes_by_module(lambda: e3va(images), e3va)
+    assert saved == saved_bytes_by_module(lambda: e3va(images), e3va)
     mixed = tiny()  # the default adds the stage mixers
-    saved_mixed = cost.saved_bytes_by_module(lambda: mixed(images), mixed)
+    saved_mixed = saved_bytes_by_module(lambda: mixed(images), mixed)
     assert not [m for m in saved_mixed if m.startswith("trunk.layers")]
     extra = {m: b for m, b in saved_mixed.items() if "stage_mixers" in m}
     assert {m: b for m, b in saved_mixed.items() if m not in extra} == saved

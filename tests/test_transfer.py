@@ -9,7 +9,7 @@ import torch
 
 from e3va_d2 import engine
 from e3va_d2.engine.signals import TrainingStopped
-from projects.transfer import compare
+from projects.transfer import compare, run_executor
 
 TINY = [
     "train.max_iter=3",
@@ -54,19 +54,19 @@ def test_overrides_reach_the_swapped_tuning_method(tmp_path):
     silently dropped when the swap came after them)."""
     config = os.path.join(os.path.dirname(__file__), "..", compare.DEFAULT_CONFIG)
     zero = "model.backbone.bottom_up.tuning.zero_init=True"
-    cfg = compare.run_config(config, [zero], "e3va", 0, str(tmp_path))
+    cfg = run_executor.run_config(config, [zero], "e3va", 0, str(tmp_path))
     assert cfg.model.backbone.bottom_up.tuning.zero_init is True
     assert cfg.train.seed == 0 and cfg.train.output_dir == str(tmp_path)
-    floor = compare.run_config(config, [], compare.FLOOR, 1, str(tmp_path))
-    assert compare.trunk_source(floor) == "random" and floor.train.seed == 1
-    assert compare.trunk_source(cfg).startswith("e3va://")
+    floor = run_executor.run_config(config, [], run_executor.FLOOR, 1, str(tmp_path))
+    assert run_executor.trunk_source(floor) == "random" and floor.train.seed == 1
+    assert run_executor.trunk_source(cfg).startswith("e3va://")
 
 
 def test_minutes_count_every_session_of_a_resumed_run(tmp_path, monkeypatch):
     """A run stopped after 10 minutes and finished in 10 more reports 20 (it reported the last
     session's 10: a parked run's record understated its time)."""
     clock = types.SimpleNamespace(now=1000.0)
-    monkeypatch.setattr(compare, "time", types.SimpleNamespace(time=lambda: clock.now))
+    monkeypatch.setattr(run_executor, "time", types.SimpleNamespace(time=lambda: clock.now))
 
     class TenMinuteSessions:
         stop = True
@@ -86,8 +86,8 @@ def test_minutes_count_every_session_of_a_resumed_run(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "E3VATrainer", TenMinuteSessions)
     config = os.path.join(os.path.dirname(__file__), "..", compare.DEFAULT_CONFIG)
     with pytest.raises(TrainingStopped):
-        compare.train_one(config, [], "e3va", 0, str(tmp_path), threads=1)
-    assert compare.minutes_before(str(tmp_path)) == 10
+        run_executor.train_one(config, [], "e3va", 0, str(tmp_path), threads=1)
+    assert run_executor.minutes_before(str(tmp_path)) == 10
     TenMinuteSessions.stop = False
-    result = compare.train_one(config, [], "e3va", 0, str(tmp_path), threads=1)
+    result = run_executor.train_one(config, [], "e3va", 0, str(tmp_path), threads=1)
     assert result["minutes"] == 20 and result["metrics"] == {"bbox/AP": 50.0}

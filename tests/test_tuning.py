@@ -7,7 +7,7 @@ import torch
 from e3va_d2.modeling import SwinTransformer, TunedSwin, swin_size
 from e3va_d2.modeling.tuning import TUNING_METHODS, E3VATuning, build_tuning
 from e3va_d2.modeling.tuning.inserted import insert_into_blocks
-from e3va_d2.paper import TRAINABLE_BACKBONE_MILLIONS
+from projects.paper import TRAINABLE_BACKBONE_MILLIONS
 
 from .conftest import TINY_SWIN
 
@@ -127,6 +127,44 @@ def test_method_options_are_checked():
     with pytest.raises(ValueError, match="trunk has"):
         TunedSwin(trunk=SwinTransformer(**TINY_SWIN),
                   tuning=build_tuning("partial1", last_blocks=99))
+
+
+def test_method_specs_carry_options_and_bad_ones_are_value_errors():
+    from e3va_d2.modeling.tuning import parse_method_spec, parse_method_specs
+
+    assert parse_method_specs("full, e3va_spatial:conv_kernels=(3,5,7),lora") == [
+        "full", "e3va_spatial:conv_kernels=(3,5,7)", "lora"]  # a tuple's commas stay in it
+    assert parse_method_spec("e3va_spatial:conv_kernels=(3,5,7)")[1] == {
+        "conv_kernels": (3, 5, 7)}
+    assert parse_method_spec("e3va:saved_input_dtype=bfloat16:rank=4") == (
+        "e3va", {"saved_input_dtype": "bfloat16", "rank": 4})
+    assert parse_method_spec("lora") == ("lora", {})
+    for spec, problem in (("lorra", "unknown tuning method 'lorra'"),
+                          ("e3va:saved_input_dtype=int8", "saved_input_dtype='int8'"),
+                          ("e3va:rank", "expected key=value"),
+                          ("e3va:=4", "expected key=value"),
+                          ("lora:zero_init=True", "zero_init is not an option of 'lora'"),
+                          (" , ", "no tuning method")):
+        with pytest.raises(ValueError, match=problem) as error:
+            parse_method_specs(spec)
+        assert not isinstance(error.value, SystemExit)
+
+
+@pytest.mark.parametrize("method, option", [("lora", "scale"), ("adaptformer", "learnable_scale"),
+                                            ("bitfit", "include_position_bias")])
+def test_options_nobody_set_are_gone(method, option):
+    """Options no config, record or test ever set (one more thing to read and to keep working);
+    a config that names one now gets the method's options instead of a silent no-op."""
+    with pytest.raises(ValueError, match=f"{option} is not an option of '{method}'"):
+        build_tuning(method, **{option: True})
+
+
+def test_the_swin_checkpointing_key_nobody_set_is_gone():
+    from detectron2.config import get_cfg
+
+    from e3va_d2.config import add_e3va_config
+
+    assert "USE_CHECKPOINT" not in add_e3va_config(get_cfg()).MODEL.SWIN
 
 
 def test_name_is_what_the_config_said():

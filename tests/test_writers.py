@@ -1,5 +1,7 @@
 """The console printer survives a second write at one iteration (a run stopped by SIGTERM in
 its first steps writes again from ``PeriodicWriter.after_train``)."""
+import logging
+
 import pytest
 from detectron2.utils.events import CommonMetricPrinter, EventStorage
 
@@ -22,7 +24,26 @@ def test_detectron2_printer_divides_by_zero_on_a_second_write():
 
 
 def test_once_per_iteration_printer_writes_once():
-    _write_twice_at_iteration_one(OncePerIterationPrinter(max_iter=100))
+    """One line per iteration: iteration 0's, then iteration 1's once although written three
+    times (detectron2's printer would print each call, or fail as above)."""
+    printer = OncePerIterationPrinter(max_iter=100)
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler, level = Collect(), printer.logger.level
+    printer.logger.addHandler(handler)
+    printer.logger.setLevel(logging.INFO)
+    try:
+        _write_twice_at_iteration_one(printer)
+    finally:
+        printer.logger.removeHandler(handler)
+        printer.logger.setLevel(level)
+    assert len(lines) == 2, lines
+    assert "iter: 0" in lines[0] and "iter: 1" in lines[1], lines
+    assert "total_loss: 1 " in lines[0] and "total_loss: 0.75" in lines[1], lines  # a median
 
 
 def test_training_writers_swap_only_the_console_printer(tmp_path):

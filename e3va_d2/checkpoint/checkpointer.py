@@ -27,7 +27,6 @@ from detectron2.engine import hooks
 from torch import Tensor, nn
 
 from ..modeling.backbone import TunedSwin
-from ..modeling.highway import rename_legacy_highway_keys
 from ..modeling.pretrained import (
     CheckpointReadError,
     check_pretrained_state,
@@ -172,8 +171,7 @@ class E3VACheckpointer(DetectionCheckpointer):
         tuned = self._tuned_swins()
         if not tuned:
             return loaded
-        # Checkpoints written before the highway had one name call it "side".
-        state = rename_legacy_highway_keys(strip_prefix(loaded["model"]))
+        state = strip_prefix(loaded["model"])
         loaded["model"] = state
         if any(f"{_prefix(path)}trunk.patch_embed.proj.weight" in state for path, _ in tuned):
             return loaded  # a checkpoint of this model (resume, evaluation): keys already match

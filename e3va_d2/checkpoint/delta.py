@@ -1,8 +1,9 @@
 """Delta checkpoints: only what training changed, bound to the frozen base it applies to.
 
-:func:`export_delta` stores the trainable tensors (a few MB for E3VA) and the buffers training
-can change, plus a sha256 fingerprint of everything else; :func:`load_delta` refuses a delta on
-another base or with another trainable set.
+:func:`export_delta` stores the trainable tensors (for E3VA the highway, output norms, neck
+and heads: about 213 MB on Cascade Mask R-CNN Swin-B, of a 560 MB model) and the buffers
+training can change, plus a sha256 fingerprint of everything else; :func:`load_delta` refuses
+a delta on another base or with another trainable set.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from torch import Tensor, nn
 
 from ..compat import E3VA_D2_VERSION
 from ..modeling.backbone import tuned_swins
-from ..modeling.highway import rename_legacy_highway_keys
 from ..modeling.pretrained import CheckpointReadError
 from ..utils.safe_load import UnsafeCheckpointError, read_checkpoint_file
 from ..utils.state import unwrap_ddp
@@ -174,8 +174,7 @@ def load_delta(model: nn.Module, path: str, strict: bool = True) -> dict:
                                        f"values (a diverged run), e.g. {bad[:4]}")
     model = unwrap_ddp(model)
     state, trainable, buffers, base = _split_state(model)
-    # Deltas written before the highway had one name call it "side".
-    tensors: Dict[str, Tensor] = rename_legacy_highway_keys(payload["tensors"])
+    tensors: Dict[str, Tensor] = payload["tensors"]
     wanted = trainable + buffers
     problems = []
     missing = [k for k in wanted if k not in tensors]

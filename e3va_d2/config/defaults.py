@@ -42,7 +42,6 @@ def add_e3va_config(cfg: CN) -> CN:
     cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
     cfg.MODEL.SWIN.PATCH_SIZE = 4
     cfg.MODEL.SWIN.OUT_FEATURES = ["p0", "p1", "p2", "p3"]
-    cfg.MODEL.SWIN.USE_CHECKPOINT = False
     # A pre-trained Swin loaded into the trunk as the model is built (TunedSwin's ``weights``),
     # so detectron2's plain DetectionCheckpointer (MODEL.WEIGHTS) never has to read Swin layouts.
     cfg.MODEL.SWIN.WEIGHTS = ""

@@ -6,6 +6,7 @@ Importing this package registers ``shapes_{train,val}``, ``shapes_sem_seg_{train
 the files are only generated when a dataset is first loaded).
 """
 
+from .coco_json import read_coco_json, register_coco_json
 from .datasets import (
     DatasetError,
     check_sem_seg_labels,
@@ -29,6 +30,8 @@ __all__ = [
     "load_dataset_dicts",
     "load_sem_seg_dicts",
     "load_voc_dicts",
+    "read_coco_json",
+    "register_coco_json",
     "register_shapes",
     "register_shapes_voc",
     "validate_dataset_dicts",

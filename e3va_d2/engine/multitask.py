@@ -76,7 +76,8 @@ class MultiTaskPredictor:
         if not tasks:
             raise ValueError("no tasks given")
         self.predictors: OrderedDict[str, Predictor] = OrderedDict(
-            (name, Predictor(cfg, checkpoint=base, delta=delta or ""))
+            # each task's delta is checked below, against the shared base
+            (name, Predictor(cfg, checkpoint=base, delta=delta or "", allow_untrained=True))
             for name, (cfg, delta) in tasks.items())
         self.trunk_pass = SharedTrunkPass()
         swins = {name: _tuned_swin(p.model, name) for name, p in self.predictors.items()}

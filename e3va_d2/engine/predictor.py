@@ -3,8 +3,10 @@
 One image in (numpy, H x W x 3, BGR as detectron2's or RGB: say which), one output dict out,
 with the test mapper's augmentations (resizing) and image format of ``cfg.dataloader.test``.
 Weights: ``train.init_checkpoint`` (a model trained here, or its base), then
-``train.delta_checkpoint`` if set; arguments override both. ``untrained`` lists the trainable
-tensors no file provided (tools refuse to show predictions of a model that never trained).
+``train.delta_checkpoint`` if set; arguments override both. A model whose trainable tensors no
+file provided is refused, as ``train_net.py --eval-only`` refuses it (its adapters and heads are
+random: its predictions would be noise); ``allow_untrained=True`` or ``train.eval_untrained=True``
+builds it anyway, and ``untrained`` lists those tensors.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from detectron2.data import transforms as T
 
 from ..checkpoint import E3VACheckpointer, load_delta
 from ..config.reliability import reliability_settings
+from ..errors import ConfigError
 from ..utils.safe_load import trust_checkpoint_code
 from .trainer import E3VATrainer, test_dataset_names
 
@@ -27,7 +30,8 @@ FORMATS = ("BGR", "RGB")
 
 
 class Predictor:
-    def __init__(self, cfg, checkpoint: Optional[str] = None, delta: Optional[str] = None):
+    def __init__(self, cfg, checkpoint: Optional[str] = None, delta: Optional[str] = None,
+                 allow_untrained: Optional[bool] = None):
         self.cfg = cfg
         self.model = E3VATrainer.build_model(cfg).eval()  # device, SyncBN as in training
         checkpoint = cfg.train.get("init_checkpoint", "") if checkpoint is None else checkpoint
@@ -41,6 +45,16 @@ class Predictor:
         if delta:
             load_delta(self.model, delta)
         self.untrained = [] if delta else checkpointer.untrained
+        if allow_untrained is None:
+            allow_untrained = cfg.train.get("eval_untrained", False)
+        if self.untrained and not allow_untrained:
+            raise ConfigError(
+                f"Predictor: {len(self.untrained)} trainable tensors of the model were never "
+                f"trained (e.g. {self.untrained[:3]}): no trained checkpoint was given "
+                f"(checkpoint={checkpoint!r}). Pass checkpoint=<a trained model_final.pth> "
+                "(default: train.init_checkpoint), or the base it was trained from and "
+                "delta=<its model_final_delta.pth>; allow_untrained=True (or "
+                "train.eval_untrained=True) predicts with the untrained model anyway.")
         mapper = cfg.dataloader.test.mapper
         self.augmentations = T.AugmentationList(
             [instantiate(a) for a in mapper.get("augmentations", [])])

@@ -1,13 +1,13 @@
 """The training step: forward, backward and update, with mixed precision on CUDA *and* CPU.
 
-The one step every trainer (:class:`~e3va_d2.engine.trainer.E3VATrainer`) and the cost
-benchmark (:class:`~e3va_d2.engine.cost.TrainingStep`) take, so that what is measured is what
-trains. detectron2 0.6's ``AMPTrainer`` refuses CPU models; :class:`MixedPrecision` runs fp16 +
-GradScaler (or bf16) on CUDA and bf16 autocast on CPU, and is the only place that touches the
-grad scaler. :class:`TrainStep` calls every detectron2 hook method (``after_backward`` too,
-which detectron2 0.6's hooks lack and main's have), counts the steps the scaler skipped for
-overflow, and checks once, after the first backward, that every trainable parameter received a
-gradient.
+The one training step: every trainer (:class:`~e3va_d2.engine.trainer.E3VATrainer`) takes it,
+and so do the benchmarks (``projects/benchmark/measure.py`` times and measures this very step),
+so that what is measured is what trains. detectron2 0.6's ``AMPTrainer`` refuses CPU models;
+:class:`MixedPrecision` runs fp16 + GradScaler (or bf16) on CUDA and bf16 autocast on CPU, and
+is the only place that touches the grad scaler. :class:`TrainStep` calls every detectron2 hook
+method (``after_backward`` too, which detectron2 0.6's hooks lack and main's have), counts the
+steps the scaler skipped for overflow, and checks once, after the first backward, that every
+trainable parameter received a gradient.
 """
 from __future__ import annotations
 

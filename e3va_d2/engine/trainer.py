@@ -36,6 +36,7 @@ from ..compat import HAS_COMPILED_OPS, detectron2_build
 from ..config.reliability import reliability_settings
 from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
+from ..utils.cuda_build import check_cuda_build
 from ..utils.safe_load import trust_checkpoint_code
 from .checks import check_num_classes, check_resume_iteration, check_training_settings
 from .lifeline import tie_loader_workers
@@ -163,6 +164,7 @@ class E3VATrainer(DefaultTrainer):
     def build_model(cls, cfg):
         """``instantiate(cfg.model)`` on ``train.device``, with its trainable set logged."""
         device = resolve_device(cfg.train.get("device", "auto"))
+        check_cuda_build(device)  # a GPU this torch has no kernels for: say so, and the fix
         with trust_checkpoint_code(reliability_settings(cfg).trust_checkpoint_code):
             model = instantiate(cfg.model)  # a backbone's ``weights`` load here
         model.to(device)

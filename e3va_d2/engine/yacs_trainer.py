@@ -21,6 +21,7 @@ from ..checkpoint import E3VACheckpointer
 from ..compat import HAS_COMPILED_OPS
 from ..config.reliability import reliability_settings
 from ..evaluation import VOCDetectionEvaluator
+from ..utils.cuda_build import check_cuda_build
 from ..utils.safe_load import trust_checkpoint_code
 from .checks import check_num_classes, check_resume_iteration, check_yacs_training_settings
 from .lifeline import tie_loader_workers
@@ -55,6 +56,7 @@ class YacsTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
+        check_cuda_build(cfg.MODEL.DEVICE)  # a GPU this torch has no kernels for: the fix
         with trust_checkpoint_code(reliability_settings(cfg).trust_checkpoint_code):
             return super().build_model(cfg)  # MODEL.SWIN.WEIGHTS load here
 

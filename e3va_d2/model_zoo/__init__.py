@@ -64,7 +64,8 @@ GLYPHS_SWIN = PretrainedSwin(
     file="swin_glyphs_e32_patch4_window7_112.pth",
     sha256="e4ceac33f0d1e86d955c2139befbcbc30f4a3f248060fde2c04958fd119116df",
     architecture=dict(_SWIN_E32),
-    pretext="glyphs: 16 procedurally drawn classes among clutter (e3va_d2.data.glyphs)",
+    pretext="glyphs: 16 procedurally drawn classes among clutter (the renderer of "
+            "e3va_d2/data/glyphs.py at c107f8d)",
     val_accuracy=0.5630,
     # The script as it was at c107f8d (glyphs pre-text, --output).
     command="python -m projects.pretrain.pretrain_swin --output swin_glyphs.pth",
@@ -75,7 +76,7 @@ SCENES_SWIN = PretrainedSwin(
     file="swin_scenes_e32_patch4_window7_112.pth",
     sha256="6cbdf86a8db24ee7215662a2a41aa05ce50b18d99445ed3f41177b563fbbbcd3",
     architecture=dict(_SWIN_E32),
-    pretext="glyph scenes: 36 classes in 7 styles, dense targets (e3va_d2.data.pretext)",
+    pretext="glyph scenes: 36 classes in 7 styles, dense targets (projects/pretrain/pretext.py)",
     val_accuracy=0.9404,
     command="python -m projects.pretrain.pretrain_swin --run-dir projects/pretrain/runs/scenes_e32"
             "  # then <run-dir>/swin.pth",

@@ -43,12 +43,13 @@ class DualLowRankLinear(nn.Module):
 
     ``init`` reads the paper's "randomly initialized by Kaiming Norm" (see ``reset_parameters``):
 
-    - ``"lorand"`` (default): as the same lab's released dual/multi low-rank adapter does
-      (LoRand, ``DongshuoYin/CoLin``, ``swin_lorand.py``, ``Lorand_Multi.__init__`` and
-      ``reset_parameters``): each factor stored as (in, r) / (r, out) and drawn by
-      ``kaiming_uniform_(a=sqrt(5))``, whose fan-in is then the factor's second dimension
-      (r for ``t``, out for ``s``); the bias uniform in +-1/sqrt(in), as ``nn.Linear``'s.
-      An adapter then starts at about a tenth of its input.
+    - ``"lorand"`` (default): the outer two factors of the same lab's released multi low-rank
+      adapter (LoRand, ``DongshuoYin/CoLin``, ``swin_lorand.py``, ``Lorand_Multi.__init__``
+      and ``reset_parameters``; it has a third, (k, k) core factor, which this layer has not):
+      each factor stored as (in, r) / (r, out) and drawn by ``kaiming_uniform_(a=sqrt(5))``,
+      whose fan-in is then the factor's second dimension (r for ``t``, out for ``s``); the
+      bias uniform in +-1/sqrt(in), as ``nn.Linear``'s. An adapter then starts at about a
+      sixth of its input (median 0.158 on the scenes trunk: docs/records/adapter-init.json).
     - ``"kaiming_fan_in"``: Kaiming normal (ReLU gain) over each factor's own fan-in (in for
       ``t``, r for ``s``), zero bias. Every adapter then adds a random term several times
       larger than its input: the highway starts far from the pre-trained features.

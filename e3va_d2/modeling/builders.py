@@ -58,7 +58,6 @@ def _tuned_swin(cfg, input_shape: ShapeSpec) -> TunedSwin:
         patch_size=swin.PATCH_SIZE,
         in_chans=input_shape.channels,
         out_features=tuple(swin.OUT_FEATURES),
-        use_checkpoint=swin.USE_CHECKPOINT,
     )
     return TunedSwin(trunk=trunk, tuning=tuning_from_cfg(cfg), weights=swin.WEIGHTS)
 

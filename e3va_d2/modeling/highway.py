@@ -20,8 +20,7 @@ Shape legend: B batch, L tokens, C channels.
 from __future__ import annotations
 
 import copy
-import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -38,25 +37,9 @@ __all__ = [
     "E3VAHighway",
     "TrunkTrace",
     "trace_trunk",
-    "rename_legacy_highway_keys",
 ]
 
 HIGHWAY_PREFIX = "highway."  # parameter names of the highway inside a TunedSwin
-
-# Before the highway had one name it was the "side network": checkpoints and deltas written
-# then name its tensors ``side.layers.…`` / ``side.downsample.…`` (below a TunedSwin's prefix).
-_LEGACY_KEY = re.compile(r"(^|\.)side\.(?=(layers|downsample)\.)")
-
-V = TypeVar("V")
-
-
-def rename_legacy_highway_keys(state: Mapping[str, V]) -> Dict[str, V]:
-    """``state`` with the highway's old ``side.`` names renamed to ``highway.``, order kept.
-
-    Pure, and the one rule for full checkpoints and deltas alike; keys that are not
-    the highway's are returned unchanged."""
-    return {_LEGACY_KEY.sub(r"\1" + HIGHWAY_PREFIX, key): value for key, value in state.items()}
-
 
 class Highway(nn.Module):
     """Base class of modules that run beside a trunk and produce the backbone's outputs."""

@@ -17,7 +17,6 @@ it: its classes are only meaningful together, and checkpoint keys follow this mo
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -74,6 +73,13 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+def _traced_or(*pads) -> bool:
+    """Whether any of ``pads`` is non-zero (padding needed), or True while tracing: a trace
+    records one branch, and the padding ops (of zero width at sizes that need none) keep it
+    valid at every image size. Under tracing sizes are tensors, never turned into bools here."""
+    return torch.jit.is_tracing() or any(bool(p) for p in pads)
 
 
 def window_partition(x: Tensor, window_size: int) -> Tensor:
@@ -202,7 +208,8 @@ class SwinBlock(nn.Module):
         ws = self.window_size
         y = self.norm1(x).view(B, H, W, C)
         pad_b, pad_r = (-H) % ws, (-W) % ws
-        if pad_b or pad_r:
+        padded = _traced_or(pad_b, pad_r)
+        if padded:
             y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
         if self.shift_size:
@@ -214,7 +221,7 @@ class SwinBlock(nn.Module):
         y = window_merge(windows, ws, Hp, Wp)
         if self.shift_size:
             y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        if pad_b or pad_r:
+        if padded:
             y = y[:, :H, :W, :]
         return self.drop_path(y.reshape(B, L, C))
 
@@ -252,7 +259,7 @@ class PatchMerging(nn.Module):
         H, W = hw
         B, _, C = x.shape
         x = x.view(B, H, W, C)
-        if H % 2 or W % 2:
+        if _traced_or(H % 2, W % 2):
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         # Channel order (row, col) offsets (0,0), (1,0), (0,1), (1,1), as in the checkpoints.
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
@@ -272,7 +279,7 @@ class PatchEmbed(nn.Module):
         """(B, 3, H, W) -> tokens (B, H'*W', C) and the grid (H', W'), H' = ceil(H/patch)."""
         p = self.patch_size
         H, W = images.shape[-2:]
-        if H % p or W % p:
+        if _traced_or(H % p, W % p):
             images = F.pad(images, (0, (-W) % p, 0, (-H) % p))
         x = self.proj(images)
         hw = (x.shape[2], x.shape[3])
@@ -315,7 +322,7 @@ class SwinStage(nn.Module):
         """(nW, N, N) additive mask that stops attention between regions that the cyclic
         shift made adjacent (0 inside a region, -100 across, as in the reference code)."""
         ws, s = self.window_size, self.shift_size
-        Hp, Wp = (math.ceil(n / ws) * ws for n in hw)
+        Hp, Wp = ((n + ws - 1) // ws * ws for n in hw)  # integer ops: traced sizes stay sizes
         region = torch.zeros((1, Hp, Wp, 1), device=device)
         bounds = (slice(0, -ws), slice(-ws, -s), slice(-s, None))
         label = 0

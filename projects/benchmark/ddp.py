@@ -28,10 +28,11 @@ from detectron2.utils.events import EventStorage
 
 from e3va_d2.config import load_config, set_tuning_method
 from e3va_d2.engine import launch
-from e3va_d2.engine.cost import synthetic_detection_batch
 from e3va_d2.layers import adapt_sync_batchnorm
 from e3va_d2.modeling import build_tuning
 from projects.tables import command_line, publish, table_head, table_row
+
+from .measure import synthetic_detection_batch
 
 DEFAULT_CONFIG = "configs/Shapes/mask_rcnn_swin_demo_e3va.py"
 

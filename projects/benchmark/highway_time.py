@@ -27,12 +27,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from e3va_d2.config import load_config
-from e3va_d2.engine.cost import TrainingStep, median, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
 from e3va_d2.modeling.adapters import BlockAdapters
 from e3va_d2.modeling.highway import E3VAHighway, trace_trunk
 from projects.tables import command_line, publish, table_head, table_row
 
+from .measure import MeasuredStep, median, synthetic_detection_batch
 from .tuning_cost import build_model, num_classes, share_common_tensors
 
 VARIANTS = ("fixed", "gradient path", "e3va")
@@ -65,11 +65,11 @@ def build_steps(cfg, batch, device, amp_dtype=None):
             share_common_tensors(model, reference)
         if variant == "gradient path":
             _without_adapters(model)
-        steps[variant] = TrainingStep(model, batch, device, backbone_only=True, amp_dtype=amp_dtype)
+        steps[variant] = MeasuredStep(model, batch, device, backbone_only=True, amp_dtype=amp_dtype)
     return steps
 
 
-def flops(step: TrainingStep) -> int:
+def flops(step: MeasuredStep) -> int:
     with FlopCounterMode(display=False) as counter:
         step.run(seed=0, record=False)
     return counter.get_total_flops()

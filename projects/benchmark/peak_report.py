@@ -1,7 +1,7 @@
 """The benchmark's peak-memory table and its stacked bar chart by category.
 
 Reads what ``tuning_cost.py`` stores per method under ``"peak"`` (an
-:class:`e3va_d2.utils.memory.PeakMemory` as a dict). The paper's way of comparing training
+:class:`projects.benchmark.peak_memory.PeakMemory` as a dict). The paper's way of comparing training
 memory is a share: how far a method's peak lies from the frozen backbone's ("fixed") towards
 full fine-tuning's, ``(peak - fixed) / (full - fixed)``; 0 is the floor no tuning method can go
 below with the same neck and heads, 1 is full fine-tuning.
@@ -11,8 +11,9 @@ from __future__ import annotations
 import textwrap
 from typing import Dict, List, Optional
 
-from e3va_d2.utils.memory import CATEGORIES
 from projects.tables import table_head, table_row
+
+from .peak_memory import CATEGORIES
 
 MIB = 2**20
 

@@ -10,9 +10,9 @@ every method's models share their common weights, start from the same function (
 E3VA's up projections zero) and step with lr=0, as in ``tuning_cost.py``:
 
 - the backbone step time (loss on the FPN's outputs; median of interleaved steps), E3VA's as a
-  ratio of PEFT LoRA's (goal: <= 0.40);
+  ratio of PEFT LoRA's;
 - bytes saved for backward by a full detector step, E3VA's above fixed's as a share of full
-  fine-tuning's (goal: <= 10%); also the peak of a step (``--no-peak`` skips it).
+  fine-tuning's; also the peak of a step (``--no-peak`` skips it).
 
 Both for every E3VA variant given (default: E3VA as the paper has it, and with
 ``recompute_branches="stage"``, which keeps less for backward and recomputes more).
@@ -34,12 +34,13 @@ from typing import Dict, List
 import torch
 
 from e3va_d2.config import load_config
-from e3va_d2.engine.cost import median, release_freed_memory, synthetic_detection_batch
 from e3va_d2.modeling.backbone import tuned_swins
 from e3va_d2.modeling.tuning.base import output_norm_parameters
-from e3va_d2.utils.memory import step_peak_memory
+from e3va_d2.modeling.tuning.spec import split_method_specs
 from projects.tables import command_line, publish, table_head, table_row
 
+from .measure import median, release_freed_memory, synthetic_detection_batch
+from .peak_memory import step_peak_memory
 from .tuning_cost import Bench, build_model, describe, method_names, num_classes
 
 logger = logging.getLogger("e3va_d2.benchmark")
@@ -47,7 +48,6 @@ logger = logging.getLogger("e3va_d2.benchmark")
 PEFT_LORA = "peft_lora"
 # Every block's attention and MLP linears; not patch_embed.proj (a convolution) nor merging.
 TARGET_MODULES = r".*blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
-GOALS = dict(backbone_step_ratio=0.40, saved_above_fixed=0.10)
 
 
 def apply_peft_lora(model: torch.nn.Module, rank: int = 64) -> torch.nn.Module:
@@ -105,16 +105,20 @@ def parse_args(argv=None):
                         help="also write the result as this docs table's record "
                              "(projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    ours = [m for m in split_method_specs(args.methods) if m != PEFT_LORA]
+    try:
+        if ours:
+            method_names(",".join(ours))
+    except ValueError as e:
+        parser.error(f"--methods: {e}")
+    return args
 
 
 def run(args) -> Dict[str, dict]:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    ours = [m for m in names if m != PEFT_LORA]
-    if ours:
-        method_names(",".join(ours))  # fails early on an unknown method or option
+    names = split_method_specs(args.methods)
     cfg = load_config(args.config_file, args.opts)
     batches = {args.batch: synthetic_detection_batch(args.batch, args.size, num_classes(cfg))}
     bench = Bench(cfg, names, device, batches, build=build)
@@ -195,19 +199,16 @@ def table(results: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def goals_text(found: Dict[str, Dict[str, float]]) -> str:
+def ratios_text(found: Dict[str, Dict[str, float]]) -> str:
+    """Each E3VA variant's ratios, one line each (what they are, not whether a goal was met)."""
     lines: List[str] = []
     for method, values in found.items():
         value = values.get("backbone_step_ratio", float("nan"))
         if value == value:  # measured and timed
-            lines.append(f"- {method}: backbone step {value:.2f}x PEFT LoRA's (goal <= "
-                         f"{GOALS['backbone_step_ratio']:.2f}x): "
-                         f"{'met' if value <= GOALS['backbone_step_ratio'] else 'not met'}.")
+            lines.append(f"- {method}: backbone step {value:.2f}x PEFT LoRA's.")
         if "saved_above_fixed" in values:
-            value = values["saved_above_fixed"]
-            lines.append(f"- {method}: saves {100 * value:.1f}% of full's bytes above fixed's "
-                         f"(goal <= {100 * GOALS['saved_above_fixed']:.0f}%): "
-                         f"{'met' if value <= GOALS['saved_above_fixed'] else 'not met'}.")
+            lines.append(f"- {method}: saves {100 * values['saved_above_fixed']:.1f}% of full's "
+                         "bytes above fixed's.")
         if "peak_above_fixed" in values:
             lines.append(f"- {method}: peak {100 * values['peak_above_fixed']:.1f}% of the way "
                          "from fixed's to full's.")
@@ -219,10 +220,10 @@ RECORDED = ("trainable_backbone", "saved_bytes", "peak", "backbone_step_seconds"
 
 
 def render(data: dict) -> str:
-    """The table, what ran where (``setup``) and the goals, from the record's ``results``."""
+    """The table, what ran where (``setup``) and the ratios, from the record's ``results``."""
     results = data["results"]
     return "\n\n".join(filter(None, [table(results), data["setup"],
-                                       goals_text(ratios(results))]))
+                                       ratios_text(ratios(results))]))
 
 
 def main(argv=None):

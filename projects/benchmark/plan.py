@@ -38,10 +38,10 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from e3va_d2.config import load_config
-from e3va_d2.engine.cost import release_freed_memory, synthetic_detection_batch
-from e3va_d2.utils.memory import step_peak_memory
 from projects.tables import command_line, publish, table_head, table_row
 
+from .measure import release_freed_memory, synthetic_detection_batch
+from .peak_memory import step_peak_memory
 from .report import GPUS
 from .sweep import per_pixel_image_and_constant
 from .tuning_cost import Bench, method_names, num_classes
@@ -135,7 +135,12 @@ def parse_args(argv=None):
     parser.add_argument("--record", default="",
                         help="also write the plan as this docs table's record (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        method_names(args.methods)
+    except ValueError as e:
+        parser.error(f"--methods: {e}")
+    return args
 
 
 def _ints(text: str) -> List[int]:

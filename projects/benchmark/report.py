@@ -51,7 +51,7 @@ def cost_table(results: Dict[str, dict]) -> str:
 
 def breakdown_table(results: Dict[str, dict]) -> str:
     """Saved activations per tensor kind (rows) and method (columns), in MiB."""
-    from e3va_d2.engine.cost import SAVED_KINDS
+    from .measure import SAVED_KINDS
 
     methods = [m for m, r in results.items() if "saved_bytes_by_kind" in r]
     order = [kind for _, kind in SAVED_KINDS] + ["other"]

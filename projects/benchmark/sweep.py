@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from e3va_d2.config import load_config
-from e3va_d2.engine.cost import median, release_freed_memory, synthetic_detection_batch
 from e3va_d2.engine.step import resolve_amp_dtype
 from projects.tables import command_line, publish, table_head, table_row
 
+from .measure import median, release_freed_memory, synthetic_detection_batch
 from .report import GPUS, MIB, training_memory
 from .tuning_cost import Bench, method_names, num_classes
 
@@ -64,7 +64,12 @@ def parse_args(argv=None):
     parser.add_argument("--record", default="",
                         help="also publish the tables as this docs table (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        method_names(args.methods)
+    except ValueError as e:
+        parser.error(f"--methods: {e}")
+    return args
 
 
 def power_law(pixels: List[float], values: List[float]) -> Tuple[float, float]:

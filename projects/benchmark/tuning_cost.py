@@ -26,7 +26,6 @@ side; ``--amp`` runs every method under the trainer's autocast.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import functools
 import json
@@ -40,20 +39,21 @@ from detectron2.config import instantiate
 from omegaconf import OmegaConf
 
 from e3va_d2.config import load_config, set_tuning_method
-from e3va_d2.engine.cost import (
-    TrainingStep,
+from e3va_d2.engine.params import trainable_parameter_table
+from e3va_d2.engine.step import resolve_amp_dtype
+from e3va_d2.layers import adapt_sync_batchnorm
+from e3va_d2.modeling import TUNING_METHODS, build_tuning
+from e3va_d2.modeling.tuning.spec import parse_method_spec, parse_method_specs
+from projects.tables import command_line, publish
+
+from .measure import (
+    MeasuredStep,
     median,
     release_freed_memory,
     saved_kind,
     synthetic_detection_batch,
 )
-from e3va_d2.engine.params import trainable_parameter_table
-from e3va_d2.engine.step import resolve_amp_dtype
-from e3va_d2.layers import adapt_sync_batchnorm
-from e3va_d2.modeling import TUNING_METHODS, build_tuning
-from e3va_d2.utils.memory import step_peak_memory
-from projects.tables import command_line, publish
-
+from .peak_memory import step_peak_memory
 from .peak_report import PEAK_NOTE, peak_table, plot_peak
 from .report import breakdown_table, cost_table, fit_table, plot
 
@@ -81,7 +81,12 @@ def parse_args(argv=None):
     parser.add_argument("--record", default="",
                         help="also publish the tables as this docs table (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        method_names(args.methods)
+    except ValueError as e:
+        parser.error(f"--methods: {e}")
+    return args
 
 
 # Rows in the order of the paper's tables; methods registered elsewhere come last.
@@ -89,51 +94,13 @@ PAPER_ORDER = ["full", "fixed", "bitfit", "norm", "partial1", "adapter", "lora",
                "e3va", "e3va_plus", "e3va_plusplus"]
 
 
-def split_methods(spec: str) -> List[str]:
-    """Comma-separated method specs; a comma inside brackets belongs to an option's value, as
-    in ``e3va_spatial:conv_kernels=(3,5,7)``."""
-    names, depth, current = [], 0, ""
-    for char in spec:
-        depth += (char in "([") - (char in ")]")
-        if char == "," and depth == 0:
-            names.append(current)
-            current = ""
-        else:
-            current += char
-    return [m.strip() for m in [*names, current] if m.strip()]
-
-
 def method_names(spec: str) -> List[str]:
+    """The method specs of ``--methods`` (:mod:`e3va_d2.modeling.tuning.spec`, checked: a bad
+    one is a ``ValueError``); ``all``: every registered method, the paper's in its order."""
     if spec == "all":
         return [m for m in PAPER_ORDER if m in TUNING_METHODS] + sorted(
             m for m in TUNING_METHODS if m not in PAPER_ORDER)
-    names = split_methods(spec)
-    for name in names:
-        method_options(name)  # fails early, naming the bad method or option
-    return names
-
-
-def method_options(spec: str):
-    """``"e3va:saved_input_dtype=bfloat16"`` -> ``("e3va", {"saved_input_dtype": "bfloat16"})``;
-    values are Python literals where they parse as one, else strings."""
-    name, *pairs = spec.split(":")
-    if name not in TUNING_METHODS:
-        raise SystemExit(
-            f"Unknown method {name!r} in {spec!r}; registered: {sorted(TUNING_METHODS)}")
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"Bad option {pair!r} in {spec!r}; expected key=value")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    try:
-        build_tuning(name, **options)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"Bad options in {spec!r}: {e}") from None
-    return name, options
+    return parse_method_specs(spec)
 
 
 def num_classes(cfg) -> int:
@@ -149,7 +116,7 @@ def build_model(cfg, method: str, seed: int):
     zero-initialised so that it computes the frozen model's function. Methods draw different
     random numbers while building, so weights match across methods only once
     ``share_common_tensors`` has run (``Bench``)."""
-    name, options = method_options(method)
+    name, options = parse_method_spec(method)
     tuning = build_tuning(name, **options)
     if getattr(tuning, "zero_init", None) is False:
         tuning = dataclasses.replace(tuning, zero_init=True)
@@ -191,7 +158,7 @@ class Bench:
     def __init__(self, cfg, methods: List[str], device: torch.device, batches: Dict[str, list],
                  amp_dtype=None, kinds=("model", "backbone"), build=None):
         self.device, self.methods = device, methods
-        self.steps: Dict[str, Dict[str, TrainingStep]] = {}
+        self.steps: Dict[str, Dict[str, MeasuredStep]] = {}
         self.results: Dict[str, dict] = {}
         reference = None
         for method in methods:
@@ -211,7 +178,7 @@ class Bench:
             trainable = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=0.0)
             self.steps[method] = {
-                f"{kind}{b}": TrainingStep(model, batches[b], device, optimizer=optimizer,
+                f"{kind}{b}": MeasuredStep(model, batches[b], device, optimizer=optimizer,
                                            backbone_only=kind == "backbone", amp_dtype=amp_dtype)
                 for b in batches for kind in kinds
             }

@@ -26,7 +26,7 @@ import argparse
 import collections
 import os
 import sys
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import tqdm
@@ -164,6 +164,20 @@ def draw(image_rgb: np.ndarray, outputs: dict, metadata, threshold: float, scale
     return drawn.get_image()
 
 
+def nothing_shown(outputs: dict, threshold: float) -> Optional[str]:
+    """What to say when no instance scores ``threshold``: the picture is then the bare image,
+    which reads as a broken demo unless it says why."""
+    if "instances" not in outputs:
+        return None
+    scores = outputs["instances"].scores
+    if len(scores) and float(scores.max()) >= threshold:
+        return None
+    best = (f"the best scores {float(scores.max()):.2f}" if len(scores)
+            else "the model predicted nothing")
+    return (f"no prediction scores at least --confidence-threshold={threshold} ({best}); "
+            "the picture shows none. A lower threshold shows the weaker ones.")
+
+
 def trained_file(cfg, name: str) -> str:
     path = os.path.join(cfg.train.output_dir, name)
     if not os.path.isfile(path):
@@ -199,16 +213,19 @@ def main(argv=None) -> List[str]:
             outputs = multi(image, image_format="RGB")
             panels = [draw(image, outputs[name], p.metadata, args.confidence_threshold,
                            args.scale) for name, p in multi.predictors.items()]
-            return np.concatenate(panels, axis=1)
+            notes = [f"{name}: {note}" for name in multi.predictors
+                     if (note := nothing_shown(outputs[name], args.confidence_threshold))]
+            return np.concatenate(panels, axis=1), notes
     else:
         checkpoint = trained_file(cfg, "model_final.pth") if args.trained else None
-        predictor = Predictor(cfg, checkpoint=checkpoint)
-        refuse_untrained(cfg, predictor)
+        predictor = Predictor(cfg, checkpoint=checkpoint, allow_untrained=True)
+        refuse_untrained(cfg, predictor)  # with the demo's own options in its message
 
         def predict(image):
             outputs = predictor(image, image_format="RGB")
+            note = nothing_shown(outputs, args.confidence_threshold)
             return draw(image, outputs, predictor.metadata, args.confidence_threshold,
-                        args.scale)
+                        args.scale), [note] if note else []
     os.makedirs(output, exist_ok=True)
     max_size = args.max_size or config_test_max_size(cfg) or DEFAULT_MAX_SIZE
     written, failed = [], []
@@ -218,7 +235,10 @@ def main(argv=None) -> List[str]:
         except InputError as e:  # one bad file must not cost the others their pictures
             failed.append(str(e))
             continue
-        Image.fromarray(predict(image)).save(target)
+        picture, notes = predict(image)
+        for note in notes:
+            tqdm.tqdm.write(f"{os.path.basename(path)}: {note}")
+        Image.fromarray(picture).save(target)
         written.append(target)
     print(f"Wrote {len(written)} pictures of predictions to {output}")
     if args.trained and os.path.isfile(os.path.join(cfg.train.output_dir, "metrics.json")):

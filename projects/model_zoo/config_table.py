@@ -5,7 +5,7 @@ own methods' rows last, without).
 Why a script: the parameter counts are measured on the instantiated models (shapes only, no
 weights, no download), so the table cannot drift from the configs; ``tests/test_configs.py``
 checks the committed record against every config it builds. Paper figures come from
-:mod:`e3va_d2.paper`.
+:mod:`projects.paper`.
 
     python -m projects.model_zoo.config_table                        # print the table
     python -m projects.model_zoo.config_table --record config-table  # and update the docs
@@ -22,7 +22,7 @@ from detectron2.config import instantiate
 
 from e3va_d2.config import load_config
 from e3va_d2.engine.params import trainable_parameter_table
-from e3va_d2.paper import METRIC, ROWS
+from projects.paper import METRIC, ROWS
 from projects.tables import command_line, publish, table_head, table_row
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -73,7 +73,7 @@ def measure(paths: List[str]) -> Dict[str, Any]:
 
 
 def render(data: Dict[str, Any]) -> str:
-    """The Markdown table of a record; the paper's columns from :mod:`e3va_d2.paper`."""
+    """The Markdown table of a record; the paper's columns from :mod:`projects.paper`."""
     lines = table_head(
         ["config", "trainable backbone params (built)", "paper: params", "paper: metric"])
     for row in data["rows"]:

@@ -23,7 +23,7 @@ tables), linear warm-up, then a constant rate and a cosine decay over the last
 ended early by a smaller ``--steps``: the steps before the decay are the same), gradient
 clipping at 5, bf16 autocast (``--amp``; the weights and AdamW stay fp32), ImageNet
 normalisation of RGB input as for the released Swins, a new image for every sample. Targets
-(:mod:`e3va_d2.data.pretext`): the main glyph's class and style from the mean of the last
+(:mod:`projects.pretrain.pretext`): the main glyph's class and style from the mean of the last
 stage's token logits (the release's classifier), and per token the class of the glyph that
 covers it at strides 32 and 16 and its style at stride 16 (heads used only here).
 """
@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from e3va_d2.checkpoint import atomic_save, atomic_write
-from e3va_d2.data.pretext import SCENE_CLASSES, SCENE_SPLITS, STYLES, SceneStream
 from e3va_d2.modeling import SwinTransformer
+from projects.pretrain.pretext import SCENE_CLASSES, SCENE_SPLITS, STYLES, SceneStream
 from projects.tables import command_line, publish, table_head, table_row
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -104,8 +104,10 @@ def losses(outputs: Dict[str, Tensor], labels: Tensor, styles: Tensor,
         "class": F.cross_entropy(image_logits(outputs["class"]), labels, label_smoothing=0.1),
         "style": 0.5 * F.cross_entropy(image_logits(outputs["style"]), styles, label_smoothing=0.1),
         "tokens_class": F.cross_entropy(outputs["class"].float(), dense[f"class@{last}"]),
-        "tokens_dense_class": F.cross_entropy(outputs["dense_class"].float(), dense[f"class@{mid}"]),
-        "tokens_dense_style": F.cross_entropy(outputs["dense_style"].float(), dense[f"style@{mid}"]),
+        "tokens_dense_class": F.cross_entropy(outputs["dense_class"].float(),
+                                              dense[f"class@{mid}"]),
+        "tokens_dense_style": F.cross_entropy(outputs["dense_style"].float(),
+                                              dense[f"style@{mid}"]),
     }
 
 
@@ -128,8 +130,10 @@ def parameter_groups(model: nn.Module, weight_decay: float):
     """No decay on norms, biases and position-bias tables (as in Swin's own recipe)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim == 1 or name.endswith("relative_position_bias_table") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        no_weight_decay = p.ndim == 1 or name.endswith("relative_position_bias_table")
+        (no_decay if no_weight_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def lr_factor(step: int, args) -> float:
@@ -164,7 +168,8 @@ def evaluate(model: SwinPretrainer, loader, args) -> Dict[str, float]:
         styles_correct += int((image_logits(outputs["style"]).argmax(1) == styles).sum())
         total += labels.numel()
     model.train()
-    return {"val_accuracy": correct / max(total, 1), "val_style_accuracy": styles_correct / max(total, 1)}
+    return {"val_accuracy": correct / max(total, 1),
+            "val_style_accuracy": styles_correct / max(total, 1)}
 
 
 def parse_args(argv=None):
@@ -214,7 +219,8 @@ def build(args) -> Tuple[SwinPretrainer, torch.optim.Optimizer]:
     )
     strides = tuple(trunk.output_shape()[f].stride for f in trunk._out_features)
     if strides != TOKEN_STRIDES:
-        raise SystemExit(f"the heads expect stages of strides {TOKEN_STRIDES}, this Swin has {strides}")
+        raise SystemExit(f"the heads expect stages of strides {TOKEN_STRIDES}, "
+                         f"this Swin has {strides}")
     model = SwinPretrainer(trunk, len(SCENE_CLASSES), len(STYLES))
     opt = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr)
     return model, opt
@@ -238,6 +244,8 @@ def resume(args, model, opt) -> Tuple[int, float, Dict[str, float], List[dict]]:
     training so far, the loss sums of the log window under way, metrics)."""
     path = os.path.join(args.run_dir, "last_checkpoint.pth")
     if not os.path.exists(path):
+        logger.info("no %s: a new run starts at step 0 (run state is not committed: the shipped "
+                    "trunk's run continues only where its folder was kept)", path)
         return 0, 0.0, {}, []
     state = torch.load(path, map_location="cpu", weights_only=True)
     mismatch = {k: (state["recipe"][k], getattr(args, k)) for k in RECIPE_KEYS
@@ -289,8 +297,21 @@ def plot(run_dir: str, out: str) -> None:
     plt.close(fig)
 
 
+def require_run_state(run_dir: str, option: str) -> None:
+    """Stop with what is missing and where the committed curve lives, when ``run_dir`` holds
+    no run (run state is not in git; a fresh clone has none)."""
+    missing = [n for n in ("last_checkpoint.pth", "metrics.jsonl")
+               if not os.path.isfile(os.path.join(run_dir, n))]
+    if missing:
+        raise SystemExit(
+            f"{option} reads a run's state, and {run_dir} has no {' or '.join(missing)}: train "
+            "there first (run state is not committed). The shipped trunk's curve is in "
+            "docs/records/pretrain-scenes.json; `python -m projects.tables` re-renders it.")
+
+
 def curve_data(args) -> dict:
     """What the docs say of a run: its held-out curve, where it stands, what it cost so far."""
+    require_run_state(args.run_dir, "--record")
     state = torch.load(os.path.join(args.run_dir, "last_checkpoint.pth"), map_location="cpu",
                        weights_only=True)
     records = [r for r in read_metrics(args.run_dir) if r["step"] <= state["step"]]
@@ -339,6 +360,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     os.makedirs(args.run_dir, exist_ok=True)
     if args.plot:
+        require_run_state(args.run_dir, "--plot")
         plot(args.run_dir, os.path.join(args.run_dir, "curves.png"))
         return {}
     if args.record:
@@ -357,7 +379,8 @@ def main(argv=None) -> dict:
                          max(args.steps - step, 0) * args.batch_size, args.image_size,
                          start=step * args.batch_size, token_strides=TOKEN_STRIDES)
     train_loader = torch.utils.data.DataLoader(stream, batch_size=args.batch_size, shuffle=False,
-                                               num_workers=args.workers, prefetch_factor=4 if args.workers else None)
+                                               num_workers=args.workers,
+                                               prefetch_factor=4 if args.workers else None)
     val_loader = torch.utils.data.DataLoader(
         SceneStream(SCENE_SPLITS["val"], args.val_images, args.image_size, token_strides=()),
         batch_size=128,
@@ -387,7 +410,8 @@ def main(argv=None) -> dict:
             record.update(step=step, images=step * args.batch_size,
                           loss=round(sum(record[k] for k in parts), 4),
                           lr=opt.param_groups[0]["lr"],
-                          images_per_s=round((step - first) * args.batch_size / (time.time() - start), 1))
+                          images_per_s=round((step - first) * args.batch_size
+                                             / (time.time() - start), 1))
             records.append(record)
             window = {}
             logger.info("step %d/%d loss %.3f train acc %.3f lr %.2e %.1f img/s", step, args.steps,
@@ -412,15 +436,19 @@ def finish(args, model, records, seconds: float) -> dict:
     final = [r for r in records if "val_accuracy" in r][-1]
     out = os.path.join(args.run_dir, "swin.pth")
     meta = {"pretext": "glyph scenes", "classes": list(SCENE_CLASSES), "styles": list(STYLES),
-            "val_accuracy": final["val_accuracy"], "val_style_accuracy": final["val_style_accuracy"],
-            "val_images": args.val_images, "steps": args.steps, "train_hours": round(seconds / 3600, 2),
+            "val_accuracy": final["val_accuracy"],
+            "val_style_accuracy": final["val_style_accuracy"],
+            "val_images": args.val_images, "steps": args.steps,
+            "train_hours": round(seconds / 3600, 2),
             "threads": args.threads, "torch": str(torch.__version__)}
-    atomic_save({"model": official_state_dict(model, getattr(torch, args.dtype)), "meta": meta}, out)
+    atomic_save({"model": official_state_dict(model, getattr(torch, args.dtype)), "meta": meta},
+                out)
     with open(out, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     logger.info("wrote %s (%.1f MB, sha256 %s); held-out accuracy %.4f", out,
                 os.path.getsize(out) / 1e6, digest, final["val_accuracy"])
-    return {"val_accuracy": final["val_accuracy"], "sha256": digest, "train_hours": meta["train_hours"]}
+    return {"val_accuracy": final["val_accuracy"], "sha256": digest,
+            "train_hours": meta["train_hours"]}
 
 
 if __name__ == "__main__":

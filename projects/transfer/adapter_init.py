@@ -107,7 +107,7 @@ def table(records: List[dict]) -> str:
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
     from e3va_d2.config import load_config
-    from projects.transfer.compare import trunk_source
+    from projects.transfer.run_executor import trunk_source
 
     cfg = load_config(args.config_file)
     images = held_out_images(cfg, args.images)

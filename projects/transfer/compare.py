@@ -12,8 +12,9 @@ size, run alone before any training so that its times are not disturbed.
     python -m projects.transfer.compare --methods full,e3va --seeds 0 train.max_iter=20
 
 Every run trains in its own process into ``<output>/runs/<row>/seed<k>/`` and ends by writing
-``result.json``; a restarted comparison skips the runs that have one and resumes a stopped run
-from its last checkpoint. A row may carry options: ``e3va:zero_init=True``. Writes
+``result.json`` (:mod:`projects.transfer.run_executor`, which the accuracy study's runs go through
+too); a restarted comparison skips the runs that have one and resumes a stopped run from its
+last checkpoint. A row may carry options: ``e3va:zero_init=True``. Writes
 ``<output>/results.json``, ``results.md`` (the table), ``accuracy_vs_memory.png`` (the
 paper's Figure 1: accuracy against training memory) and ``curves.png`` (every row's training
 curves, first seed); ``--record NAME`` also writes the table into the docs (projects/tables.py).
@@ -21,26 +22,18 @@ curves, first seed); ``--record NAME`` also writes the table into the docs (proj
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
-import signal
 import statistics
 import sys
-import time
 from typing import Dict, List, Optional
 
 from projects.tables import table_head, table_row
+from projects.transfer.run_executor import FLOOR, METRICS, run_folder, train_all
 
-FLOOR = "e3va_random"  # E3VA on a random, frozen trunk: what the pre-training adds
 DEFAULT_CONFIG = "configs/Shapes/transfer_mask_rcnn_swin_e3va.py"
-# (result key, column label): detectron2's COCOEvaluator results, or others' first metric.
-METRICS = {"bbox/AP": "box AP", "segm/AP": "mask AP"}
-
-logger = logging.getLogger("e3va_d2.transfer")
 
 
 def parse_args(argv=None):
@@ -63,7 +56,12 @@ def parse_args(argv=None):
     p.add_argument("--record", default="",
                    help="also publish the table as this docs table (projects/tables.py)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        rows(args)
+    except ValueError as e:
+        p.error(f"--methods: {e}")
+    return args
 
 
 def rows(args) -> List[str]:
@@ -71,159 +69,6 @@ def rows(args) -> List[str]:
 
     methods = method_names(args.methods)
     return methods + ([] if args.no_floor else [FLOOR])
-
-
-def row_folder(row: str) -> str:
-    """A row's folder name: ``e3va:zero_init=True`` as ``e3va__zero_init=True`` (a ':' is
-    refused by some file systems, and run folders are committed when parked)."""
-    return row.replace(":", "__")
-
-
-def run_folder(output: str, row: str, seed: int) -> str:
-    return os.path.join(output, "runs", row_folder(row), f"seed{seed}")
-
-
-def flat_metrics(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
-    """detectron2's ``{task: {metric: value}}`` as ``{"task/metric": value}``."""
-    return {f"{task}/{name}": float(v) for task, metrics in results.items()
-            for name, v in metrics.items()}
-
-
-def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: str):
-    """The config of one (row, seed) run: the shared recipe with this row's tuning method."""
-    from e3va_d2.config import apply_overrides, load_config, set_tuning_method, tuned_swin_node
-    from e3va_d2.modeling import build_tuning
-    from projects.benchmark.tuning_cost import method_options
-
-    cfg = load_config(config_file)
-    # Set, not passed as overrides: a row's folder may hold '=' or brackets
-    # (e3va_spatial:conv_kernels=()), which the override grammar refuses.
-    cfg.train.output_dir, cfg.train.seed = folder, seed
-    name, options = method_options("e3va" if row == FLOOR else row)
-    set_tuning_method(cfg.model, build_tuning(name, **options))
-    # After the swap, so that options of the method (tuning.zero_init=True) apply to it.
-    cfg = apply_overrides(cfg, list(opts))
-    if row == FLOOR:
-        tuned_swin_node(cfg.model).weights = ""
-        cfg.train.init_checkpoint = ""
-    return cfg
-
-
-def trunk_source(cfg) -> str:
-    """Where a run's trunk comes from: the model's ``weights``, else ``train.init_checkpoint``."""
-    from e3va_d2.config import tuned_swin_node
-
-    return str(tuned_swin_node(cfg.model).get("weights", "") or cfg.train.init_checkpoint
-               or "random")
-
-
-ELAPSED_FILE = "elapsed_minutes.json"  # minutes a stopped run trained before it was resumed
-
-
-def minutes_before(folder: str) -> float:
-    """Minutes the run in ``folder`` spent in earlier sessions that stopped (0 for a new run)."""
-    path = os.path.join(folder, ELAPSED_FILE)
-    if not os.path.isfile(path):
-        return 0.0
-    with open(path) as f:
-        return float(json.load(f)["minutes"])
-
-
-def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: str,
-              threads: int) -> dict:
-    """One (row, seed) run in this process; writes and returns its ``result.json``. Its
-    ``minutes`` count every session of the run, each added to ``ELAPSED_FILE`` as it ends (a
-    session killed outright, SIGKILL, adds nothing)."""
-    import torch
-    from detectron2.utils.env import seed_all_rng
-    from detectron2.utils.logger import setup_logger
-
-    from e3va_d2.checkpoint import atomic_write
-    from e3va_d2.engine import E3VATrainer
-    from e3va_d2.engine.params import trainable_parameter_table
-
-    torch.set_num_threads(threads)
-    method = "e3va" if row == FLOOR else row
-    cfg = run_config(config_file, opts, row, seed, folder)
-    os.makedirs(folder, exist_ok=True)
-    setup_logger(folder, name="detectron2")
-    setup_logger(folder, name="e3va_d2")
-    seed_all_rng(seed)  # as detectron2's default_setup does for train.seed
-    start, before = time.time(), minutes_before(folder)
-
-    def minutes() -> float:
-        return before + (time.time() - start) / 60
-
-    try:
-        trainer = E3VATrainer(cfg)
-        # A run stopped midway continues from its last checkpoint (exactly; engine/resume.py).
-        trainer.resume_or_load(resume=True)
-        _, totals = trainable_parameter_table(trainer._trainer.model)
-        metrics = flat_metrics(trainer.train())
-    finally:
-        spent = json.dumps({"minutes": minutes()}).encode()
-        atomic_write(os.path.join(folder, ELAPSED_FILE), lambda f: f.write(spent))
-    result = dict(row=row, method=method, seed=seed, metrics=metrics,
-                  trunk=trunk_source(cfg),
-                  trainable_in_backbone=totals["trainable_in_backbone"],
-                  trainable=totals["trainable"], minutes=minutes())
-    atomic_write(os.path.join(folder, "result.json"),
-                 lambda f: f.write(json.dumps(result, indent=2).encode()))
-    return result
-
-
-def train_all(args, threads: int) -> Dict[str, List[dict]]:
-    """Every (row, seed) run not finished yet, ``args.jobs`` at a time, each in a new process."""
-    seeds = [int(s) for s in args.seeds.split(",")]
-    todo, done = [], {row: [] for row in rows(args)}
-    for row in done:
-        for seed in seeds:
-            folder = run_folder(args.output, row, seed)
-            path = os.path.join(folder, "result.json")
-            if os.path.isfile(path):
-                with open(path) as f:
-                    done[row].append(json.load(f))
-            else:
-                todo.append((row, seed, folder))
-    logger.info("%d runs to do, %d finished before", len(todo),
-                sum(len(v) for v in done.values()))
-    from e3va_d2.engine.lifeline import die_with_parent
-    from e3va_d2.engine.signals import forward_signals_to_children
-
-    context = mp.get_context("spawn")  # a fresh interpreter per run: no state leaks between runs
-    # SIGTERM reaches the runs, which save a checkpoint and stop (a restart resumes them); a
-    # comparison killed outright takes its runs with it instead of leaving them training. A run
-    # is submitted only when a process is free for it: the pool would hand queued runs to new
-    # processes after a stop.
-    queued, running, finished = list(todo), {}, 0
-    with forward_signals_to_children() as forwarded, futures.ProcessPoolExecutor(
-            args.jobs, mp_context=context, max_tasks_per_child=1,
-            initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-        try:
-            while running or (queued and forwarded.received is None):
-                while queued and len(running) < args.jobs and forwarded.received is None:
-                    row, seed, folder = queued.pop(0)
-                    running[pool.submit(train_one, args.config_file, args.opts, row, seed,
-                                        folder, threads)] = (row, seed)
-                ready, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-                for future in ready:
-                    row, seed = running.pop(future)
-                    result = future.result()  # a failed run stops the comparison with its error
-                    done[row].append(result)
-                    finished += 1
-                    logger.info("[%d/%d] %s seed %d: %s (%.1f min)", finished, len(todo), row,
-                                seed, ", ".join(f"{METRICS.get(m, m)} {v:.1f}" for m, v in
-                                                result["metrics"].items() if m in METRICS),
-                                result["minutes"])
-        except BaseException:
-            if forwarded.received is None:
-                raise
-        if forwarded.received is not None:
-            name = signal.Signals(forwarded.received).name
-            logger.warning("Stopped by %s; the runs saved where they were: run the same "
-                           "command again to continue.", name)
-            raise SystemExit(128 + forwarded.received)
-    return {row: sorted(v, key=lambda r: r["seed"]) for row, v in done.items()}
 
 
 def measure_cost(args) -> Optional[Dict[str, dict]]:
@@ -346,7 +191,8 @@ def main(argv=None) -> Dict[str, dict]:
     os.makedirs(args.output, exist_ok=True)
     threads = args.threads or max(1, usable_cores() // max(args.jobs, 1))
     cost = measure_cost(args)
-    runs = train_all(args, threads)
+    runs = train_all(args.config_file, list(args.opts), rows(args),
+                     [int(s) for s in args.seeds.split(",")], args.output, args.jobs, threads)
     summary = summarise(runs, cost)
     seeds = args.seeds.replace(",", ", ")
     setup = (f"{os.path.basename(args.config_file)} {' '.join(args.opts)}".strip()

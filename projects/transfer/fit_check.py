@@ -19,7 +19,7 @@ import os
 from typing import List
 
 from projects.tables import command_line, publish, table_head, table_row
-from projects.transfer import compare
+from projects.transfer import run_executor
 from projects.transfer.study_records import REGIMES, ROOT, parse_regimes
 from projects.transfer.study_report import ordered
 
@@ -60,7 +60,7 @@ def evaluate(run: dict, images: int) -> dict:
     from e3va_d2.engine import E3VATrainer
 
     config = os.path.join(ROOT, REGIMES[run["regime"]])
-    cfg = compare.run_config(config, [], run["row"], run["seed"], run["folder"])
+    cfg = run_executor.run_config(config, [], run["row"], run["seed"], run["folder"])
     held_out = cfg.dataloader.test.dataset.names
     training = register_training_subset(run["regime"], images)
     cfg.dataloader.test.dataset.names = [training, held_out]

@@ -15,7 +15,7 @@ import os
 from typing import Dict, List
 
 from e3va_d2.checkpoint.files import atomic_write
-from projects.transfer.compare import row_folder
+from projects.transfer.run_executor import row_folder
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # Fixed before any E3VA result of the study was looked at (c5884da); one recipe for every row.

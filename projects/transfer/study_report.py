@@ -13,9 +13,9 @@ import os
 import statistics
 from typing import Dict, List, Optional
 
+from e3va_d2.modeling.tuning import parse_method_spec
 from projects import tables
 from projects.benchmark.peak_report import MIB, peak_share
-from projects.benchmark.tuning_cost import method_options
 from projects.tables import replace_block, table_head, table_row
 from projects.transfer.study_records import REGIMES, ROOT, load_records
 
@@ -89,7 +89,7 @@ def ordered(rows) -> List[str]:
 def is_variant(row: str) -> bool:
     """A method with options (``e3va:trunk_dtype=bfloat16``): compared with its base, seed by
     seed, in the variants table rather than among the methods."""
-    return bool(method_options(row)[1])
+    return bool(parse_method_spec(row)[1])
 
 
 def base_row(row: str) -> str:

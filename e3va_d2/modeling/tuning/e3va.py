@@ -31,10 +31,11 @@ class E3VATuning(TuningMethod):
         it together with a non-default hidden_ratio is an error: both would name the width,
         and whichever won, the other value the config states would be silently ignored.
     init: how the dual low-rank factors are drawn; the paper says only "Kaiming Norm".
-        "lorand" (default): the same lab's released LoRand code (kaiming_uniform_ with
-        a=sqrt(5) over its (in, r) / (r, out) factor layout; adapters start at about a tenth
-        of their input). "kaiming_fan_in": Kaiming normal over each factor's own fan-in (this
-        project's first reading; adapters start several times larger than their input).
+        "lorand" (default): the outer two factors of the same lab's released LoRand code
+        (kaiming_uniform_ with a=sqrt(5) over its (in, r) / (r, out) factor layout; LoRand's
+        (k, k) core has no counterpart here; adapters start at about a sixth of their input).
+        "kaiming_fan_in": Kaiming normal over each factor's own fan-in (this project's first
+        reading; adapters start several times larger than their input).
         "trunc_normal": std 0.02 (Mona's). See DualLowRankLinear.
     adapter_kind: "dual_low_rank" or "standard" (Table 5).
     structure: "parallel" or "stacked" (Table 6).

@@ -136,18 +136,16 @@ class HoulsbyAdapterTuning(_InsertedTuning):
 @register_tuning("lora")
 @dataclass
 class LoRATuning(_InsertedTuning):
-    """A rank-``rank`` linear pair (no bias) parallel to MSA and to MLP in every block;
-    ``scale`` is LoRA's alpha / rank."""
+    """A rank-``rank`` linear pair (no bias) parallel to MSA and to MLP in every block, added
+    unscaled (LoRA's alpha / rank is 1: ``B`` starts at zero, so a scale would only rescale the
+    learning rate)."""
 
     rank: int = option(64, minimum=1)
-    scale: float = 1.0
 
     def attach(self, trunk):
         insert_into_blocks(
             trunk,
-            lambda dim: ParallelBranch(
-                Bottleneck(dim, self.rank, activation=False, bias=False), self.scale
-            ),
+            lambda dim: ParallelBranch(Bottleneck(dim, self.rank, activation=False, bias=False)),
         )
 
 
@@ -157,13 +155,12 @@ class AdaptFormerTuning(_InsertedTuning):
     """A GELU bottleneck (width 64) parallel to MSA and to MLP, scaled by a learned scalar."""
 
     width: int = option(64, minimum=1)
-    scale: float = 0.1
-    learnable_scale: bool = True
+    scale: float = 0.1  # the learned scalar's initial value
 
     def attach(self, trunk):
         insert_into_blocks(
             trunk,
             lambda dim: ParallelBranch(
-                Bottleneck(dim, self.width), self.scale, self.learnable_scale
+                Bottleneck(dim, self.width), self.scale, learnable_scale=True
             ),
         )

@@ -18,13 +18,9 @@ class BitFitTuning(TuningMethod):
     """Only the trunk's bias terms train (BitFit), the relative position bias tables included:
     that is how the paper counts 0.20M parameters for Swin-B (0.14M without the tables)."""
 
-    include_position_bias: bool = True
-
     def trainable_parameters(self, trunk, highway):
         for name, param in trunk.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            table = self.include_position_bias and leaf == "relative_position_bias_table"
-            if leaf == "bias" or table:
+            if name.rsplit(".", 1)[-1] in ("bias", "relative_position_bias_table"):
                 yield "trunk." + name, param
 
 

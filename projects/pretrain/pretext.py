@@ -25,8 +25,14 @@ from typing import Dict, List, NamedTuple, Tuple
 
 import numpy as np
 
-from .glyphs import GLYPH_CLASSES, Polygon, glyph_parts, place_parts, regular_polygon
-from .shapes_render import background, paint_solid, upsample
+from e3va_d2.data.shapes_render import background, paint_solid, upsample
+from projects.pretrain.glyphs import (
+    GLYPH_CLASSES,
+    Polygon,
+    glyph_parts,
+    place_parts,
+    regular_polygon,
+)
 
 __all__ = ["SCENE_CLASSES", "STYLES", "SCENE_SPLITS", "Scene", "render_scene", "token_labels",
            "SceneStream"]
@@ -118,8 +124,10 @@ def scene_glyph(rng: np.random.Generator, name: str, r: float) -> List[Tuple[Pol
                        r * 0.5 * math.sin(k * 2 * math.pi / 3 - math.pi / 2), r * 0.5), True)
                 for k in range(3)]
     if name == "cloud":
-        return [(_disc(-r * 0.5, r * 0.2, r * 0.45), True), (_disc(r * 0.5, r * 0.2, r * 0.45), True),
-                (_disc(0.0, -r * 0.15, r * 0.6), True), (_bar(-r * 0.5, r * 0.2, r * 0.5, r * 0.65), True)]
+        return [(_disc(-r * 0.5, r * 0.2, r * 0.45), True),
+                (_disc(r * 0.5, r * 0.2, r * 0.45), True),
+                (_disc(0.0, -r * 0.15, r * 0.6), True),
+                (_bar(-r * 0.5, r * 0.2, r * 0.5, r * 0.65), True)]
     if name == "target":
         return [(regular_polygon(40, r), True), (regular_polygon(40, r * 0.68), False),
                 (regular_polygon(32, r * 0.36), True)]
@@ -130,7 +138,8 @@ def scene_glyph(rng: np.random.Generator, name: str, r: float) -> List[Tuple[Pol
         path = [(x, r * 0.35 * math.sin(2.5 * math.pi * x / r)) for x in np.linspace(-r, r, 41)]
         return [(_band(path, t), True)]
     if name == "spiral":
-        path = [(r * (0.2 + 0.8 * u) * math.cos(4 * math.pi * u), r * (0.2 + 0.8 * u) * math.sin(4 * math.pi * u))
+        path = [(r * (0.2 + 0.8 * u) * math.cos(4 * math.pi * u),
+                 r * (0.2 + 0.8 * u) * math.sin(4 * math.pi * u))
                 for u in np.linspace(0, 1, 60)]
         return [(_band(path, t * 0.6), True)]
     if name == "arch":
@@ -143,10 +152,13 @@ def scene_glyph(rng: np.random.Generator, name: str, r: float) -> List[Tuple[Pol
                 (_bar(-r * 0.6, -a * 0.7, r * 0.6, a * 0.7), True)]
     if name == "hash":
         b = t * 0.35
-        return [(_bar(-r, -r * 0.4 - b, r, -r * 0.4 + b), True), (_bar(-r, r * 0.4 - b, r, r * 0.4 + b), True),
-                (_bar(-r * 0.4 - b, -r, -r * 0.4 + b, r), True), (_bar(r * 0.4 - b, -r, r * 0.4 + b, r), True)]
+        return [(_bar(-r, -r * 0.4 - b, r, -r * 0.4 + b), True),
+                (_bar(-r, r * 0.4 - b, r, r * 0.4 + b), True),
+                (_bar(-r * 0.4 - b, -r, -r * 0.4 + b, r), True),
+                (_bar(r * 0.4 - b, -r, r * 0.4 + b, r), True)]
     if name == "equals":
-        return [(_bar(-r, -r * 0.55, r, -r * 0.55 + t), True), (_bar(-r, r * 0.55 - t, r, r * 0.55), True)]
+        return [(_bar(-r, -r * 0.55, r, -r * 0.55 + t), True),
+                (_bar(-r, r * 0.55 - t, r, r * 0.55), True)]
     if name == "pacman":
         mouth = rng.uniform(0.35, 0.6)
         pts = [(0.0, 0.0)] + [(r * math.cos(s), r * math.sin(s))
@@ -214,7 +226,8 @@ def _fill(rng: np.random.Generator, style: str, img: np.ndarray, cov: np.ndarray
     elif style == "gradient":
         theta = rng.uniform(0, 2 * math.pi)
         u = x * math.cos(theta) + y * math.sin(theta)
-        lo, hi = float(u[visible].min()) if visible.any() else 0.0, float(u[visible].max()) if visible.any() else 1.0
+        lo, hi = ((float(u[visible].min()), float(u[visible].max())) if visible.any()
+                  else (0.0, 1.0))
         mix = np.clip((u - lo) / max(hi - lo, 1e-6), 0, 1)
     else:
         raise ValueError(f"unknown style {style!r}")
@@ -251,7 +264,8 @@ def _draw_glyph(rng, img, class_map, style_map, cls: int, style: int, r: float, 
     aspect = math.exp(rng.uniform(-0.35, 0.35))
     margin = min(r * 0.8, size / 2)
     cx, cy = rng.uniform(margin, size - margin, size=2)
-    parts = place_parts(scene_glyph(rng, SCENE_CLASSES[cls], r), cx, cy, rng.uniform(0, 2 * math.pi),
+    parts = place_parts(scene_glyph(rng, SCENE_CLASSES[cls], r), cx, cy,
+                        rng.uniform(0, 2 * math.pi),
                         aspect, 1 / aspect)
     name = STYLES[style]
     cov = _coverage(parts, size, outline=r * rng.uniform(0.1, 0.2) if name == "outline" else 0.0)
@@ -319,7 +333,8 @@ class SceneStream:
 
     def __init__(self, seed: int, length: int, size: int = 112, start: int = 0,
                  token_strides: Tuple[int, ...] = (16, 32)):
-        self.seed, self.length, self.size, self.start = int(seed), int(length), int(size), int(start)
+        self.seed, self.length = int(seed), int(length)
+        self.size, self.start = int(size), int(start)
         self.token_strides = tuple(token_strides)
 
     def __len__(self) -> int:
@@ -337,4 +352,5 @@ class SceneStream:
                 token_labels(scene.class_map, stride, len(SCENE_CLASSES)))
             dense[f"style@{stride}"] = torch.from_numpy(
                 token_labels(scene.style_map, stride, len(STYLES)))
-        return torch.from_numpy(scene.image).permute(2, 0, 1).float(), scene.label, scene.style, dense
+        image = torch.from_numpy(scene.image).permute(2, 0, 1).float()
+        return image, scene.label, scene.style, dense

@@ -1,7 +1,8 @@
 """Measuring what training costs: activations kept for backward, step time, CUDA peak.
 
-Used by the benchmark (projects/benchmark/tuning_cost.py) and its tests; a measured step is the
-trainer's own :class:`~e3va_d2.engine.step.TrainStep`. Saved activations are
+Used by the benchmarks (projects/benchmark/) and their tests. There is one training step, the
+trainer's own :class:`~e3va_d2.engine.step.TrainStep`; :class:`MeasuredStep` runs it on a fixed
+batch and times and measures it (it is no step of its own). Saved activations are
 counted with ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd keeps for the
 backward pass, each storage counted once, parameters and buffers excluded (they are model state,
 not activations).
@@ -20,7 +21,7 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from .step import TrainStep
+from e3va_d2.engine.step import TrainStep
 
 __all__ = [
     "SAVED_KINDS",
@@ -28,7 +29,7 @@ __all__ = [
     "saved_bytes_by_module",
     "saved_activation_bytes",
     "synthetic_detection_batch",
-    "TrainingStep",
+    "MeasuredStep",
     "median",
     "release_freed_memory",
 ]
@@ -134,7 +135,7 @@ def synthetic_detection_batch(
     return batch
 
 
-class TrainingStep:
+class MeasuredStep:
     """One optimizer step of a detectron2 model on a fixed batch, timed and measured.
 
     The cost of a detector step depends on the proposals its heads sample, which depend on the

@@ -73,7 +73,7 @@ def category_timeline(prof, device: str) -> Tuple[List[int], List[Dict[str, int]
         raise RuntimeError(
             f"torch {torch.__version__} changed the profiler's private memory timeline "
             "(torch.profiler._memory_profiler: MemoryProfileTimeline._coalesce_timeline, "
-            f"_CATEGORY_TO_INDEX) that e3va_d2.utils.memory reads: {e}") from e
+            f"_CATEGORY_TO_INDEX) that projects.benchmark.peak_memory reads: {e}") from e
     if sizes and len(sizes[0]) != len(columns) + 1:
         raise RuntimeError(f"torch {torch.__version__}: the memory timeline has "
                            f"{len(sizes[0])} columns, expected {len(columns) + 1}")
