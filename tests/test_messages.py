@@ -89,8 +89,8 @@ def test_a_corrupt_generated_dataset_says_to_delete_its_folder(generated):
     with open(paths.json_file, "r+") as f:
         text = f.read()
         f.seek(0), f.truncate(), f.write(text[: len(text) // 2])
-    with pytest.raises(DatasetError, match=f"e3va_d2 generated it: delete the folder "
-                       f"{paths.root} and it is generated again"):
+    with pytest.raises(DatasetError, match=f"e3va_d2 generated it, and its copy is damaged: "
+                       f"delete the folder {paths.root} and it is generated again"):
         load_dataset_dicts(name)
 
 

@@ -37,6 +37,7 @@ def cfg_with(out, *overrides):
     return cfg
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_resume_applies_and_logs_the_configs_optimizer_and_schedule(tmp_path, caplog,
                                                                      monkeypatch):
     # The run that diverged: lr 0.05, weight decay 0.05, 4 iterations; saved after iteration 1.

@@ -93,13 +93,13 @@ def _check_json_looks_complete(name: str, path: str) -> None:
 
 def _bad_json_message(name: str, path: str, problem: object) -> str:
     if name in MetadataCatalog and MetadataCatalog.get(name).get("generated_on_demand", False):
-        fix = (f"e3va_d2 generated it: delete the folder {os.path.dirname(path)} and it is "
-               "generated again when the dataset is next loaded")
+        fix = (f"e3va_d2 generated it, and its copy is damaged: delete the folder "
+               f"{os.path.dirname(path)} and it is generated again when the dataset is next "
+               "loaded")
     else:
-        fix = ("probably truncated or corrupted (e.g. an interrupted download or unzip); "
+        fix = ("It is probably truncated or corrupted (e.g. an interrupted download or unzip); "
                "re-download or re-extract it")
-    return (f"Dataset '{name}': annotation file '{path}' is not valid JSON ({problem}). It is "
-            f"{fix}.")
+    return f"Dataset '{name}': annotation file '{path}' is not valid JSON ({problem}). {fix}."
 
 
 def _check_paths(name: str) -> None:
