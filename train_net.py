@@ -31,7 +31,7 @@ from e3va_d2.config import ConfigError, add_e3va_config, load_config
 from e3va_d2.config.reliability import reliability_settings
 from e3va_d2.engine import E3VATrainer, YacsTrainer, launch
 from e3va_d2.engine.checks import check_training_settings, check_yacs_training_settings
-from e3va_d2.engine.launch import DEFAULT_TIMEOUT
+from e3va_d2.engine.launch import DEFAULT_TIMEOUT, backend_for_device
 from e3va_d2.engine.output_dir import check_output_dir
 from e3va_d2.engine.run_lock import OutputDirLock
 from e3va_d2.utils.safe_load import trust_checkpoint_code
@@ -154,14 +154,40 @@ def lazy_main(cfg, args):
     return results
 
 
+def _config(args):
+    is_yacs = args.config_file.endswith((".yaml", ".yml"))
+    return yacs_config(args) if is_yacs else load_config(args.config_file, args.opts)
+
+
 def dist_timeout(args):
     """train.dist_timeout_minutes (yacs: DIST_TIMEOUT_MINUTES): the process group is created
     with it, so it is read here, before the processes start."""
     if args.num_gpus * args.num_machines <= 1:
         return DEFAULT_TIMEOUT
-    is_yacs = args.config_file.endswith((".yaml", ".yml"))
-    cfg = yacs_config(args) if is_yacs else load_config(args.config_file, args.opts)
-    return reliability_settings(cfg).dist_timeout
+    return reliability_settings(_config(args)).dist_timeout
+
+
+def dist_backend(args):
+    """gloo or NCCL for the device the config trains on (train.device, yacs MODEL.DEVICE), not
+    for the hardware: train.device=cpu on a GPU machine is CPU DDP, over gloo."""
+    if args.num_gpus * args.num_machines <= 1:
+        return "gloo"  # no process group
+    cfg = _config(args)
+    return backend_for_device(cfg.MODEL.DEVICE if "MODEL" in cfg else cfg.train.get("device"))
+
+
+def launch_main(args):
+    """``main`` in ``--num-gpus`` processes per machine (one: in this process)."""
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        backend=dist_backend(args),
+        timeout=dist_timeout(args),
+    )
 
 
 def parse_args(argv=None):
@@ -173,13 +199,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        timeout=dist_timeout(args),
-    )
+    launch_main(parse_args())

@@ -1,4 +1,4 @@
-"""The paper's published figures (Yin et al., 2023: Tables 1, 2, 5-7), in one place.
+"""The paper's published figures (Yin et al., 2023: Tables 1, 2, 4-7), in one place.
 
 Tests check the built models' trainable parameter counts against them; the configs table of
 docs/CONFIGS.md (``projects/model_zoo/config_table.py``) prints them next to ours. They are the
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-__all__ = ["METHODS", "METRIC", "ROWS", "TRAINABLE_BACKBONE_MILLIONS"]
+__all__ = ["METHODS", "METRIC", "ROWS", "TABLE4_CARDS", "TABLE4_FITS",
+           "TRAINABLE_BACKBONE_MILLIONS", "TRAINING_MEMORY_MB"]
 
 # (benchmark folder, config row suffix) -> (trainable backbone parameters in millions, or None
 # where the paper gives none; the metric as printed).
@@ -72,4 +73,31 @@ METHODS = ("full", "fixed", "bitfit", "norm", "partial1", "adapter", "lora", "ad
 TRAINABLE_BACKBONE_MILLIONS: Dict[str, Dict[str, float]] = {
     size: {method: ROWS[folder, f"{size.lower()}_{method}"][0] for method in METHODS}
     for size, folder in (("B", "COCO"), ("L", "PascalVOC"))
+}
+
+# Training memory per GPU at batch 2 as the paper prints it ("MB"; read as MiB: mmdetection's
+# log prints torch.cuda.max_memory_allocated / 2**20 under that name): Table 1 (COCO, Cascade
+# Mask R-CNN, Swin-B; its last row Swin-L) and Table 2 (Pascal VOC, RetinaNet, Swin-L).
+TRAINING_MEMORY_MB: Dict[Tuple[str, str], int] = {
+    ("COCO", "b_full"): 17061, ("COCO", "b_fixed"): 7137, ("COCO", "b_bitfit"): 13657,
+    ("COCO", "b_norm"): 12831, ("COCO", "b_partial1"): 7301, ("COCO", "b_adapter"): 12557,
+    ("COCO", "b_lora"): 11975, ("COCO", "b_adaptformer"): 13186, ("COCO", "b_e3va"): 7639,
+    ("COCO", "b_e3va_plus"): 7761, ("COCO", "b_e3va_plusplus"): 8941, ("COCO", "l_e3va"): 9471,
+    ("PascalVOC", "l_full"): 15679, ("PascalVOC", "l_fixed"): 3967,
+    ("PascalVOC", "l_bitfit"): 10861, ("PascalVOC", "l_norm"): 10123,
+    ("PascalVOC", "l_partial1"): 3943, ("PascalVOC", "l_adapter"): 10793,
+    ("PascalVOC", "l_lora"): 10127, ("PascalVOC", "l_adaptformer"): 11036,
+    ("PascalVOC", "l_e3va"): 4819, ("PascalVOC", "l_e3va_plus"): 5175,
+    ("PascalVOC", "l_e3va_plusplus"): 5405,
+}
+
+# Table 4: which card trains Swin-L Cascade Mask R-CNN (COCO) with each method, per batch:
+# (method, batch) -> trains on (GTX 1080Ti 11GB, Tesla P100 16GB, RTX 3090 24GB, V100 32GB).
+TABLE4_CARDS = (("GTX 1080Ti", 11), ("Tesla P100", 16), ("RTX 3090", 24), ("Tesla V100", 32))
+TABLE4_FITS: Dict[Tuple[str, int], Tuple[bool, bool, bool, bool]] = {
+    ("full", 1): (False, False, True, True), ("full", 2): (False, False, False, False),
+    ("bitfit", 1): (False, False, True, True), ("bitfit", 2): (False, False, False, False),
+    ("adapter", 1): (False, False, True, True), ("adapter", 2): (False, False, False, False),
+    ("lora", 1): (False, False, True, True), ("lora", 2): (False, False, False, False),
+    ("e3va", 1): (True, True, True, True), ("e3va", 2): (False, True, True, True),
 }

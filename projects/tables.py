@@ -88,8 +88,11 @@ TABLES: Dict[str, Table] = {
     "plan-swin-l": Table(
         "docs/MEMORY.md", "projects.benchmark.plan:render",
         f"{_BENCH}.plan --config-file configs/COCO/cascade_mask_rcnn_swin_l_e3va.py "
-        "--gpu-memory 11GiB --methods full,fixed,lora,e3va --check-sizes 416,480,544 "
-        "--check-batches 1 --output output/plan-swin-l"),
+        "--gpu-memory 11GiB --methods full,fixed,lora,e3va,bitfit,adapter --check-sizes 416 "
+        "--check-batches 1 --output output/plan-paper/swin-l-cascade"),
+    "plan-paper": Table(
+        "docs/MEMORY.md", "projects.benchmark.paper_memory:render",
+        f"{_BENCH}.plan_paper"),
     "peft-swin-b": Table(
         "docs/MEMORY.md", "projects.benchmark.peft_peer:render",
         f"{_BENCH}.peft_peer --config-file {_SWIN_B} --size 448 --steps 5"),

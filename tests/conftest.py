@@ -1,8 +1,13 @@
-"""Shared test settings: tiny Swins that run in milliseconds on CPU."""
+"""Shared test settings: the CPU only, tiny Swins that run in milliseconds on it."""
 import os
 
-import pytest
-import torch
+# The suite is a CPU suite, also on a GPU machine: hidden before torch first touches CUDA, the
+# GPUs cannot pull a test (or a benchmark run with its default `--device auto`, or a launch's
+# backend) onto CUDA, and subprocesses inherit it. `make gpu-check` is what exercises CUDA.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # One share of the cores per xdist worker: with 2 workers on 2 cores, two intra-op threads each
 # slow a tiny model's many small ops down by an order of magnitude (measured: 10 s -> 200 s).

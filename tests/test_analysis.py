@@ -20,8 +20,8 @@ class Unfused(torch.nn.Module):
 
 
 def test_fused_attention_counts_as_its_two_matmuls():
-    """As many flops as fvcore counts for the same attention written out (5-D, as Swin's
-    shifted windows call it; a value width unlike the key's)."""
+    """As many flops as fvcore counts for the same attention written out (5-D: every batch
+    dimension counts; a value width unlike the key's)."""
     q, k = torch.randn(2, 3, 4, 49, 16), torch.randn(2, 3, 4, 49, 16)
     v, mask = torch.randn(2, 3, 4, 49, 8), torch.randn(3, 1, 49, 49)
     fused = FlopCountAnalysis(Fused(), (q, k, v, mask))

@@ -235,6 +235,8 @@ def test_highway_time_separates_gradient_path_from_adapters(tmp_path):
         highway_time.load_config(os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")),
         highway_time.synthetic_detection_batch(1, 64, 3), torch.device("cpu"))
     model = steps["gradient path"].model
+    shared = [steps[v].model.backbone.bottom_up.trunk.patch_embed.proj.weight for v in steps]
+    assert len({w.data_ptr() for w in shared}) == 1  # one copy of the common weights
     highway = model.backbone.bottom_up.highway
     traces, source = [], highway.trace_source
     highway.trace_source = lambda trunk, images: traces.append(source(trunk, images)) or traces[-1]
@@ -242,3 +244,29 @@ def test_highway_time_separates_gradient_path_from_adapters(tmp_path):
     assert traces[0].embedding.grad is not None  # the gradient crossed every merge
     assert not any(p.grad is not None for n, p in model.named_parameters() if "_adapter" in n)
     assert "| gradient path |" in (tmp_path / "highway_time.md").read_text()
+
+
+def test_moving_a_method_keeps_adamw_step_counters_where_torch_keeps_them():
+    # AdamW keeps its "step" counters as CPU scalars (read on the host every step) unless it is
+    # capturable or fused; moving them to the GPU costs a host sync per parameter per step.
+    from types import SimpleNamespace
+
+    from projects.benchmark.tuning_cost import Bench
+
+    def method(**options):
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, **options)
+        model(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        return {"model1": SimpleNamespace(model=model, batch=[], optimizer=optimizer)}
+
+    bench = Bench.__new__(Bench)
+    bench.device = torch.device("cuda")  # on_device moves only for a CUDA bench
+    bench.steps = {"plain": method(), "fused": method(fused=True)}
+    for name in bench.steps:
+        bench.on_device(name, torch.device("meta"))  # any device but the CPU shows the move
+    plain = bench.steps["plain"]["model1"].optimizer.state.values()
+    assert all(s["step"].device.type == "cpu" and s["exp_avg"].device.type == "meta"
+               for s in plain)
+    fused = bench.steps["fused"]["model1"].optimizer.state.values()
+    assert all(s["step"].device.type == "meta" for s in fused)  # fused keeps them on device

@@ -82,3 +82,23 @@ def test_float8_copy_is_scaled_to_the_formats_range():
     assert kept.dtype == torch.float8_e4m3fn and kept.float().abs().max() == 448
     torch.testing.assert_close(_widen(kept, scale, torch.float32), x, rtol=0.07, atol=0)
     assert _narrow(x.bfloat16(), torch.bfloat16)[0].dtype == torch.bfloat16  # never widened
+
+
+def test_float8_scaling_is_float32_under_float16_autocast():
+    """Under float16 autocast the adapters' inputs are float16. A scale computed in float16
+    rounds below 0.03 (x / 448 leaves float16's normal range) and is 0 below 3e-5, where the
+    widened copy is 0 (CPU) or inf / NaN (CUDA): the weight gradients go wrong."""
+    torch.manual_seed(0)
+    layers = dual_low_rank_layers(64, 32, 16, torch.float32)
+    for magnitude in (1e-2, 1e-5):
+        x = (torch.randn(4, 50, 64) * magnitude).half()
+        grads = []
+        for saved_dtype in (None, torch.float8_e4m3fn):
+            with torch.autocast("cpu", dtype=torch.float16):
+                out = recomputed_bottleneck(x, layers, 2, saved_dtype=saved_dtype)
+            grads.append(torch.autograd.grad(out.float().sum(), layers[0][0])[0])
+        exact, narrow = grads
+        assert narrow.isfinite().all()
+        # float8 keeps 3 mantissa bits (6% per value); the gradient sums many of them.
+        tolerance = 0.06 * exact.abs().max().item()
+        torch.testing.assert_close(narrow, exact, rtol=0, atol=tolerance, msg=str(magnitude))

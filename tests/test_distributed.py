@@ -45,7 +45,8 @@ def run_steps(out_file):
               for i in range(IMAGES)]
     share = IMAGES // world
     params = [p for p in model.parameters() if p.requires_grad]
-    model = create_ddp_model(model, device_ids=None, broadcast_buffers=False)
+    model = create_ddp_model(model, device_ids=None, broadcast_buffers=False,
+                             gradient_as_bucket_view=True)  # as E3VATrainer's DDP
     step = TrainStep(model, repeat(images[rank * share : (rank + 1) * share]),
                      torch.optim.SGD(params, lr=0.5))
     with EventStorage():
@@ -104,7 +105,8 @@ def test_train_net_runs_two_cpu_processes_and_resumes_both_ranks(tmp_path):
 _MACHINE = """
 from e3va_d2.engine import launch
 from tests.test_distributed import run_steps
-launch(run_steps, 1, num_machines=2, machine_rank={rank}, dist_url="{url}", args=("{out}",))
+launch(run_steps, 1, num_machines=2, machine_rank={rank}, dist_url="{url}", args=("{out}",),
+       backend="gloo")
 """
 
 

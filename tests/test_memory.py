@@ -237,6 +237,41 @@ def test_a_float16_trunk_that_overflows_stops_with_an_error_naming_the_fix(recom
     assert all(out.isfinite().all() for out in bfloat16(images).values())
 
 
+@pytest.mark.parametrize("recompute_branches", [None, "stage"])
+@pytest.mark.parametrize("trunk_dtype, amp_dtype", [("bfloat16", torch.float16),
+                                                    ("float16", torch.bfloat16),
+                                                    ("float16", torch.float16)])
+def test_a_narrow_trunk_computes_in_its_own_dtype_under_any_autocast(trunk_dtype, amp_dtype,
+                                                                     recompute_branches):
+    """float16 AMP must not run a bfloat16 trunk's matmuls in float16 (the range bfloat16 is
+    there to avoid) and promote its stream to float32; under any AMP dtype a float16 trunk's
+    stream stays float16, so its overflow check still fires."""
+    from e3va_d2.modeling.trunk_precision import TrunkOverflowError
+
+    torch.manual_seed(0)
+    model = tiny(E3VATuning(rank=4, trunk_dtype=trunk_dtype,
+                            recompute_branches=recompute_branches)).train()
+    computed = set()
+    for stage in model.trunk.layers:
+        for module in stage.blocks.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)):
+                module.register_forward_hook(lambda m, a, out: computed.add(out.dtype))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=amp_dtype):
+        loss = sum(o.float().square().mean() for o in model(images).values())
+    loss.backward()  # recomputed branches: their blocks run again, as in the forward
+    assert computed == {getattr(torch, trunk_dtype)}
+    assert loss.isfinite() and all(p.grad.isfinite().all() for p in model.parameters()
+                                   if p.requires_grad)
+    if trunk_dtype == "float16":
+        with torch.no_grad():  # as in the test above: stage 2 leaves float16's range
+            for block in model.trunk.layers[2].blocks:
+                block.mlp.fc2.bias.fill_(6e4)
+        with torch.autocast("cpu", dtype=amp_dtype), pytest.raises(TrunkOverflowError,
+                                                                   match="stage 2"):
+            model(images)
+
+
 def test_narrowest_dtype_wins_for_adapter_inputs():
     assert E3VATuning(trunk_dtype="bfloat16").adapter_saved_dtype() == torch.bfloat16
     assert E3VATuning(trunk_dtype="bfloat16", saved_input_dtype="float8_e4m3fn"
@@ -305,7 +340,7 @@ def test_planner_measures_fits_checks_and_plans_again_from_json(tmp_path):
     result = plan.main(PLANNER_CONFIG + [
         "--methods", "fixed,e3va", "--fit-sizes", "64,128", "--fit-batches", "1,2",
         "--check-sizes", "192", "--check-batches", "1", "--sizes", "1333x800,256",
-        "--gpu-memory", "11GB", "--reserve", "0.5GiB", "--output", str(tmp_path),
+        "--gpu-memory", "11GB", "--cuda-context", "0.5GiB", "--output", str(tmp_path),
     ] + PLANNER_OPTS)
     points = result["measured"]["points"]
     assert [(p["size"], p["batch"], p["role"]) for p in points["e3va"]] == [
@@ -317,10 +352,10 @@ def test_planner_measures_fits_checks_and_plans_again_from_json(tmp_path):
     assert result["models"]["e3va"].per_pixel > result["models"]["fixed"].per_pixel
     assert result["check_max_error"] < 0.10
     text = (tmp_path / "plan.md").read_text()
-    assert "| e3va | 1333x800 |" in text and "11GB (10.24 GiB, 0.50 GiB reserved)" in text
+    assert "| e3va | 1333x800 |" in text and "11GB (10.24 GiB)" in text
     assert "At 1333x800 on 11GB" in text and "Check at sizes not fitted" in text
     plan.main(PLANNER_CONFIG + ["--from-json", str(tmp_path / "plan.json"), "--sizes",
-                                "1333x800,256", "--gpu-memory", "11GB", "--reserve", "0.5GiB",
+                                "1333x800,256", "--gpu-memory", "11GB", "--cuda-context", "0.5GiB",
                                 "--output", str(tmp_path / "again")])
     assert (tmp_path / "again" / "plan.md").read_text() == text
     saved = json.loads((tmp_path / "plan.json").read_text())

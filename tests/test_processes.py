@@ -2,6 +2,7 @@
 non-zero (and --resume continues from it); workers die with a launcher killed by SIGKILL; a
 process waiting for a missing peer says what it waits for and gives up after the configured
 timeout instead of 30 silent minutes."""
+import importlib
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import torch
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
@@ -297,6 +299,80 @@ def test_train_net_creates_the_process_group_with_the_configured_timeout(config,
 
     args = train_net.parse_args(["--num-gpus", "2", "--config-file", config, *opts])
     assert train_net.dist_timeout(args) == timedelta(seconds=seconds)
+
+
+def test_the_default_timeout_is_detectron2s_30_minutes():
+    """Rank 0's pure-Python COCO evaluation outlasts 10 minutes while the others wait."""
+    import train_net
+    from e3va_d2.engine.launch import DEFAULT_TIMEOUT
+
+    assert DEFAULT_TIMEOUT == timedelta(minutes=30)
+    for config in (DEMO, DEMO.replace(".py", ".yaml")):
+        args = train_net.parse_args(["--num-gpus", "2", "--config-file", config])
+        assert train_net.dist_timeout(args) == timedelta(minutes=30), config
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """CUDA "present"; every launch is recorded (backend, dist_url) instead of started."""
+    launching = importlib.import_module("e3va_d2.engine.launch")  # the module, not the function
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(launching, "d2_launch", lambda fn, n, **kw: calls.append(
+        ("nccl", kw["dist_url"])))
+    monkeypatch.setattr(launching, "_spawn_gloo", lambda fn, n, machines, rank, url, *rest:
+                        calls.append(("gloo", url)))
+    return calls
+
+
+@pytest.mark.parametrize("config, opts, backend", [
+    (DEMO, ["train.device=cpu"], "gloo"),
+    (DEMO, ["train.device=cuda"], "nccl"),
+    (DEMO, ["train.device=auto"], "nccl"),
+    (DEMO.replace(".py", ".yaml"), ["MODEL.DEVICE", "cpu"], "gloo"),
+    (DEMO.replace(".py", ".yaml"), [], "nccl"),  # detectron2's default MODEL.DEVICE: cuda
+])
+def test_the_backend_follows_the_configs_device_not_the_hardware(launched, config, opts,
+                                                                 backend):
+    """train.device=cpu on a GPU machine is CPU DDP, which NCCL cannot run."""
+    import train_net
+
+    train_net.launch_main(train_net.parse_args(["--num-gpus", "2", "--config-file", config,
+                                                *opts]))
+    assert [b for b, _ in launched] == [backend]
+
+
+@pytest.mark.parametrize("backend", ["nccl", "gloo"])
+def test_launch_resolves_a_missing_dist_url_on_both_paths(launched, backend):
+    from e3va_d2.engine import launch
+
+    launch(print, 2, backend=backend, dist_url=None)
+    launch(print, 2, backend=backend, dist_url="auto")
+    assert [(b, url.startswith("tcp://127.0.0.1:")) for b, url in launched] == [(backend, True)] * 2
+    with pytest.raises(ValueError, match="--dist-url"):
+        launch(print, 1, num_machines=2, backend=backend, dist_url=None)
+
+
+def test_the_nccl_path_destroys_its_process_group(monkeypatch):
+    """detectron2 0.6's worker leaves the group to the interpreter's exit (a leak NCCL warns
+    of, a hang when a peer is gone). Its worker is run here in this process, on gloo."""
+    import torch.distributed as dist
+
+    launching = importlib.import_module("e3va_d2.engine.launch")
+
+    def d2_launch(worker, n, num_machines, machine_rank, dist_url, args, timeout):
+        dist.init_process_group("gloo", init_method=dist_url, world_size=1, rank=0)
+        worker(*args)
+
+    monkeypatch.setattr(launching, "d2_launch", d2_launch)
+    monkeypatch.setattr(launching, "die_with_parent", lambda pid: None)
+    seen = []
+    try:
+        launching.launch(lambda: seen.append(dist.is_initialized()), 2, backend="nccl")
+        assert seen == [True] and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_a_timeout_that_is_no_number_of_minutes_is_refused():

@@ -1,7 +1,8 @@
 """Exact resume: a run that crashes after a checkpoint and is resumed with ``--resume``
 ends with bit-identical trainable weights and buffers to the uninterrupted run, for all three
 demo models (Mask R-CNN, RetinaNet with its running loss normaliser, UPerNet), and the loader's
-batches are a pure function of (seed, position), with workers or without."""
+batches are a pure function of (seed, position), with workers or without; the CUDA RNG state
+is the process's GPU's, restorable where fewer GPUs are visible."""
 import os
 
 import pytest
@@ -185,3 +186,48 @@ def test_config_loaders_are_resumable():
                    "upernet_swin_demo_e3va.py"):
         cfg = load_config(os.path.join(ROOT, "configs/Shapes", config), [])
         assert cfg.dataloader.train._target_ is build_resumable_train_loader, config
+
+
+class FakeGPUs:
+    """torch.cuda's RNG calls on ``count`` visible GPUs, this process on ``current``; a state
+    per GPU (a one-byte tensor). Restoring a GPU that is not visible fails, as CUDA does."""
+
+    def __init__(self, monkeypatch, count, current, states=None):
+        self.count, self.current = count, current
+        self.states = states or {i: torch.tensor([i], dtype=torch.uint8) for i in range(count)}
+        for name in ("is_available", "is_initialized"):
+            monkeypatch.setattr(torch.cuda, name, lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": self._get())
+        monkeypatch.setattr(torch.cuda, "set_rng_state",
+                            lambda state, device="cuda": self._set(self.current, state))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all",
+                            lambda: [self.states[i] for i in range(self.count)])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: [
+            self._set(i, s) for i, s in enumerate(states)])
+
+    def _get(self):
+        return self.states[self.current].clone()
+
+    def _set(self, device, state):
+        if device >= self.count:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        self.states[device] = state.clone()
+
+
+def test_the_cuda_rng_state_is_the_process_gpus_and_restores_with_fewer_gpus(monkeypatch):
+    """Rank 3 of a run on 8 GPUs saves its own GPU's state, and a resume on one GPU restores it
+    (a state for every visible GPU could not be restored where fewer are visible)."""
+    from e3va_d2.engine.resume import rng_state, set_rng_state
+
+    FakeGPUs(monkeypatch, count=8, current=3)
+    state = rng_state()
+    assert torch.equal(state["cuda"], torch.tensor([3], dtype=torch.uint8))
+    one = FakeGPUs(monkeypatch, count=1, current=0)
+    set_rng_state(state)
+    assert torch.equal(one.states[0], torch.tensor([3], dtype=torch.uint8))
+    # A checkpoint from before, one state per visible GPU: this process's GPU's is restored.
+    two = FakeGPUs(monkeypatch, count=2, current=1)
+    set_rng_state(dict(state, cuda=[torch.tensor([v], dtype=torch.uint8) for v in (5, 6)]))
+    assert two.states[1].item() == 6 and two.states[0].item() == 0

@@ -87,6 +87,48 @@ def test_window_attention_matches_a_naive_implementation(size):
             torch.testing.assert_close(ours, naive, atol=1e-4, rtol=1e-4)
 
 
+def windows_in_the_batch(attn, x, mask):
+    """The shifted windows' attention as first written: windows as a 5th dimension of the
+    query, which CUDA's fast SDPA kernels do not take."""
+    Bw, N, C = x.shape
+    q, k, v = attn.qkv(x).view(Bw, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    nW = mask.shape[0]
+    bias = attn.position_bias().unsqueeze(0).to(q.dtype) + mask.to(q.dtype).unsqueeze(1)
+    q, k, v = (t.view(Bw // nW, nW, attn.num_heads, N, -1) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return attn.proj(out.reshape(Bw, attn.num_heads, N, -1).transpose(1, 2).reshape(Bw, N, C))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_shifted_windows_give_a_4d_query_and_the_5d_formulations_values(amp, monkeypatch):
+    torch.manual_seed(0)
+    trunk = SwinTransformer(**TINY_SWIN, out_features=("p0",)).train()
+    for p in trunk.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    block = trunk.layers[0].blocks[1]
+    mask = trunk.layers[0].shift_mask((15, 11), torch.device("cpu"))  # 6 windows, padded
+    tokens = torch.randn(2 * mask.shape[0], 49, 32)
+    sdpa, ranks = torch.nn.functional.scaled_dot_product_attention, []
+    results = []
+    for attention in (block.attn, lambda t, m: windows_in_the_batch(block.attn, t, m)):
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            lambda q, *a, **kw: ranks.append(q.dim()) or sdpa(q, *a, **kw))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = attention(tokens, mask)
+        grads = torch.autograd.grad(out.float().square().sum(), list(block.attn.parameters()))
+        results.append((out, grads))
+    assert ranks == [4, 5]
+    (ours, our_grads), (theirs, their_grads) = results
+    assert torch.equal(ours, theirs)
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, their_grads))
+    # Inference: for a 4-D query CPU's SDPA may take its flash kernel (as unshifted windows
+    # always did), which rounds differently.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        ours, theirs = block.attn(tokens, mask), windows_in_the_batch(block.attn, tokens, mask)
+    atol = theirs.abs().max().item() * (2**-6 if amp else 1e-5)  # two bf16 roundings
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=atol)
+
+
 def test_block_is_sum_of_its_two_branches():
     torch.manual_seed(0)
     trunk = SwinTransformer(**TINY_SWIN).eval()

@@ -17,6 +17,7 @@ from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWrite
 from e3va_d2.checkpoint import E3VACheckpointer
 from e3va_d2.engine import E3VATrainer
 from e3va_d2.engine.step import MixedPrecision, TrainStep, resolve_amp_dtype
+from e3va_d2.engine.trainer import ddp_options
 
 from .helpers import short_run_config
 
@@ -158,19 +159,26 @@ def test_cpu_bf16_autocast_step(tmp_path):
     assert all(math.isfinite(v) for v in losses(str(tmp_path)))
 
 
-def test_amp_dtype_rules():
+def test_amp_dtype_rules(monkeypatch):
     assert resolve_amp_dtype(False, "cuda") is None
+    # An Ampere or later GPU computes bfloat16: no grad scaler, float32's range.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_amp_dtype(True, "cuda") == torch.bfloat16
+    # A V100 / P100 / 1080Ti only emulates it (slowly): float16 with the grad scaler.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
     assert resolve_amp_dtype(True, "cuda") == torch.float16
     assert resolve_amp_dtype(True, "cuda", "bfloat16") == torch.bfloat16
     assert resolve_amp_dtype(True, "cpu") == torch.bfloat16
-    with pytest.raises(ValueError, match="not supported on CPU"):
-        resolve_amp_dtype(True, "cpu", "float16")
+    assert resolve_amp_dtype(True, "cpu", "float16") == torch.float16  # CPU autocast has it
+    with pytest.raises(ValueError, match="train.amp.dtype='float8'"):
+        resolve_amp_dtype(True, "cpu", "float8")
 
 
 def test_fp16_step_without_gradients_skips_the_scaler():
     """A loss nothing trainable reaches (a frozen backbone without a trainable neck) must not
     reach the grad scaler, which refuses an optimizer step with nothing unscaled (867f114)."""
-    precision = MixedPrecision("cpu", torch.float16)  # the scaler alone: no fp16 autocast on CPU
+    precision = MixedPrecision("cpu", torch.float16)  # its scaler, used without autocast here
     weight = torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.SGD([weight], lr=0.5)
     assert precision.grad_scaler is not None
@@ -255,8 +263,34 @@ def test_a_standalone_step_calls_its_own_hooks_after_backward():
     assert all(n == pytest.approx([2.0 ** 0.5]) for _, n in probe.seen)  # d(sum)/d(used)
 
 
+def test_after_backward_hooks_see_unscaled_gradients_under_the_grad_scaler():
+    """A clipping hook must clip true gradients, not ones multiplied by the loss scale."""
+    model = _LossModel(1.0)
+    model.unused.requires_grad_(False)
+    step = TrainStep(model, [[0]] * 3, torch.optim.SGD([model.used], lr=0.1),
+                     amp_dtype=torch.float16)
+    probe = GradientProbe(model, ["used"])
+    step.register_hooks([probe])
+    with EventStorage():
+        for i in range(2):
+            step.iter = i
+            step.run_step()
+    assert step.grad_scaler.get_scale() == 2.0 ** 16 and step.precision.skipped_steps == 0
+    assert [n for _, n in probe.seen] == [pytest.approx([2.0 ** 0.5])] * 2
+    assert torch.allclose(model.used, torch.full((2,), 0.8))  # unscaled once: two steps of 0.1
+
+
 def all_parameters(model):
     return [{"params": list(model.parameters())}]
+
+
+def test_ddp_keeps_the_gradients_in_its_buckets_unless_the_config_says_otherwise(tmp_path):
+    """gradient_as_bucket_view: one copy of the trainable gradients, not a second one in
+    DDP's all-reduce buckets (tests/test_distributed.py trains with it)."""
+    cfg = tiny_cfg(str(tmp_path))
+    assert ddp_options(cfg, "cuda") == dict(gradient_as_bucket_view=True, **cfg.train.ddp)
+    cfg.train.ddp.gradient_as_bucket_view = False
+    assert ddp_options(cfg, "cuda")["gradient_as_bucket_view"] is False
 
 
 def test_optimizer_over_frozen_parameters_is_refused(tmp_path):

@@ -8,7 +8,8 @@ train = dict(
     delta_checkpoint="",  # optional: trainable weights exported by a previous run
     max_iter=90000,
     device="cuda" if torch.cuda.is_available() else "cpu",
-    amp=dict(enabled=False, dtype=None),  # dtype None: float16 on CUDA, bfloat16 on CPU
+    # dtype None: bfloat16, or float16 (with a grad scaler) on GPUs without native bfloat16
+    amp=dict(enabled=False, dtype=None),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=3),
     eval_period=5000,
@@ -25,7 +26,7 @@ train = dict(
     allow_shape_mismatch=False,
     # How long a process waits for the others (joining the process group, any collective)
     # before it fails with a message, instead of hanging.
-    dist_timeout_minutes=10.0,
+    dist_timeout_minutes=30.0,
     log_period=20,
     # The process count the batch size and lr are meant for; E3VATrainer.auto_scale_workers
     # rescales them to the processes in use (detectron2's SOLVER.REFERENCE_WORLD_SIZE). 0: off.

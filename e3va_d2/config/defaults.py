@@ -50,7 +50,7 @@ def add_e3va_config(cfg: CN) -> CN:
     # trainable tensors do not all fit; how long a process waits for the others.
     cfg.MODEL.TRUST_CHECKPOINT_CODE = False
     cfg.MODEL.ALLOW_SHAPE_MISMATCH = False
-    cfg.DIST_TIMEOUT_MINUTES = 10.0  # a float: yacs refuses 0.5 for an int key
+    cfg.DIST_TIMEOUT_MINUTES = 30.0  # a float: yacs refuses 0.5 for an int key
 
     cfg.MODEL.TUNING = CN()
     cfg.MODEL.TUNING.METHOD = "e3va"

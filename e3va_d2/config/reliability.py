@@ -6,7 +6,7 @@ LazyConfig keys (``configs/common/train.py``) and their yacs twins (:func:`add_e
     train.allow_shape_mismatch    MODEL.ALLOW_SHAPE_MISMATCH    load what fits of a checkpoint
     train.dist_timeout_minutes    DIST_TIMEOUT_MINUTES          wait for other processes so long
 
-A config written before these keys existed gets the defaults (all off, 10 minutes).
+A config written before these keys existed gets the defaults (all off, 30 minutes).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from datetime import timedelta
 
 __all__ = ["DEFAULT_DIST_TIMEOUT_MINUTES", "ReliabilitySettings", "reliability_settings"]
 
-DEFAULT_DIST_TIMEOUT_MINUTES = 10.0
+# detectron2's: the other ranks wait while rank 0 evaluates COCO (in pure Python, minutes).
+DEFAULT_DIST_TIMEOUT_MINUTES = 30.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 detectron2's ``launch`` asserts CUDA in every worker, so several CPU processes (the test suite,
 machines without GPUs) need their own spawn; everything after process-group setup is shared.
+The backend follows the device the config trains on (:func:`backend_for_device`), not the
+hardware: ``train.device=cpu`` on a GPU machine is CPU DDP, which needs gloo. On either path
+``dist_url=None`` or ``"auto"`` is a free loopback port, and each worker destroys its process
+group when its function returns.
 
 With several processes, workers die with the launcher (:mod:`.lifeline`), SIGTERM to the
 launcher reaches them (:mod:`.signals`), and joining the process group says what it waits for
@@ -28,7 +32,7 @@ from .dist_wait import announced_wait
 from .lifeline import die_with_parent
 from .signals import forward_signals_to_children
 
-__all__ = ["launch", "free_local_url"]
+__all__ = ["backend_for_device", "launch", "free_local_url"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=DEFAULT_DIST_TIMEOUT_MINUTES)
 
@@ -39,6 +43,25 @@ def free_local_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"tcp://127.0.0.1:{port}"
+
+
+def backend_for_device(device: Optional[str]) -> str:
+    """The process-group backend for a config's device (``train.device``, yacs
+    ``MODEL.DEVICE``): NCCL for CUDA, gloo for the CPU; ``"auto"`` (or None) is CUDA when
+    present. A CUDA device without CUDA gets gloo, so that the worker's own device check, which
+    names the key to change, is the error the user sees (not NCCL's)."""
+    if device in (None, "auto"):
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if str(device).startswith("cuda") and torch.cuda.is_available() else "gloo"
+
+
+def _resolve_dist_url(dist_url: Optional[str], num_machines: int) -> str:
+    if dist_url not in (None, "auto"):
+        return dist_url
+    if num_machines != 1:
+        raise ValueError(f"dist_url={dist_url!r} only works on one machine; pass the same "
+                         "tcp://HOST:PORT (--dist-url) to every machine")
+    return free_local_url()
 
 
 def launch(
@@ -54,22 +77,27 @@ def launch(
     """Run ``main_func(*args)`` in ``num_processes_per_machine`` processes on this machine.
 
     Args:
-        backend: "auto" (NCCL through detectron2's launch when CUDA is available, else gloo),
-            "nccl" or "gloo".
+        dist_url: the process group's address; None or "auto": a free port on loopback (one
+            machine only).
+        backend: "nccl", "gloo" or "auto" (NCCL when CUDA is available, else gloo); callers
+            with a config pass :func:`backend_for_device` of its device.
         timeout: how long a process waits for the others (process group, collectives).
     """
     check_process_count(num_processes_per_machine, num_machines)
     if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend_for_device("auto")
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"backend must be 'auto', 'nccl' or 'gloo', got {backend!r}")
     world_size = num_machines * num_processes_per_machine
     if world_size == 1:
         main_func(*args)
         return
+    dist_url = _resolve_dist_url(dist_url, num_machines)
     with forward_signals_to_children() as forwarded:
         try:
             if backend == "nccl":
                 d2_launch(
-                    functools.partial(_die_with_launcher, os.getpid(), main_func),
+                    functools.partial(_nccl_worker, os.getpid(), main_func),
                     num_processes_per_machine,
                     num_machines=num_machines,
                     machine_rank=machine_rank,
@@ -79,7 +107,7 @@ def launch(
                 )
             else:
                 _spawn_gloo(main_func, num_processes_per_machine, num_machines, machine_rank,
-                            dist_url, args, backend, timeout)
+                            dist_url, args, timeout)
         except mp.ProcessExitedException:
             if forwarded.received is None:
                 raise
@@ -87,20 +115,21 @@ def launch(
             raise SystemExit(128 + forwarded.received) from None
 
 
-def _die_with_launcher(launcher: int, main_func: Callable, *args) -> None:
+def _nccl_worker(launcher: int, main_func: Callable, *args) -> None:
+    """Inside detectron2's worker (its NCCL group is up): die with the launcher, run, and
+    destroy the group, which detectron2 0.6 leaves to the interpreter's exit (NCCL then warns
+    of a leak, or hangs on exit when a peer is gone)."""
     die_with_parent(launcher)
-    main_func(*args)
+    try:
+        main_func(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _spawn_gloo(main_func, num_processes_per_machine, num_machines, machine_rank, dist_url,
-                args, backend, timeout) -> None:
+                args, timeout) -> None:
     world_size = num_machines * num_processes_per_machine
-    if backend != "gloo":
-        raise ValueError(f"backend must be 'auto', 'nccl' or 'gloo', got {backend!r}")
-    if dist_url in (None, "auto"):
-        if num_machines != 1:
-            raise ValueError("dist_url='auto' only works on one machine; pass tcp://HOST:PORT")
-        dist_url = free_local_url()
     mp.spawn(
         _gloo_worker,
         nprocs=num_processes_per_machine,

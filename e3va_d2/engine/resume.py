@@ -4,8 +4,9 @@ An uninterrupted run and a run killed and resumed at any checkpoint must take id
 Beyond what detectron2 checkpoints, that needs, per process (rank):
 
 - the data position: :class:`~e3va_d2.data.loader.ResumableTrainLoader`'s state;
-- the global RNGs (``random``, ``numpy``, ``torch``, CUDA): the models draw from them (RPN and
-  ROI sampling, drop path); the loader's augmentations are seeded per item and never do;
+- the global RNGs (``random``, ``numpy``, ``torch``, the process's GPU): the models draw from
+  them (RPN and ROI sampling, drop path); the loader's augmentations are seeded per item and
+  never do;
 - running values models keep as plain attributes (RetinaNet's and FCOS's ``loss_normalizer``,
   an EMA of the positive-anchor count), which ``state_dict()`` misses.
 
@@ -52,7 +53,9 @@ def rng_state() -> Dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's GPU only: each rank draws on its own, and a state per visible GPU
+        # could not be restored where fewer are visible.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -63,7 +66,15 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # saved before: one state per visible GPU
+            device = torch.cuda.current_device()
+            if device >= len(cuda):
+                logger.warning("The checkpoint holds no CUDA RNG state for GPU %d: its random "
+                               "draws continue from another state.", device)
+                return
+            cuda = cuda[device]
+        torch.cuda.set_rng_state(cuda)
 
 
 @contextlib.contextmanager

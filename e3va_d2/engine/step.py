@@ -3,11 +3,12 @@
 The one training step: every trainer (:class:`~e3va_d2.engine.trainer.E3VATrainer`) takes it,
 and so do the benchmarks (``projects/benchmark/measure.py`` times and measures this very step),
 so that what is measured is what trains. detectron2 0.6's ``AMPTrainer`` refuses CPU models;
-:class:`MixedPrecision` runs fp16 + GradScaler (or bf16) on CUDA and bf16 autocast on CPU, and
-is the only place that touches the grad scaler. :class:`TrainStep` calls every detectron2 hook
-method (``after_backward`` too, which detectron2 0.6's hooks lack and main's have), counts the
-steps the scaler skipped for overflow, and checks once, after the first backward, that every
-trainable parameter received a gradient.
+:class:`MixedPrecision` runs bfloat16, or float16 with a dynamic grad scaler, on CUDA and on the
+CPU alike (CPU autocast has float16 too, so the scaler's path runs in the CPU tests), and is the
+only place that touches the grad scaler. :class:`TrainStep` calls every detectron2 hook method
+(``after_backward`` too, which detectron2 0.6's hooks lack and main's have; it sees unscaled
+gradients), counts the steps the scaler skipped for overflow, and checks once, after the first
+backward, that every trainable parameter received a gradient.
 """
 from __future__ import annotations
 
@@ -40,18 +41,27 @@ Losses = Callable[[torch.nn.Module, Any], Dict[str, torch.Tensor]]
 def resolve_amp_dtype(enabled: bool, device_type: str, dtype: Optional[str] = None):
     """The autocast dtype for ``train.amp`` (None when AMP is off).
 
-    Default: float16 on CUDA (with a grad scaler), bfloat16 on CPU (CPU autocast has no fp16).
+    Default: bfloat16 (float32's range: no grad scaler, no overflow), except on a GPU without
+    bfloat16 (before Ampere: V100, P100, 1080Ti), which gets float16 with a grad scaler.
+    ``dtype="float16"`` runs float16 and the scaler anywhere, the CPU included.
     """
     if not enabled:
         return None
     if dtype is None:
-        return torch.float16 if device_type == "cuda" else torch.bfloat16
+        old_gpu = device_type == "cuda" and not _native_cuda_bf16()
+        return torch.float16 if old_gpu else torch.bfloat16
     if dtype not in _DTYPES:
         raise ValueError(f"train.amp.dtype={dtype!r}; expected one of {sorted(_DTYPES)} or None")
-    resolved = _DTYPES[dtype]
-    if device_type == "cpu" and resolved == torch.float16:
-        raise ValueError("train.amp.dtype='float16' is not supported on CPU; use 'bfloat16'")
-    return resolved
+    return _DTYPES[dtype]
+
+
+def _native_cuda_bf16() -> bool:
+    """Whether the current GPU computes bfloat16 natively (compute capability 8.0+); torch's
+    default also answers True for the slow emulation older cards have."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3: no emulation to exclude
+        return torch.cuda.is_bf16_supported()
 
 
 def make_grad_scaler(device_type: str):
@@ -82,6 +92,13 @@ class MixedPrecision:
             return False
         (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
         return True
+
+    def unscale(self, optimizer: torch.optim.Optimizer, had_gradients: bool = True) -> None:
+        """Divide the gradients by the loss scale in place, so that what reads them before the
+        update (a clipping or logging hook) sees true gradients; :meth:`step` then does not
+        unscale again. Nothing to do without a scaler or without gradients."""
+        if self.grad_scaler is not None and had_gradients:
+            self.grad_scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer, had_gradients: bool = True) -> None:
         """The optimizer's update. A step without gradients skips the scaler, which refuses an
@@ -127,8 +144,10 @@ class TrainStep(SimpleTrainer):
         check_gradients: raise after the first backward if a trainable parameter got no
             gradient (it could never learn, and DDP would need ``find_unused_parameters``).
         after_backward: called after every backward, before the update (gradient clipping,
-            logging). Default: ``after_backward`` of the hooks registered on this trainer; a
-            trainer that owns this step (``DefaultTrainer._trainer``) passes its own hooks'.
+            logging), with the gradients unscaled (float16; unlike detectron2 main's
+            AMPTrainer, so a hook must not call the scaler's ``unscale_``). Default:
+            ``after_backward`` of the hooks registered on this trainer; a trainer that owns
+            this step (``DefaultTrainer._trainer``) passes its own hooks'.
         losses: ``(model, data) -> {name: loss}``; default ``model(data)``.
     """
 
@@ -173,6 +192,7 @@ class TrainStep(SimpleTrainer):
 
         self.optimizer.zero_grad()
         had_gradients = self.precision.backward(losses)
+        self.precision.unscale(self.optimizer, had_gradients)
         self.after_backward()
         if not self._gradients_checked:
             self._check_gradients()

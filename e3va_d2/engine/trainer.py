@@ -5,7 +5,8 @@ test,evaluator}``, which are instantiated as they are):
 
     train.output_dir, train.init_checkpoint, train.delta_checkpoint (optional), train.max_iter,
     train.device ("auto" | "cuda" | "cpu"), train.amp.enabled, train.amp.dtype (optional),
-    train.ddp.{broadcast_buffers, find_unused_parameters, fp16_compression},
+    train.ddp.{broadcast_buffers, find_unused_parameters, fp16_compression, and any other DDP
+    argument; gradient_as_bucket_view defaults to True},
     train.checkpointer.{period, max_to_keep}, train.eval_period, train.log_period,
     train.optimize_torchscript, train.reference_world_size (optional, see auto_scale_workers),
     train.trust_checkpoint_code, train.allow_shape_mismatch (optional, see
@@ -52,7 +53,13 @@ from .signals import StopOnSignal
 from .step import TrainStep, call_after_backward, resolve_amp_dtype
 from .writers import training_writers
 
-__all__ = ["E3VATrainer", "resolve_device", "test_dataset_names", "train_dataset_names"]
+__all__ = [
+    "E3VATrainer",
+    "ddp_options",
+    "resolve_device",
+    "test_dataset_names",
+    "train_dataset_names",
+]
 
 logger = logging.getLogger("e3va_d2.trainer")
 
@@ -66,6 +73,16 @@ def resolve_device(device: str) -> str:
             f"train.device={device!r} but CUDA is not available; use train.device=auto or cpu"
         )
     return device
+
+
+def ddp_options(cfg, device_type: str) -> dict:
+    """DDP's keyword arguments: ``train.ddp``, plus ``gradient_as_bucket_view=True`` unless it
+    says otherwise (the gradients live in DDP's all-reduce buckets instead of beside them: one
+    copy of the trainable gradients, not two), and no device ids for CPU processes (gloo)."""
+    options = {"gradient_as_bucket_view": True, **cfg.train.get("ddp", {})}
+    if comm.get_world_size() > 1 and device_type != "cuda":
+        options["device_ids"] = None
+    return options
 
 
 def _accepts(lazy_call, argument: str) -> bool:
@@ -135,10 +152,7 @@ class E3VATrainer(DefaultTrainer):
         check_num_classes(model, train_dataset_names(cfg))  # the data's metadata is loaded now
 
         device_type = next(model.parameters()).device.type
-        ddp_options = dict(cfg.train.get("ddp", {}))
-        if comm.get_world_size() > 1 and device_type != "cuda":
-            ddp_options["device_ids"] = None  # CPU processes (gloo)
-        model = create_ddp_model(model, **ddp_options)
+        model = create_ddp_model(model, **ddp_options(cfg, device_type))
 
         amp = cfg.train.get("amp", {})
         hooks_owner = weakref.proxy(self)  # the step must not keep its trainer alive

@@ -42,13 +42,14 @@ def _narrow(x: Tensor, dtype: Optional[torch.dtype]) -> Tuple[Tensor, Optional[T
         return x, None
     if dtype.itemsize > 1:
         return x.to(dtype), None
+    # Scaled in float32: under float16 autocast x is float16, where the scale (amax / 448)
+    # rounds below amax 0.03 and is 0 below 3e-5 (then x / scale is inf, and NaN in float8).
     scale = x.detach().abs().amax().float().clamp(min=1e-30) / torch.finfo(dtype).max
-    return (x / scale).to(dtype), scale
+    return (x.float() / scale).to(dtype), scale
 
 
 def _widen(kept: Tensor, scale: Optional[Tensor], dtype: torch.dtype) -> Tensor:
-    x = kept.to(dtype)
-    return x if scale is None else x * scale.to(dtype)
+    return kept.to(dtype) if scale is None else (kept.float() * scale).to(dtype)
 
 
 def _inputs_of_layers(x: Tensor, layers: Sequence[Layer], gelu_at: int):

@@ -19,7 +19,12 @@ logger = logging.getLogger(__name__)
 
 
 def _replace_norm(norm: nn.SyncBatchNorm, cls: type) -> nn.Module:
-    new = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
+    # Built where the old one lives (a model moved to the GPU before the swap must stay there).
+    first = next((t for t in (*norm.parameters(), *norm.buffers()) if t.is_floating_point()),
+                 None)
+    where = {} if first is None else dict(device=first.device, dtype=first.dtype)
+    new = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats,
+              **where)
     new.load_state_dict(norm.state_dict())
     new.train(norm.training)
     if norm.affine:

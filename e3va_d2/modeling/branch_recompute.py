@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..layers.bottleneck import _autocast_state
 from .swin import SwinBlock, SwinTransformer, next_grid, tokens_to_map
-from .trunk_precision import check_stream, narrowed_dtype, to_highway
+from .trunk_precision import blocks_autocast, check_stream, narrowed_dtype, to_highway
 
 __all__ = ["RECOMPUTE_BRANCHES", "BranchRecomputation", "forward_recomputing_branches"]
 
@@ -38,12 +38,14 @@ RECOMPUTE_BRANCHES = (None, "block", "stage")
 Pair = Tuple[SwinBlock, nn.Module]  # (frozen trunk block, its BlockAdapters)
 
 
-def _trunk_block(block: SwinBlock, x: Tensor, hw, mask) -> Tuple[Tensor, Tensor, Tensor]:
+def _trunk_block(block: SwinBlock, x: Tensor, hw, mask,
+                 narrow: Optional[torch.dtype]) -> Tuple[Tensor, Tensor, Tensor]:
     """``(a1, a2, next x)`` of one frozen block, as ``trace_trunk`` computes them."""
-    a1 = block.attention_branch(x, hw, mask)
-    x = x + a1
-    a2 = block.mlp_branch(x)
-    return a1, a2, x + a2
+    with blocks_autocast(narrow, x.device.type):
+        a1 = block.attention_branch(x, hw, mask)
+        x = x + a1
+        a2 = block.mlp_branch(x)
+        return a1, a2, x + a2
 
 
 class _RecomputedBranches(torch.autograd.Function):
@@ -55,10 +57,11 @@ class _RecomputedBranches(torch.autograd.Function):
         device = x.device.type
         ctx.autocast = (device, *_autocast_state(device))
         ctx.hw, ctx.stage, ctx.pairs, ctx.highway_dtype = hw, stage, pairs, highway_dtype
+        ctx.narrow = x.dtype if highway_dtype is not None else None  # narrowed blocks' dtype
         ctx.save_for_backward(x)
         mask = stage.shift_mask(hw, x.device)
         for block, adapters in pairs:
-            a1, a2, x = _trunk_block(block, x, hw, mask)
+            a1, a2, x = _trunk_block(block, x, hw, mask, ctx.narrow)
             e = adapters(e, to_highway(a1, highway_dtype), to_highway(a2, highway_dtype))
         ctx.mark_non_differentiable(x)
         return e, x
@@ -74,7 +77,7 @@ class _RecomputedBranches(torch.autograd.Function):
             zero = grad_e.new_zeros(())  # the adaptations do not read e: any e gives their grads
             for block, adapters in ctx.pairs:
                 with torch.no_grad():
-                    a1, a2, x = _trunk_block(block, x, ctx.hw, mask)
+                    a1, a2, x = _trunk_block(block, x, ctx.hw, mask, ctx.narrow)
                 params = list(adapters.parameters())
                 wanted = [p for p in params if p.requires_grad]
                 with torch.enable_grad():

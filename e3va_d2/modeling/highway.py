@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from .adapters import BlockAdapters
 from .branch_recompute import BranchRecomputation
 from .swin import SwinTransformer, next_grid, tokens_to_map
-from .trunk_precision import check_stream, narrowed_dtype, to_highway
+from .trunk_precision import blocks_autocast, check_stream, narrowed_dtype, to_highway
 
 __all__ = [
     "HIGHWAY_PREFIX",
@@ -75,12 +75,13 @@ def trace_trunk(trunk: SwinTransformer, images: Tensor) -> TrunkTrace:
             x = x.to(narrow)
         mask = stage.shift_mask(hw, images.device)
         branches = []
-        for block in stage.blocks:
-            a1 = block.attention_branch(x, hw, mask)
-            x = x + a1
-            a2 = block.mlp_branch(x)
-            x = x + a2
-            branches.append((a1, a2))
+        with blocks_autocast(narrow, images.device.type):
+            for block in stage.blocks:
+                a1 = block.attention_branch(x, hw, mask)
+                x = x + a1
+                a2 = block.mlp_branch(x)
+                x = x + a2
+                branches.append((a1, a2))
         check_stream(x, len(trace.grids))
         trace.grids.append(hw)
         trace.branches.append(branches)

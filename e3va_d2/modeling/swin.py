@@ -140,9 +140,13 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each Bw, heads, N, C/heads
         bias = self.position_bias().unsqueeze(0).to(q.dtype)  # 1, heads, N, N
         if mask is not None:
+            # Each window has its own mask: windows join the heads (a 5-D query would send
+            # CUDA's SDPA to its slow math kernel), one mask per window and head, shared by
+            # the images.
             nW = mask.shape[0]
             bias = bias + mask.to(q.dtype).unsqueeze(1)  # nW, heads, N, N
-            q, k, v = (t.view(Bw // nW, nW, self.num_heads, N, -1) for t in (q, k, v))
+            bias = bias.flatten(0, 1).unsqueeze(0)  # 1, nW * heads, N, N
+            q, k, v = (t.reshape(Bw // nW, nW * self.num_heads, N, -1) for t in (q, k, v))
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x.reshape(Bw, self.num_heads, N, -1).transpose(1, 2).reshape(Bw, N, C)
         return self.proj(x)

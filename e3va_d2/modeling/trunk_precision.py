@@ -11,6 +11,10 @@ runs its own tokens through them (their weights are shared with the trunk). The 
 is cast to the blocks' dtype on the way into a stage and back for its patch merging; branch
 outputs are cast to the highway's dtype (:func:`to_highway`) as the adapters read them.
 
+Under autocast the blocks compute in their own dtype (:func:`blocks_autocast`), whatever the
+AMP dtype: float16 AMP would otherwise run a bfloat16 trunk's matmuls in float16 (float16's
+range, which bfloat16 is chosen to avoid) and promote its stream to float32 at ``x + a1``.
+
 This changes what the trunk computes (its weights and activations are rounded): a lossy option,
 whose accuracy must be measured. float16 also narrows the range (its largest value is 65504),
 and a Swin's residual stream grows stage by stage; :func:`check_stream` stops a run whose trunk
@@ -18,16 +22,19 @@ left that range with an error that says so, rather than letting the highway read
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from ..layers.bottleneck import _autocast_state
 from .swin import SwinTransformer
 
 __all__ = [
     "TRUNK_DTYPES",
     "TrunkOverflowError",
+    "blocks_autocast",
     "check_stream",
     "narrow_trunk_blocks",
     "narrowed_dtype",
@@ -76,3 +83,13 @@ def narrowed_dtype(trunk: SwinTransformer) -> Optional[torch.dtype]:
 def to_highway(branch: Tensor, dtype: Optional[torch.dtype]) -> Tensor:
     """A trunk branch output as the highway reads it (unchanged when ``dtype`` is None)."""
     return branch if dtype is None else branch.to(dtype)
+
+
+def blocks_autocast(narrow: Optional[torch.dtype], device_type: str):
+    """The context narrowed blocks run in: autocast to their own dtype ``narrow`` where
+    autocast is on for ``device_type`` in another dtype; nothing otherwise (no autocast, the
+    same dtype, or blocks that are not narrowed)."""
+    enabled, dtype = _autocast_state(device_type)
+    if narrow is None or not enabled or dtype == narrow:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=narrow)

@@ -59,7 +59,8 @@ def measure(config: str, method: str, steps: int, size: int) -> Dict[str, float]
     model = instantiate(cfg.model)
     adapt_sync_batchnorm(model, comm.get_world_size(), "cpu")  # as the trainer does
     trainable = [p for p in model.parameters() if p.requires_grad]
-    ddp = create_ddp_model(model, device_ids=None, broadcast_buffers=False)
+    ddp = create_ddp_model(model, device_ids=None, broadcast_buffers=False,
+                           gradient_as_bucket_view=True)  # as the trainer does
     counter = AllReducedBytes()
     ddp.register_comm_hook(counter, counting_allreduce)
     optimizer = torch.optim.SGD(trainable, lr=0.0)  # lr 0: every step sees the same model

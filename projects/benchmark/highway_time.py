@@ -56,13 +56,17 @@ def _without_adapters(model: torch.nn.Module) -> None:
 
 
 def build_steps(cfg, batch, device, amp_dtype=None):
+    """The three variants' steps, models and batch on ``device``; the variants share every
+    tensor they have in common there (one copy of the weights on the GPU)."""
+    batch = [{k: v.to(device) if hasattr(v, "to") else v for k, v in d.items()} for d in batch]
     steps, reference = {}, None
     for variant in VARIANTS:
         model = build_model(cfg, "fixed" if variant == "fixed" else "e3va", seed=0)
         if reference is None:
-            reference = model.state_dict()
+            reference = model.to(device).state_dict()
         else:
-            share_common_tensors(model, reference)
+            share_common_tensors(model, reference)  # the shared ones are on the device already
+            model.to(device)
         if variant == "gradient path":
             _without_adapters(model)
         steps[variant] = MeasuredStep(model, batch, device, backbone_only=True, amp_dtype=amp_dtype)

@@ -192,9 +192,12 @@ class Bench:
             step.model.to(where)
             step.batch = [{k: v.to(where) if hasattr(v, "to") else v for k, v in d.items()}
                           for d in step.batch]
+            # AdamW's "step" counters stay CPU scalars (torch reads them on the host each
+            # step) unless the optimizer is capturable or fused, which keeps them on the device.
+            on_device_steps = any(step.optimizer.defaults.get(k) for k in ("capturable", "fused"))
             for state in step.optimizer.state.values():
                 for key, value in state.items():
-                    if torch.is_tensor(value):
+                    if torch.is_tensor(value) and (key != "step" or on_device_steps):
                         state[key] = value.to(where)
 
 

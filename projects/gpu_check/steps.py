@@ -492,7 +492,8 @@ def planner_prediction(settings: Settings) -> Tuple[float, dict]:
     args = plan.parse_args([
         "--config-file", os.path.join(ROOT, settings.planner_config),
         "--methods", settings.planner_method, "--fit-sizes", settings.planner_fit_sizes,
-        "--fit-batches", settings.planner_fit_batches, "--device", "cpu"])
+        "--fit-batches", settings.planner_fit_batches, "--device", "cpu",
+        "--output", os.path.join(settings.output, "plan"), "--fresh"])
     measured = plan.measure(args)
     model = plan.fits(measured["points"])[settings.planner_method]
     pixels = plan.padded_pixels(settings.planner_size, settings.planner_size,

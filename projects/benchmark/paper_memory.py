@@ -1,0 +1,281 @@
+"""The planner held against the paper, the arithmetic: predicted against published peak
+training memory (Tables 1 and 2, batch 2) and every cell of Table 4, from the planner's
+measured points (``plan_paper.py`` measures them and writes the record).
+
+The planner predicts each model's step peak at 1333x800 (the COCO recipe's largest size; this
+project's VOC recipe uses the same). To compare with what the paper printed, the named terms of
+``gpu_terms.py`` are added as the paper's setup has them: eight GPUs under DDP without
+``gradient_as_bucket_view`` (a second copy of the trainable gradients), cuBLAS's workspace,
+and the mask-target transient of mmdetection (the paper's code base, read from its setup); a
+card must also hold the allocator's slack and the CUDA context. The published figure is read as
+``max_memory_allocated`` in MiB (what mmdetection's logs print as "memory"), so it is compared
+with the allocated peak.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+from projects.paper import METHODS, TABLE4_CARDS, TABLE4_FITS, TRAINING_MEMORY_MB
+from projects.tables import RECORDS, ROOT, table_head, table_row
+
+from .gpu_terms import GpuTerms
+from .plan_fit import fits, padded_pixels
+
+GIB, MIB = 2**30, 2**20
+SIZE = (1333, 800)  # the COCO recipe's largest image (configs/common/data/coco.py, voc.py)
+RECORD = "plan-paper"
+
+# run -> (config, methods in the order they are measured, the paper's table and row prefix in
+# projects.paper). The frozen model and E3VA first: a run stopped early still tells how the
+# paper's frozen detector compares with ours. Swin-L Cascade is docs/MEMORY.md's plan
+# (plan-swin-l) with Table 4's methods and its check size: one state serves both.
+_ALL = ["fixed", "e3va", "full", "lora", "bitfit", "norm", "partial1", "adapter", "adaptformer",
+        "e3va_plus", "e3va_plusplus"]
+RUNS: Dict[str, Tuple[str, List[str], str, str]] = {
+    "swin-l-cascade": ("configs/COCO/cascade_mask_rcnn_swin_l_e3va.py",
+                       ["full", "fixed", "lora", "e3va", "bitfit", "adapter"], "COCO", "l"),
+    "swin-l-retinanet": ("configs/PascalVOC/retinanet_swin_l_e3va.py", _ALL, "PascalVOC", "l"),
+    "swin-b-cascade": ("configs/COCO/cascade_mask_rcnn_swin_b_e3va.py", _ALL, "COCO", "b"),
+}
+# Each run's planner options beyond its config and methods: Swin-L Cascade's check size; the
+# frozen Swin-L RetinaNet's peak at 224-288 is set by the trunk's transients, not by what
+# grows with the image (its fit is refused there: measured, 224x1 to 288x1 +10 MiB, then 288x2
+# +55 MiB), so it is fitted where its activations have taken over (448x1 has more pixels
+# than 288x2).
+CHECKS = {"swin-l-cascade": ["--check-sizes", "416", "--check-batches", "1"],
+          "swin-l-retinanet": ["--fit-sizes", "448,576"]}
+TITLES = {"swin-b-cascade": "Table 1: Swin-B Cascade Mask R-CNN (COCO)",
+          "swin-l-cascade": "Table 1: Swin-L Cascade Mask R-CNN (COCO)",
+          "swin-l-retinanet": "Table 2: Swin-L RetinaNet (VOC)"}
+# The paper's code is not named in it; its numbers are read as mmdetection 2.x's (Swin's own
+# detection code), whose Mask R-CNN heads make each image's mask targets by copying the
+# full-image ground-truth mask of every positive RoI to the GPU and converting it to float32
+# (BitmapMasks.crop_and_resize): up to 128 positives (512 sampled RoIs, a quarter positive) x
+# padded pixels x (1 + 4) bytes, one image at a time, in the forward pass of each cascade
+# stage. detectron2 crops polygons on the CPU instead. An upper bound of what it adds to the
+# peak (it is transient), counted for the Cascade rows only.
+MMDET_MASK_POSITIVES = 128
+
+
+def mmdet_mask_targets(run: str, pixels: int) -> int:
+    """Bytes of mmdetection's mask-target transient for one image of ``pixels`` (padded)."""
+    return MMDET_MASK_POSITIVES * pixels * 5 if "cascade" in run else 0
+
+
+# The paper's setup: 8 GPUs under DDP (gradient_as_bucket_view off: torch's and mmdetection's
+# default). Precision: fp32, as the planner measures; the paper does not say (Swin's own
+# detection recipe trains with apex mixed precision), see MEMORY.md's reading of the table.
+PAPER_TERMS = GpuTerms(ddp_gradient_copy=True)
+
+
+def _predictions(data: dict):
+    """run -> (fits, trainable, size_divisibility, refused): each method's fit, or in
+    ``refused`` why the planner refuses it (a fit that is not physical)."""
+    out = {}
+    for run in [r for r in TITLES if r in data["runs"]]:  # the paper's table order
+        measured = data["runs"][run]
+        models, refused = {}, {}
+        for method, points in measured["points"].items():
+            try:
+                models[method] = fits({method: points})[method]
+            except SystemExit as e:  # PlanError: the planner would not print it either
+                refused[method] = str(e.code)
+        out[run] = (models, measured["trainable"], measured["size_divisibility"], refused)
+    return out
+
+
+def _allocated(run: str, models, trainable, divisibility, method: str, batch: int,
+               terms: GpuTerms):
+    """(step peak, the paper's recipe's transient, allocated) at ``SIZE`` and ``batch``."""
+    pixels = padded_pixels(*SIZE, divisibility)
+    step, recipe = models[method].predict(pixels, batch), mmdet_mask_targets(run, pixels)
+    return step, recipe, terms.allocated(step + recipe, trainable[method])
+
+
+def published_rows(data: dict) -> List[dict]:
+    """One row per published figure we have a prediction for: step peak, allocated, ratio,
+    and the part above the frozen model (FIXED) against the paper's, where it has FIXED."""
+    terms, rows = GpuTerms(**data["terms"]), []
+    for run, (models, trainable, divisibility, _) in _predictions(data).items():
+        _, _, folder, prefix = RUNS[run]
+        run_rows = []
+        for method in METHODS:  # the paper's row order
+            published = TRAINING_MEMORY_MB.get((folder, f"{prefix}_{method}"))
+            if published is None or method not in models:
+                continue
+            step, recipe, allocated = _allocated(run, models, trainable, divisibility, method,
+                                                 2, terms)
+            run_rows.append(dict(run=run, method=method, published=published * MIB, step=step,
+                                 recipe=recipe, ddp=terms.ddp_copy_bytes(trainable[method]),
+                                 allocated=allocated))
+        fixed = next((r for r in run_rows if r["method"] == "fixed"), None)
+        for row in run_rows:
+            if fixed and row is not fixed:
+                row["above_fixed"] = (row["allocated"] - fixed["allocated"]) / (
+                    row["published"] - fixed["published"])
+        rows += run_rows
+    return rows
+
+
+def published_table(rows: List[dict]) -> str:
+    lines = table_head(["model (paper's table)", "method", "published", "step peak",
+                        "+ mmdet mask targets", "+ DDP copy", "allocated (predicted)",
+                        "predicted / published", "above FIXED: predicted / published"])
+    for r in rows:
+        lines.append(table_row([
+            TITLES[r["run"]], r["method"], f"{r['published'] / MIB:,.0f} MiB",
+            f"{r['step'] / MIB:,.0f} MiB", f"{r['recipe'] / MIB:,.0f} MiB",
+            f"{r['ddp'] / MIB:,.0f} MiB",
+            f"{r['allocated'] / MIB:,.0f} MiB", f"{r['allocated'] / r['published']:.2f}",
+            f"{r['above_fixed']:.2f}" if "above_fixed" in r else ""]))
+    return "\n".join(lines)
+
+
+def frozen_gap(rows: List[dict]) -> Optional[float]:
+    """Published minus predicted allocated peak of the frozen Swin-B Cascade (Table 1 FIXED):
+    what the paper's frozen detector held that ours does not."""
+    fixed = [r for r in rows if r["run"] == "swin-b-cascade" and r["method"] == "fixed"]
+    return fixed[0]["published"] - fixed[0]["allocated"] if fixed else None
+
+
+def table4_cells(data: dict, gap: Optional[float]) -> List[dict]:
+    terms = GpuTerms(**data["terms"])
+    models, trainable, divisibility, _ = _predictions(data)["swin-l-cascade"]
+    cells = []
+    for (method, batch), paper_fits in TABLE4_FITS.items():
+        if method not in models:
+            continue
+        step, recipe, _ = _allocated("swin-l-cascade", models, trainable, divisibility, method,
+                                     batch, terms)
+        step += recipe
+        need = terms.need(step, trainable[method])
+        for (card, gb), paper in zip(TABLE4_CARDS, paper_fits):
+            ours = need <= gb * GIB
+            cell = dict(method=method, batch=batch, card=card, gb=gb, paper=paper, ours=ours,
+                        need=need, slack_to_fill=terms.slack_to_fill(gb * GIB, step,
+                                                                     trainable[method]))
+            published = TRAINING_MEMORY_MB.get(("COCO", f"l_{method}")) if batch == 2 else None
+            if ours != paper and published:  # the paper's own allocated figure on this card
+                cell["published_slack"] = (gb * GIB - terms.cuda_context) / (
+                    published * MIB) - 1
+            if ours != paper and gap is not None:
+                with_gap = terms.need(step + gap, trainable[method]) <= gb * GIB
+                cell["gap_explains"] = with_gap == paper
+            cells.append(cell)
+    return cells
+
+
+def _cell(c: dict) -> str:
+    text = f"{'yes' if c['paper'] else 'no'} / {'yes' if c['ours'] else 'no'}"
+    return text if c["paper"] == c["ours"] else f"**{text}**"
+
+
+def _why(c: dict, gap: Optional[float]) -> str:
+    spare = c["gb"] * GIB - c["need"]
+    if c["ours"]:
+        reason = (f"{c['card']}: ours fits with {spare / GIB:.1f} GiB to spare (it would not "
+                  f"with an allocator slack above {100 * c['slack_to_fill']:.0f}%)")
+    else:
+        reason = f"{c['card']}: ours needs {-spare / GIB:.1f} GiB more than the card"
+    if "published_slack" in c:
+        reason += (f"; the paper's own Table 1 figure for it fits this card too, unless the "
+                   f"allocator's slack was above {100 * c['published_slack']:.0f}%")
+    if c.get("gap_explains") and gap is not None:
+        reason += (f"; the paper's frozen detector holds {gap / GIB:.1f} GiB more than ours "
+                   "(Table 1 FIXED), and with it ours agrees")
+    return reason
+
+
+def table4(cells: List[dict], gap: Optional[float]) -> str:
+    lines = table_head(["method", "batch", "card needs (predicted)"]
+                       + [f"{card} {gb}GB: paper / ours" for card, gb in TABLE4_CARDS]
+                       + ["where they differ, why"])
+    rows: Dict[Tuple[str, int], List[dict]] = {}
+    for c in cells:
+        rows.setdefault((c["method"], c["batch"]), []).append(c)
+    for (method, batch), row in rows.items():
+        why = "; ".join(_why(c, gap) for c in row if c["paper"] != c["ours"])
+        lines.append(table_row([method, str(batch), f"{row[0]['need'] / GIB:.1f} GiB",
+                                *(_cell(c) for c in row), why]))
+    return "\n".join(lines)
+
+
+def summary(data: dict) -> dict:
+    rows = published_rows(data)
+    gap = frozen_gap(rows)
+    cells = table4_cells(data, gap)
+    ratios = [r["allocated"] / r["published"] for r in rows]
+    above = [r["above_fixed"] for r in rows if "above_fixed" in r] or [float("nan")]
+    return dict(rows=rows, gap=gap, cells=cells, low=min(ratios), high=max(ratios),
+                above_low=min(above), above_high=max(above),
+                agree=sum(c["paper"] == c["ours"] for c in cells),
+                explained=sum(bool(c.get("gap_explains")) for c in cells))
+
+
+def band_sentence(s: dict) -> str:
+    above = (f", the part above the frozen model {s['above_low']:.2f}-{s['above_high']:.2f}x"
+             if s["above_low"] == s["above_low"] else "")
+    return (f"Against the paper (docs/MEMORY.md, {RECORD}): the predicted allocated peak is "
+            f"{s['low']:.2f}-{s['high']:.2f}x the published one over Tables 1-2 "
+            f"({len(s['rows'])} rows){above}; Table 4: {s['agree']} of {len(s['cells'])} "
+            "cells agree" + (f", {s['explained']} more with the paper's frozen-detector excess"
+                             if s["explained"] else "") + ".")
+
+
+def provenance(data: dict) -> str:
+    """Which runs are not measured yet, which fits the planner refuses, and points carried
+    over from an earlier measurement."""
+    lines = [f"{TITLES[run]}, {method}: no prediction, {reason.removeprefix('plan: ')}"
+             for run, (_, _, _, refused) in _predictions(data).items()
+             for method, reason in refused.items()]
+    for run, (_, methods, folder, prefix) in RUNS.items():
+        measured = data["runs"].get(run, {}).get("points", {})
+        left = [m for m in methods if m not in measured
+                and ((folder, f"{prefix}_{m}") in TRAINING_MEMORY_MB or run == "swin-l-cascade")]
+        if left:
+            lines.append(f"{TITLES[run]}: not measured yet, {', '.join(left)} "
+                         f"(`python -m projects.benchmark.plan_paper --runs {run}` measures "
+                         "them, resuming).")
+        if run in data["runs"]:
+            lines.append(f"{TITLES[run]}: fitted at sides "
+                         f"{data['runs'][run].get('fit_sizes', data['fit_sizes'])}.")
+    for run, measured in data["runs"].items():
+        sources: Dict[str, List[str]] = {}
+        for method, pts in measured["points"].items():
+            for source in {p["source"] for p in pts if "source" in p}:
+                sources.setdefault(source, []).append(method)
+        lines += [f"{TITLES[run]}: the points of {', '.join(methods)} were {source}."
+                  for source, methods in sources.items()]
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def render(data: dict) -> str:
+    """The comparison from its record: ``runs`` (each a planner's measured points) and the
+    ``terms`` of the paper's setup."""
+    s = summary(data)
+    terms = GpuTerms(**data["terms"])
+    return "\n\n".join(filter(None, [
+        f"Predicted against published training memory per GPU, batch 2, {SIZE[0]}x{SIZE[1]} "
+        f"(allocated = step peak {terms.describe().split(';')[0]}; fp32; step peaks measured "
+        f"on {data['device']} at small sizes, below):",
+        published_table(s["rows"]),
+        f"Table 4, Swin-L Cascade Mask R-CNN at {SIZE[0]}x{SIZE[1]}, each cell the paper's "
+        f"verdict / ours (card need = allocated x {1 + terms.allocator_slack:.2f} allocator "
+        f"slack + {terms.cuda_context / GIB:.2f} GiB CUDA context; bold where they differ):",
+        table4(s["cells"], s["gap"]),
+        band_sentence(s),
+        provenance(data),
+    ]))
+
+
+def error_band(path: str = os.path.join(ROOT, RECORDS, f"{RECORD}.json")) -> str:
+    """The sentence above, from the committed record; "" when there is none yet."""
+    try:
+        with open(path) as f:
+            return band_sentence(summary(json.load(f)["data"]))
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
