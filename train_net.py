@@ -12,7 +12,8 @@
 On a machine without CUDA, ``--num-gpus N`` starts N CPU processes (gloo). ``--eval-only``
 refuses a model whose trainable part was never loaded (``train.eval_untrained=True`` allows it).
 Checkpoints are read as data only (``--trust-checkpoint-code`` for a file you trust); a training
-run holds its output folder (one run per folder); see docs/RELIABILITY.md.
+run holds its output folder (one run per folder); settings and the output folder are checked
+before anything is written there; see docs/RELIABILITY.md.
 """
 import contextlib
 import logging
@@ -29,7 +30,9 @@ from e3va_d2.checkpoint import E3VACheckpointer, load_delta
 from e3va_d2.config import ConfigError, add_e3va_config, load_config
 from e3va_d2.config.reliability import reliability_settings
 from e3va_d2.engine import E3VATrainer, YacsTrainer, launch
+from e3va_d2.engine.checks import check_training_settings, check_yacs_training_settings
 from e3va_d2.engine.launch import DEFAULT_TIMEOUT, backend_for_device
+from e3va_d2.engine.output_dir import check_output_dir
 from e3va_d2.engine.run_lock import OutputDirLock
 from e3va_d2.utils.safe_load import trust_checkpoint_code
 
@@ -95,6 +98,9 @@ def yacs_main(args):
                        cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")  # before anything is written there
+    if not args.eval_only:
+        check_yacs_training_settings(cfg)
     with holding(cfg.OUTPUT_DIR, args):
         default_setup(cfg, args)
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="e3va_d2")
@@ -117,6 +123,9 @@ def main(args):
     cfg = load_config(args.config_file, args.opts)
     if args.trust_checkpoint_code:
         cfg.train.trust_checkpoint_code = True
+    check_output_dir(cfg.train.output_dir, "train.output_dir")  # before anything is written
+    if not args.eval_only:
+        check_training_settings(cfg)
     with holding(cfg.train.output_dir, args):
         return lazy_main(cfg, args)
 

@@ -103,3 +103,39 @@ def test_the_demo_refuses_an_untrained_model(tmp_path):
     with pytest.raises(ConfigError, match="never trained.*--trained.*eval_untrained=True"):
         run_demo(tmp_path, source, opts=())
     assert not (tmp_path / "out").exists()  # refused before anything is drawn
+
+
+def test_a_float_image_is_scaled_as_sixteen_bit_ones_are(tmp_path):
+    """A float32 TIFF (mode F, values 0-1) was drawn black: PIL's convert clipped it to 0/1."""
+    ramp = np.linspace(0, 1, 40 * 64, dtype=np.float32).reshape(40, 64)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "float.tif")
+    rgb = read_rgb(str(tmp_path / "float.tif"))
+    expected = np.round(ramp.astype(np.float64) * 255).astype(np.uint8)
+    assert rgb.dtype == np.uint8 and np.array_equal(rgb[:, :, 1], expected)
+    assert rgb.min() == 0 and rgb.max() == 255
+
+
+def test_the_demo_never_writes_over_an_input(tmp_path):
+    """`--input dir/photo.png --output dir` replaced the photo with the drawing, exit 0."""
+    source = DatasetCatalog.get("shapes_mini_val")[0]["file_name"]
+    Image.open(source).save(tmp_path / "photo.png")
+    before = (tmp_path / "photo.png").read_bytes()
+    for given in (tmp_path / "photo.png", tmp_path):  # the file, or its folder
+        with pytest.raises(ConfigError, match=f"{tmp_path / 'photo.png'} would be written to "
+                           f"{tmp_path / 'photo.png'}, which is the input"):
+            demo.main(["--config-file", MASK_RCNN, "--input", str(given), "--output",
+                       str(tmp_path), "--opts", "train.device=cpu", "train.eval_untrained=True"])
+    assert (tmp_path / "photo.png").read_bytes() == before
+
+
+def test_inputs_with_one_base_name_get_distinct_pictures(tmp_path):
+    """a/x.png and b/x.jpg both became x.png, the second over the first, while the message
+    counted two pictures."""
+    for name in ("a/x.png", "b/x.jpg"):
+        (tmp_path / name).parent.mkdir()
+        Image.new("RGB", (48, 40), (200, 40, 40)).save(tmp_path / name)
+    written = run_demo(tmp_path, str(tmp_path / "a"), str(tmp_path / "b"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["a__x.png", "b__x.png"]
+    assert len(written) == 2
+    assert demo.picture_names(["d/x.png", "d/x.jpg", "e/y.png", "d/x.png"]) == [
+        "d__x.png.png", "d__x.jpg.png", "y.png", "d__x.png-2.png"]

@@ -84,6 +84,33 @@ def test_sigterm_saves_a_checkpoint_then_exits_non_zero(tmp_path):
     assert trainer.start_iter == 2
 
 
+def test_sigterm_in_the_final_evaluation_stops_it_keeps_the_checkpoint_and_exits_143(tmp_path):
+    """SIGTERM during the final evaluation was ignored: the evaluation ran on, the delta was
+    saved and the run exited 0."""
+    seed_all_rng(0)
+    trainer = E3VATrainer(sigterm_cfg(str(tmp_path), max_iter=2))
+    finished = []
+
+    def evaluation_preempted_midway(cfg, model):
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler preempting the job
+        time.sleep(5)  # the evaluation goes on, unless the signal stops it
+        finished.append(True)
+        return {"bbox": {"AP": 50.0}}
+
+    trainer.test = evaluation_preempted_midway  # what the final evaluation runs
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.train()
+    assert info.value.code == 128 + signal.SIGTERM
+    assert not finished  # stopped, not waited for
+    assert not (tmp_path / "model_final_delta.pth").exists()  # no half-evaluated final delta
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    resumed = E3VATrainer(sigterm_cfg(str(tmp_path), max_iter=2))
+    resumed.resume_or_load(resume=True)  # --resume: nothing to train, evaluates, writes the delta
+    assert resumed.start_iter == 2
+
+
 # ------------------------------------------------------------------ dying with the launcher
 
 CHILD = """
@@ -153,6 +180,83 @@ def test_workers_die_with_a_killed_launcher(tmp_path):
                 os.kill(int(name.split("_")[1]), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# Loads lifeline.py alone (as "lifeline", which the spawned worker imports too: spawn runs this
+# file again as its main module) and torch, nothing of detectron2: it starts in seconds.
+READER = """
+import importlib.util, sys, time, torch
+spec = importlib.util.spec_from_file_location("lifeline", sys.argv[1])
+lifeline = sys.modules["lifeline"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lifeline)
+
+class Images(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield torch.rand(3, 256, 256)
+        time.sleep(120)  # busy with the next one (a huge file)
+        yield torch.rand(3, 256, 256)
+
+if __name__ == "__main__":
+    loader = torch.utils.data.DataLoader(Images(), batch_size=1, num_workers=1,
+                                         multiprocessing_context="spawn")
+    batches = iter(lifeline.tie_loader_workers(loader))  # starts the worker
+    if sys.argv[2] == "busy":
+        next(batches)
+    print("reading", flush=True)
+    time.sleep(120)
+"""
+
+
+def children_of(pid: int) -> list:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and f.read().rsplit(")", 1)[1].split()[1] == str(pid):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("when", [
+    "starting",  # its watchdog would take the new parent, pid 1, for the reader: forever
+    "busy",  # DataLoader's watchdog checks between items only
+])
+def test_a_loader_worker_dies_with_the_process_reading_it(when, tmp_path):
+    """Spawned DataLoader workers and the resource tracker they hold open outlived a training
+    process killed with its launcher, for good; tie_loader_workers, which the trainers apply
+    to their loaders, makes them end with it, whether the worker is still starting or busy."""
+    (tmp_path / "reader.py").write_text(READER)
+    lifeline = os.path.join(ROOT, "e3va_d2", "engine", "lifeline.py")
+    reader = subprocess.Popen([sys.executable, str(tmp_path / "reader.py"), lifeline, when],
+                              stdout=subprocess.PIPE, text=True)
+    started = []
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        started = children_of(reader.pid)  # the worker and the resource tracker
+        assert len(started) == 2
+        reader.kill()  # as the kernel does to a training process whose launcher died
+        reader.wait()
+        assert wait_until(lambda: not any(alive(pid) for pid in started), 30), \
+            "a loader worker (or the resource tracker) outlived the process reading it"
+    finally:
+        reader.kill()
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_no_process_outlives_a_killed_train_net_launcher():
+    """SIGKILL of a `--num-gpus 2` launcher left both DataLoader workers (about 740 MB each)
+    and the resource tracker alive under pid 1, once in three tries. One try of the probe
+    (`scripts/probe_killed_launcher.py --tries 10` for ten)."""
+    probe = subprocess.run([sys.executable, os.path.join(ROOT, "scripts",
+                                                         "probe_killed_launcher.py"),
+                            "--tries", "1", "--workers", "1"], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=1200)
+    assert probe.returncode == 0, probe.stdout + probe.stderr[-3000:]
 
 
 # ------------------------------------------------------------------ waiting for peers

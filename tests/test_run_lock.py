@@ -9,7 +9,12 @@ import sys
 
 import pytest
 
-from e3va_d2.engine.run_lock import LOCK_NAME, OutputDirLock, OutputDirLockedError
+from e3va_d2.engine.run_lock import (
+    LOCK_NAME,
+    LinkedLockError,
+    OutputDirLock,
+    OutputDirLockedError,
+)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DEMO = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
@@ -74,3 +79,16 @@ def test_train_net_refuses_a_folder_in_use_before_writing_to_it(holder, tmp_path
     with pytest.raises(OutputDirLockedError, match=f"pid {holder.pid} "):
         train_net.main(args)
     assert os.listdir(tmp_path) == [LOCK_NAME]  # no config.yaml, no log.txt of a second run
+
+
+def test_a_planted_link_is_refused_and_the_file_it_points_to_kept(tmp_path):
+    """`ln -s victim.txt OUT/.run.lock` made the run truncate victim.txt and write its lock
+    JSON into it."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(LinkedLockError, match=f"{out / LOCK_NAME} is a symbolic link"):
+        OutputDirLock(str(out)).acquire()
+    assert victim.read_text() == "precious"

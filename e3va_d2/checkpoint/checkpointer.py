@@ -32,6 +32,7 @@ from ..modeling.pretrained import (
     check_pretrained_state,
     pretrained_state,
     read_checkpoint,
+    refuse_a_folder,
     required_pretrained_keys,
 )
 from ..modeling.swin_weights import ConversionReport, SwinCheckpointError
@@ -96,6 +97,8 @@ class E3VACheckpointer(DetectionCheckpointer):
         return self._conversion is not None
 
     def load(self, path: str, checkpointables=None):
+        if path:
+            refuse_a_folder(path)  # fvcore's check would call it "not found"
         self.untrained = self._trainable_names()
         names = self.checkpointables if checkpointables is None else checkpointables
         # Loading the trainer's state (optimizer, iteration) means resuming a run: the model
@@ -105,6 +108,23 @@ class E3VACheckpointer(DetectionCheckpointer):
             return super().load(path, checkpointables=checkpointables)
         finally:
             self._loading = ("", False)
+
+    def get_checkpoint_file(self) -> str:
+        """The file ``last_checkpoint`` names, which must be in this folder: a name pointing
+        elsewhere (``../other_run/model_final.pth``, an absolute path) would continue another
+        run's training as this one's."""
+        path = super().get_checkpoint_file()
+        name, folder = os.path.normpath(path), os.path.normpath(self.save_dir)
+        if path and is_local(self.save_dir) and name != folder \
+                and os.path.dirname(name) != folder:
+            tag = os.path.join(self.save_dir, "last_checkpoint")
+            raise CheckpointReadError(
+                f"{tag} names {path}, a file outside this run's folder: --resume continues "
+                f"only the run of {self.save_dir}. Write the name of one of its checkpoints "
+                "into it (e.g. model_0004999.pth), or remove it to start over; to start from "
+                "another run's weights, set train.init_checkpoint (MODEL.WEIGHTS) to that "
+                "file instead.")
+        return path
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         """fvcore's, but when the file ``last_checkpoint`` names is missing, unreadable

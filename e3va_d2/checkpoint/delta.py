@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
+import pickle
+import zipfile
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import detectron2
@@ -20,7 +23,8 @@ from torch import Tensor, nn
 
 from ..compat import E3VA_D2_VERSION
 from ..modeling.backbone import tuned_swins
-from ..utils.safe_load import read_checkpoint_file
+from ..modeling.pretrained import CheckpointReadError
+from ..utils.safe_load import UnsafeCheckpointError, read_checkpoint_file
 from ..utils.state import unwrap_ddp
 from .files import atomic_save
 from .sanity import NonFiniteCheckpointError, non_finite_tensors
@@ -29,6 +33,7 @@ __all__ = ["DeltaMismatchError", "base_fingerprint", "export_delta", "load_delta
 
 logger = logging.getLogger("e3va_d2.checkpoint")
 
+DELTA_NAME = "model_final_delta.pth"  # what a training run writes
 DELTA_FORMAT = "e3va_d2.delta"
 DELTA_VERSION = 1
 
@@ -133,6 +138,25 @@ def export_delta(model: nn.Module, path: str, extra: Optional[dict] = None) -> O
     return path
 
 
+def _read_delta(path: str):
+    """The delta file's content, read as data only, or an error naming the file (torch's own,
+    e.g. "failed finding central directory" for a truncated copy, names none)."""
+    if os.path.isdir(path):
+        raise CheckpointReadError(f"train.delta_checkpoint={path} is a folder; pass the delta "
+                                  f"file in it, e.g. {os.path.join(path, DELTA_NAME)}")
+    try:
+        return read_checkpoint_file(PathManager, path)  # data only, never code
+    except UnsafeCheckpointError:
+        raise  # readable only by running its code: refused, the opt-in named
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Delta checkpoint {path} not found ({e.strerror})") from e
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointReadError(
+            f"{path} is not a readable delta checkpoint ({type(e).__name__}: {e}). A truncated "
+            "or partly copied file fails like this: compare its size with the original, or "
+            "export it again from its run's model_final.pth.") from e
+
+
 def load_delta(model: nn.Module, path: str, strict: bool = True) -> dict:
     """Load a delta written by :func:`export_delta` into a model built and initialised as
     the one it was trained from; returns its ``extra``.
@@ -141,7 +165,7 @@ def load_delta(model: nn.Module, path: str, strict: bool = True) -> dict:
     ``strict=False`` those become warnings, and only the matching tensors are loaded. Shape
     mismatches are always errors.
     """
-    payload = read_checkpoint_file(PathManager, path)  # data only, never code
+    payload = _read_delta(path)
     if not isinstance(payload, dict) or payload.get("format") != DELTA_FORMAT:
         raise DeltaMismatchError(f"{path} is not a delta checkpoint (written by export_delta)")
     bad = non_finite_tensors(payload["tensors"])

@@ -1,7 +1,8 @@
 """Crash-safe checkpoint files: write to a temp file, fsync, rename.
 
 A job killed mid-save never leaves a truncated checkpoint or ``last_checkpoint`` behind; the
-temp files such a kill leaves are removed by the next checkpointer of that folder.
+temp files such a kill leaves are removed by the next checkpointer of that folder. A save that
+fails (a full disk) is an error naming the file, and leaves the previous file in place.
 """
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import time
 from typing import IO, Any, Callable, List
 
 import torch
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["atomic_save", "atomic_write", "is_local", "remove_stale_temporaries"]
+__all__ = [
+    "CheckpointWriteError",
+    "atomic_save",
+    "atomic_write",
+    "is_local",
+    "remove_stale_temporaries",
+]
 
 logger = logging.getLogger("e3va_d2.checkpoint")
 
@@ -25,6 +33,21 @@ def is_local(path: str) -> bool:
     """Plain file-system paths only; other path handlers (s3://, manifold://, ...) cannot
     rename atomically, so they keep detectron2's direct writes."""
     return "://" not in path
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk...); the message names the file."""
+
+
+def _write_failed(path: str, folder: str, error: BaseException) -> CheckpointWriteError:
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB are free there"
+    except OSError:
+        free = "its free space is unknown"
+    return CheckpointWriteError(
+        f"Could not write {path} ({type(error).__name__}: {str(error).strip()}); {free}: is the "
+        f"disk full? Nothing was replaced: {os.path.basename(path)} is as it was before. Free "
+        "some space (or set another output folder) and run again.")
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
@@ -43,6 +66,10 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's zip writer: "unexpected pos" on a full disk
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _write_failed(path, folder, e) from e
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -115,7 +115,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as e:
         raise ConfigError(f"Cannot parse the overrides {list(overrides)}: {e}. "
-                          "Write them as key=value, e.g. train.max_iter=100.") from e
+                          "Write them as key=value, e.g. train.max_iter=100."
+                          f"{_quoting_hint(list(overrides))}") from e
     plain: List[str] = []
     # LazyCalls of dataclasses whose fields are overridden -> those overrides
     dataclass_nodes: Dict[str, List[str]] = {}
@@ -140,6 +141,18 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     for node_key, lines in dataclass_nodes.items():
         _check_dataclass(node_key, OmegaConf.select(cfg, node_key) if node_key else cfg, lines)
     return cfg
+
+
+def _quoting_hint(overrides: List[str]) -> str:
+    """A word without ``=`` after an override is most often the rest of a value with spaces
+    the shell split (``train.output_dir=my runs/a``): say how to quote it."""
+    for i, word in enumerate(overrides):
+        if "=" not in word and i and "=" in overrides[i - 1]:
+            joined = f"{overrides[i - 1]} {word}"
+            return (f" {word!r} looks like the rest of {overrides[i - 1]!r}, split at a space "
+                    f"by the shell: quote an override that holds spaces, '{joined}' (or "
+                    "write it without them).")
+    return ""
 
 
 def _check_dataclass(node_key: str, node: DictConfig, lines: List[str]) -> None:

@@ -21,6 +21,7 @@ __all__ = ["MARKER", "is_complete", "build_folder_once"]
 logger = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
+ENV_VAR = "E3VA_D2_DATASETS"  # where generated datasets go (shapes.default_cache_root)
 _STALE_TMP_SECONDS = 24 * 3600
 
 
@@ -41,6 +42,22 @@ def _remove_stale_tmp(root: str, name: str) -> None:
                 pass
 
 
+def _check_root(root: str) -> None:
+    """The cache root must be a folder (or not exist yet): ``makedirs`` on a file or a dangling
+    link fails with a bare ``FileExistsError``."""
+    if not os.path.lexists(root) or os.path.isdir(root):
+        return
+    what = (f"a symbolic link to {os.readlink(root)}, which does not exist"
+            if os.path.islink(root) else "a file, not a folder")
+    env = os.environ.get(ENV_VAR)
+    source = (f"{ENV_VAR}={env}" if env and os.path.abspath(os.path.expanduser(env)) == root
+              else f"the cache folder {root}")
+    raise DatasetError(
+        f"{source} is {what}: generated datasets are written into that folder. Set {ENV_VAR} "
+        "to a folder (it is created if missing), or unset it for the default "
+        "~/.cache/e3va_d2/datasets.")
+
+
 def build_folder_once(root: str, name: str, write: Callable[[str], None], what: str) -> str:
     """``root/name``, written first by ``write(folder)`` if it is not complete yet.
 
@@ -50,6 +67,7 @@ def build_folder_once(root: str, name: str, write: Callable[[str], None], what: 
     final = os.path.join(root, name)
     if is_complete(final):
         return final
+    _check_root(root)
     if os.path.exists(final):
         raise DatasetError(
             f"{what} folder '{final}' exists but has no '{MARKER}' marker, so it is incomplete "

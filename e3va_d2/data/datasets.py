@@ -92,11 +92,14 @@ def _check_json_looks_complete(name: str, path: str) -> None:
 
 
 def _bad_json_message(name: str, path: str, problem: object) -> str:
-    return (
-        f"Dataset '{name}': annotation file '{path}' is not valid JSON ({problem}). It is "
-        "probably truncated or corrupted (e.g. an interrupted download or unzip); "
-        "re-download or re-extract it."
-    )
+    if name in MetadataCatalog and MetadataCatalog.get(name).get("generated_on_demand", False):
+        fix = (f"e3va_d2 generated it, and its copy is damaged: delete the folder "
+               f"{os.path.dirname(path)} and it is generated again when the dataset is next "
+               "loaded")
+    else:
+        fix = ("It is probably truncated or corrupted (e.g. an interrupted download or unzip); "
+               "re-download or re-extract it")
+    return f"Dataset '{name}': annotation file '{path}' is not valid JSON ({problem}). {fix}."
 
 
 def _check_paths(name: str) -> None:
@@ -110,6 +113,8 @@ def _check_paths(name: str) -> None:
         if not os.path.exists(path):
             env = os.environ.get("DETECTRON2_DATASETS")
             env_text = f"'{env}'" if env is not None else "unset, so it defaults to './datasets'"
+            if env is not None and os.path.exists(env) and not os.path.isdir(env):
+                env_text += ", which is a file, not a folder"
             raise DatasetError(
                 f"Dataset '{name}': metadata {key} '{path}' does not exist (resolved from the "
                 f"working directory '{os.getcwd()}' to '{os.path.abspath(path)}'). Builtin "
@@ -244,6 +249,27 @@ def _int_array(values: list) -> np.ndarray:
     return out
 
 
+def _check_rle_sizes(dicts: List[dict], img: int, anns: List[dict], dataset_name: str) -> None:
+    """An RLE mask's ``size`` must be the image's [height, width]: another size decodes to a
+    mask of another shape, and training fails in a loader worker naming neither."""
+    h, w = dicts[img].get("height"), dicts[img].get("width")
+    for k, ann in enumerate(anns):
+        segm = ann.get("segmentation")
+        if isinstance(segm, dict) and "counts" in segm:
+            size = segm.get("size")
+            try:
+                fits = [int(v) for v in size] == [int(h), int(w)]
+            except (TypeError, ValueError):
+                fits = False
+            if not fits:
+                raise DatasetError(
+                    f"{_where(dicts, img, k, dataset_name)}: its RLE segmentation has size="
+                    f"{size!r}, but the image is {h}x{w} (height x width): an RLE mask must "
+                    f"have size [height, width] = [{h}, {w}]. Re-encode the mask at the image's "
+                    "size (pycocotools.mask.encode of an HxW array), or fix the image's "
+                    "height/width.")
+
+
 def check_image_files(dicts: List[dict], *, dataset_name: str, show: int = 5) -> None:
     """Every ``file_name`` exists (one ``stat`` each): a missing image fails now, listing the
     first few and the count, not minutes into training inside a loader worker."""
@@ -264,7 +290,8 @@ def validate_dataset_dicts(
     """Fast structural checks of Detectron2 dataset dicts; raises ``DatasetError``.
 
     Checks image height/width, and for every annotation: an absolute ``bbox_mode``, finite boxes
-    with non-negative size that touch the image, and ``category_id`` in ``[0, num_classes)``
+    with non-negative size that touch the image, an RLE mask's ``size`` equal to the image's
+    [height, width], and ``category_id`` in ``[0, num_classes)``
     (``num_classes`` defaults to the dataset's ``thing_classes``). Semantic-seg dicts must point
     to an existing ``sem_seg_file_name``. No image is read; annotations are checked vectorized.
     """
@@ -293,6 +320,7 @@ def validate_dataset_dicts(
                 "generated (for ADE20K: datasets/prepare_ade20k_sem_seg.py)."
             )
         anns = anns or []
+        _check_rle_sizes(dicts, i, anns, dataset_name)
         counts.append(len(anns))
         modes.extend(a.get("bbox_mode", -1) for a in anns)
         cats.extend(a.get("category_id", -1) for a in anns)

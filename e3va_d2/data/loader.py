@@ -118,6 +118,7 @@ class ResumableTrainLoader:
         self.aspect_ratio_grouping = aspect_ratio_grouping
         self.num_workers = num_workers
         self.rank, self.world_size = rank, world_size
+        self.worker_init_fn: Optional[Callable[[int], None]] = None  # as torch's DataLoader
         self._next_position = 0  # of the stream: every earlier position of this rank is drawn
         self._pending: List[List[Tuple[int, Any]]] = []  # buckets: drawn, not yet batched
         self._replay: List[int] = []
@@ -162,7 +163,7 @@ class ResumableTrainLoader:
         # (an uninterrupted and a resumed run create them at different iterations).
         return iter(torchdata.DataLoader(
             stream, batch_size=1, collate_fn=_single, num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.seed), worker_init_fn=self.worker_init_fn,
         ))
 
     def _bucket(self, item) -> int:

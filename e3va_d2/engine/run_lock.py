@@ -7,6 +7,9 @@ on a file that says who holds it (pid, host, start time) for the error message. 
 a killed run is therefore free to take: it is taken over, with a line in the log naming the run
 that left it. A live one is a clear error naming its pid, host and the folder.
 
+The lock file is opened with ``O_NOFOLLOW``: a symbolic link planted under its name is refused,
+naming it, instead of truncating the file it points to.
+
 Where ``flock`` is not supported (some network file systems), the file's pid is checked
 instead: a dead pid on this host is a stale lock; a lock of another host is refused.
 """
@@ -21,7 +24,7 @@ import socket
 import time
 from typing import Optional
 
-__all__ = ["LOCK_NAME", "OutputDirLock", "OutputDirLockedError"]
+__all__ = ["LOCK_NAME", "LinkedLockError", "OutputDirLock", "OutputDirLockedError"]
 
 logger = logging.getLogger("e3va_d2.trainer")
 
@@ -30,6 +33,10 @@ LOCK_NAME = ".run.lock"
 
 class OutputDirLockedError(RuntimeError):
     """Another live run holds the output folder."""
+
+
+class LinkedLockError(RuntimeError):
+    """The lock file's name is a symbolic link: writing the lock would overwrite its target."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -56,10 +63,24 @@ class OutputDirLock:
 
     def _holder(self) -> dict:
         try:
-            with open(self.path) as f:
-                return json.loads(f.read() or "{}")
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                return json.loads(f.read(4096) or b"{}")
         except (OSError, ValueError):
             return {}
+
+    def _open(self) -> int:
+        """The lock file, created if missing, never through a symbolic link."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP or not os.path.islink(self.path):
+                raise
+            raise LinkedLockError(
+                f"{self.path} is a symbolic link (to {os.readlink(self.path)}): a run never "
+                "writes through a link in its output folder, as that would overwrite the file "
+                "it points to. Remove the link, or set another output folder "
+                "(train.output_dir=... / OUTPUT_DIR ...).") from None
 
     def _refuse(self, holder: dict) -> None:
         pid, host = holder.get("pid", "?"), holder.get("host", "?")
@@ -74,7 +95,7 @@ class OutputDirLock:
 
         os.makedirs(self.folder, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

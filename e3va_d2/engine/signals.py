@@ -7,6 +7,13 @@ tiny all-reduce per iteration), the main process saves ``model_<iter>.pth`` and 
 ``last_checkpoint``, and every process exits with ``128 + signal`` (143 for SIGTERM), so a job
 scheduler sees a failure and ``--resume`` continues exactly.
 
+During an evaluation (a periodic one, or the final one after the last step) the handler stops
+the evaluation at once instead: it keeps no training state, and the final one of a large model
+can take an hour a preempted job does not have. A periodic evaluation then ends in the save and
+stop above. After the final one nothing is left to save (the last step's checkpoint is tagged
+``last_checkpoint``), and the delta, which the run writes after it, is not written: the process
+exits 143, and ``--resume`` evaluates that checkpoint and writes the delta.
+
 :func:`forward_signals_to_children` makes a launcher pass SIGTERM on to its worker processes.
 """
 from __future__ import annotations
@@ -21,10 +28,10 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-__all__ = ["StopOnSignal", "TrainingStopped", "forward_signals_to_children"]
+__all__ = ["EvaluationStopped", "StopOnSignal", "TrainingStopped", "forward_signals_to_children"]
 
 logger = logging.getLogger("e3va_d2.trainer")
 
@@ -32,6 +39,11 @@ logger = logging.getLogger("e3va_d2.trainer")
 class TrainingStopped(SystemExit):
     """The run stopped on a signal after saving a checkpoint. A ``SystemExit``: detectron2's
     loop does not log it as a crash, and the process exits with its code (128 + signal)."""
+
+
+class EvaluationStopped(BaseException):
+    """Raised by the signal handler inside an evaluation. A ``BaseException``, as
+    ``KeyboardInterrupt`` is: no ``except Exception`` on the way may swallow it."""
 
 
 class StopOnSignal(HookBase):
@@ -50,22 +62,78 @@ class StopOnSignal(HookBase):
         self.before_save = before_save
         self.received: Optional[int] = None
         self._previous = {}
+        self._evaluating = False
+        self._stopped = False  # after_step raised TrainingStopped
 
     def _handle(self, signum, frame) -> None:
-        # Only a flag: logging or saving inside a signal handler could deadlock.
+        # Only a flag (logging or saving inside a signal handler could deadlock), or, inside an
+        # evaluation, which holds no training state, an exception that ends it.
         self.received = signum
+        if self._evaluating:
+            raise EvaluationStopped(signum)
 
     def before_train(self):
         self.received = None
+        self._stopped = False
         if threading.current_thread() is not threading.main_thread():
             logger.info("Training outside the main thread: SIGTERM will not save a checkpoint.")
             return
         self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        for hook in self.trainer._hooks:
+            evaluate = getattr(hook, "_func", None)
+            if isinstance(hook, hooks.EvalHook) and evaluate is not None \
+                    and not getattr(evaluate, "stops_on_signal", False):
+                hook._func = self._interruptible(evaluate)
+
+    def _interruptible(self, evaluate: Callable[[], dict]) -> Callable[[], dict]:
+        """``evaluate``, ended by the signal (no results), and not started after it."""
+
+        def run() -> dict:
+            try:
+                if self.received is not None:
+                    return {}
+                try:
+                    self._evaluating = True
+                    return evaluate()
+                finally:
+                    self._evaluating = False
+            except EvaluationStopped:
+                logger.warning("%s: stopped the evaluation at iteration %d.",
+                               signal.Signals(self.received).name, self.trainer.iter)
+                return {}
+
+        run.stops_on_signal = True
+        return run
 
     def after_train(self):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+        if self.received is not None and not self._stopped \
+                and self.trainer.iter >= self.trainer.max_iter:
+            self._stop_after_the_last_step()
+
+    def _stop_after_the_last_step(self) -> None:
+        """The signal came after the last step (in the final evaluation): the last step's
+        checkpoint is all training needs; no collective here, the processes may be anywhere
+        in the evaluation."""
+        last_step = self.trainer.max_iter - 1
+        name = f"model_{last_step:07d}"
+        saved = os.path.basename(self.checkpointer.get_checkpoint_file()) \
+            if self.checkpointer.has_checkpoint() else ""
+        if comm.is_main_process() and saved not in ("model_final.pth", f"{name}.pth"):
+            finished, self.trainer.iter = self.trainer.iter, last_step  # what --resume reads
+            try:
+                self.checkpointer.save(name, iteration=last_step)
+            finally:
+                self.trainer.iter = finished
+            saved = f"{name}.pth"
+        signum = self.received
+        logger.warning(
+            "Stopped by %s after the last iteration, in the final evaluation: %s in %s holds the "
+            "trained model; the delta was not written. --resume evaluates it and writes the "
+            "delta.", signal.Signals(signum).name, saved, self.checkpointer.save_dir)
+        raise TrainingStopped(128 + signum)
 
     def after_step(self):
         if not _any_process(self.received is not None):
@@ -84,6 +152,7 @@ class StopOnSignal(HookBase):
         logger.warning(
             "Stopped by %s after iteration %d; saved %s.pth in %s. Continue with --resume.",
             signal.Signals(signum).name, iteration, name, self.checkpointer.save_dir)
+        self._stopped = True
         raise TrainingStopped(128 + signum)
 
 

@@ -39,7 +39,8 @@ from ..layers import adapt_sync_batchnorm
 from ..modeling.backbone import tuned_swins
 from ..utils.cuda_build import check_cuda_build
 from ..utils.safe_load import trust_checkpoint_code
-from .checks import check_max_iter, check_resume_iteration
+from .checks import check_num_classes, check_resume_iteration, check_training_settings
+from .lifeline import tie_loader_workers
 from .params import trainable_parameter_table
 from .resume import (
     GatherTrainingState,
@@ -47,11 +48,18 @@ from .resume import (
     load_training_state,
     preserved_rng,
 )
+from .resume_settings import LAZY_KEYS, ConfigWinsOnResume
 from .signals import StopOnSignal
 from .step import TrainStep, call_after_backward, resolve_amp_dtype
 from .writers import training_writers
 
-__all__ = ["E3VATrainer", "ddp_options", "resolve_device", "test_dataset_names"]
+__all__ = [
+    "E3VATrainer",
+    "ddp_options",
+    "resolve_device",
+    "test_dataset_names",
+    "train_dataset_names",
+]
 
 logger = logging.getLogger("e3va_d2.trainer")
 
@@ -93,6 +101,13 @@ def test_dataset_names(cfg):
     return [names] if isinstance(names, str) else list(names)
 
 
+def train_dataset_names(cfg):
+    """The training datasets of a config (its ``dataloader.train.dataset.names``), as a list;
+    empty for a loader built otherwise."""
+    names = cfg.dataloader.train.get("dataset", {}).get("names", [])
+    return [names] if isinstance(names, str) else list(names)
+
+
 def _dataloader_for(cfg, dataset_name):
     """A copy of ``cfg.dataloader`` whose test split is ``dataset_name`` (if given); the
     evaluator's ``${..test.dataset.names}`` follows it."""
@@ -115,14 +130,15 @@ class E3VATrainer(DefaultTrainer):
     keeps detectron2's signature and meaning, reading the LazyConfig keys listed above where
     detectron2 reads yacs ones (``cfg.dataloader.test.dataset.names`` for ``cfg.DATASETS.TEST``,
     ``cfg.train.output_dir`` for ``cfg.OUTPUT_DIR``...). On top: the optimizer must hold exactly
-    the trainable parameters, AMP on CUDA and CPU, atomic checkpoints, exact ``--resume``.
+    the trainable parameters, AMP on CUDA and CPU, atomic checkpoints, exact ``--resume`` (and
+    on ``--resume``, the config's optimizer and schedule settings, each change logged).
     """
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ reads yacs keys (cfg.SOLVER, cfg.MODEL.WEIGHTS); this builds
         # the same parts, in the same order, from the LazyConfig keys.
         TrainerBase.__init__(self)
-        check_max_iter(cfg.train.max_iter, "train.max_iter")  # before minutes of building
+        check_training_settings(cfg)  # before minutes of building
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         if not logger.isEnabledFor(logging.INFO):
@@ -133,6 +149,7 @@ class E3VATrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        check_num_classes(model, train_dataset_names(cfg))  # the data's metadata is loaded now
 
         device_type = next(model.parameters()).device.type
         model = create_ddp_model(model, **ddp_options(cfg, device_type))
@@ -195,12 +212,14 @@ class E3VATrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return instantiate(cfg.dataloader.train)
+        """``cfg.dataloader.train``, its worker processes tied to this one (:mod:`.lifeline`)."""
+        return tie_loader_workers(instantiate(cfg.dataloader.train))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name=None):
-        """``cfg.dataloader.test``, on ``dataset_name`` instead of its own datasets if given."""
-        return instantiate(_dataloader_for(cfg, dataset_name).test)
+        """``cfg.dataloader.test``, on ``dataset_name`` instead of its own datasets if given;
+        its worker processes tied to this one."""
+        return tie_loader_workers(instantiate(_dataloader_for(cfg, dataset_name).test))
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -249,6 +268,7 @@ class E3VATrainer(DefaultTrainer):
             # The loader comes first: building it materialises generated datasets the
             # evaluator reads (the synthetic shapes json).
             loader = cls.build_test_loader(cfg, name)
+            check_num_classes(model, [name])
             if evaluators is not None:
                 evaluator = evaluators[i]
             else:
@@ -302,6 +322,7 @@ class E3VATrainer(DefaultTrainer):
         return [
             hooks.IterationTimer(),
             hooks.LRScheduler(self._trainer.optimizer, self.scheduler),
+            ConfigWinsOnResume(self._trainer.optimizer, self.scheduler, self.max_iter, LAZY_KEYS),
             gather,
             PeriodicCheckpointer(self.checkpointer, ckpt.period, max_to_keep=ckpt.get(
                 "max_to_keep")) if main else None,
@@ -349,11 +370,18 @@ class E3VATrainer(DefaultTrainer):
         """Run the loop; returns the last evaluation results (as detectron2's tools do)."""
         with torch.jit.optimized_execution(self.cfg.train.get("optimize_torchscript", False)):
             TrainerBase.train(self, self.start_iter, self.max_iter)
+        results = getattr(self, "_last_eval_results", OrderedDict())
         if comm.is_main_process():
             path = os.path.join(self.cfg.train.output_dir, "model_final_delta.pth")
-            export_delta(self._trainer.model, path, extra={"iteration": self.iter})
+            try:
+                export_delta(self._trainer.model, path, extra={"iteration": self.iter})
+            except Exception:
+                # The error ends the run before its caller logs the results: keep them.
+                logger.error("Final evaluation (the delta could not be saved): %s",
+                             dict(results))
+                raise
             logger.info("Saved the trainable weights (delta against the base) to %s", path)
-        return getattr(self, "_last_eval_results", OrderedDict())
+        return results
 
     # detectron2 0.6's DefaultTrainer saves the optimizer as a separate checkpointable, main
     # through the trainer; here it always travels with the trainer (iteration, hooks, step),

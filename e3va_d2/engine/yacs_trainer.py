@@ -3,9 +3,11 @@
 detectron2's ``DefaultTrainer`` trains an e3va-d2 yacs config as it is (the backbone builders
 load the pre-trained trunk themselves); this subclass adds what every project's ``train_net.py``
 adds (an evaluator per dataset type) and crash-safe checkpoints that also read Swin layouts in
-``MODEL.WEIGHTS``; and the reliability of the LazyConfig trainer: ``SOLVER.MAX_ITER`` and the
-resumed iteration checked, checkpoints read as data (``MODEL.TRUST_CHECKPOINT_CODE``), shapes
-checked (``MODEL.ALLOW_SHAPE_MISMATCH``), SIGTERM saving a checkpoint.
+``MODEL.WEIGHTS``; and the reliability of the LazyConfig trainer: ``SOLVER.MAX_ITER``,
+``SOLVER.CHECKPOINT_PERIOD``, the classes against the data and the resumed iteration checked,
+checkpoints read as data (``MODEL.TRUST_CHECKPOINT_CODE``), shapes checked
+(``MODEL.ALLOW_SHAPE_MISMATCH``), SIGTERM saving a checkpoint, the config's solver settings
+winning on ``--resume``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from ..config.reliability import reliability_settings
 from ..evaluation import VOCDetectionEvaluator
 from ..utils.cuda_build import check_cuda_build
 from ..utils.safe_load import trust_checkpoint_code
-from .checks import check_max_iter, check_resume_iteration
+from .checks import check_num_classes, check_resume_iteration, check_yacs_training_settings
+from .lifeline import tie_loader_workers
+from .resume_settings import YACS_KEYS, ConfigWinsOnResume
 from .signals import StopOnSignal
 from .writers import training_writers
 
@@ -30,8 +34,25 @@ __all__ = ["YacsTrainer"]
 
 class YacsTrainer(DefaultTrainer):
     def __init__(self, cfg):
-        check_max_iter(cfg.SOLVER.MAX_ITER, "SOLVER.MAX_ITER")  # before the model is built
+        check_yacs_training_settings(cfg)  # before the model is built
         super().__init__(cfg)
+        check_num_classes(self.model, cfg.DATASETS.TRAIN, yacs=True)  # the data is loaded now
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's, its worker processes tied to this one (:mod:`.lifeline`)."""
+        return tie_loader_workers(super().build_train_loader(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return tie_loader_workers(super().build_test_loader(cfg, dataset_name))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer's, after checking the model's classes against each test dataset
+        whose metadata names its categories."""
+        check_num_classes(model, cfg.DATASETS.TEST, yacs=True)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_model(cls, cfg):
@@ -46,7 +67,9 @@ class YacsTrainer(DefaultTrainer):
             old.model, old.save_dir,
             allow_shape_mismatch=reliability_settings(self.cfg).allow_shape_mismatch,
             **old.checkpointables)
-        return super().build_hooks() + [StopOnSignal(self.checkpointer)]
+        return super().build_hooks() + [
+            ConfigWinsOnResume(self.optimizer, self.scheduler, self.max_iter, YACS_KEYS),
+            StopOnSignal(self.checkpointer)]
 
     def build_writers(self):
         return training_writers(self.cfg.OUTPUT_DIR, self.max_iter)

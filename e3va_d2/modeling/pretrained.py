@@ -41,6 +41,19 @@ class CheckpointReadError(ValueError):
     """A file given as a checkpoint that cannot be read as one (not a pickle, truncated...)."""
 
 
+def refuse_a_folder(path: str) -> None:
+    """A folder given where a checkpoint file is expected is named as one (it used to be "not
+    found"), with the checkpoint files in it."""
+    if "://" in path or not os.path.isdir(path):
+        return
+    files = sorted(n for n in os.listdir(path)
+                   if n.endswith((".pth", ".pkl", ".pyth", ".safetensors")))
+    inside = (f"e.g. {os.path.join(path, files[-1])} (it holds {files[:6]})" if files
+              else "it holds no .pth/.pkl/.safetensors file")
+    raise CheckpointReadError(f"Checkpoint {path} is a folder, not a file: pass one checkpoint "
+                              f"file in it, {inside}.")
+
+
 def read_checkpoint(
     filename: str, reader: Optional[DetectionCheckpointer] = None
 ) -> Dict[str, Any]:
@@ -50,6 +63,7 @@ def read_checkpoint(
     ``reader``: the checkpointer whose path manager opens the file (default: detectron2's).
     """
     reader = reader or DetectionCheckpointer(nn.Module(), save_to_disk=False)
+    refuse_a_folder(filename)
     if not os.path.isfile(filename):  # a URL or a handler's path (e3va://): fetched, cached
         local = reader.path_manager.get_local_path(filename)
         if not os.path.isfile(local):

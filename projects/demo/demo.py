@@ -7,8 +7,10 @@
     python -m projects.demo.demo --config-file configs/Shapes/mask_rcnn_swin_demo_e3va.py --trained
 
 Writes one PNG per image: detectron2 ``Visualizer`` overlays of instances (boxes, masks) or of
-the semantic segmentation. Without ``--input``, draws the first ``--num-images`` images of
-``--dataset`` (default: the config's test dataset). ``--trained`` loads
+the semantic segmentation, named after the image (``x.jpg`` -> ``x.png``; inputs with one base
+name get distinct names, see :func:`picture_names`); a picture never replaces an input.
+Without ``--input``, draws the first ``--num-images`` images of ``--dataset`` (default: the
+config's test dataset). ``--trained`` loads
 ``<train.output_dir>/model_final.pth`` and also draws that run's training curves
 (``curves.png``, see :mod:`.curves`); ``--output`` defaults to
 ``<train.output_dir>/predictions``.
@@ -21,6 +23,7 @@ be read is skipped and named in a summary, and the demo then exits with status 1
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 from typing import List, Optional
@@ -87,6 +90,58 @@ def input_paths(args, cfg) -> List[str]:
     return paths
 
 
+def distinct_inputs(paths: List[str]) -> List[str]:
+    """``paths`` without repeats of one file (a file matched by two patterns is drawn once)."""
+    seen, kept = set(), []
+    for path in paths:
+        key = os.path.realpath(path)
+        if key in seen:
+            print(f"{path} is given twice: drawn once")
+            continue
+        seen.add(key)
+        kept.append(path)
+    return kept
+
+
+def picture_names(paths: List[str]) -> List[str]:
+    """One distinct PNG name per input: its base name (``photos/x.jpg`` -> ``x.png``); where
+    base names collide (``a/x.png``, ``b/x.jpg``), the path below the inputs' common folder,
+    ``/`` written ``__`` (``a__x.png``, ``b__x.png``), and the extension too where that is what
+    differs (``x.jpg.png``, ``x.png.png``)."""
+    if not paths:
+        return []
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+
+    def below(path: str, keep_extension: bool) -> str:
+        relative = os.path.relpath(os.path.abspath(path), common)
+        relative = relative if keep_extension else os.path.splitext(relative)[0]
+        return relative.replace(os.sep, "__")
+
+    rules = (lambda p: os.path.splitext(os.path.basename(p))[0],
+             lambda p: below(p, keep_extension=False), lambda p: below(p, keep_extension=True))
+    names = [rules[0](p) for p in paths]
+    for rule in rules[1:]:
+        counts = collections.Counter(names)
+        names = [rule(p) if counts[n] > 1 else n for p, n in zip(paths, names)]
+    taken, unique = collections.Counter(), []
+    for name in names:  # whatever still collides gets a number
+        taken[name] += 1
+        unique.append(name if taken[name] == 1 else f"{name}-{taken[name]}")
+    return [f"{name}.png" for name in unique]
+
+
+def refuse_overwriting_inputs(paths: List[str], targets: List[str], output: str) -> None:
+    """``--output`` may be the inputs' own folder, but no picture may replace an input."""
+    inputs = {os.path.realpath(p): p for p in paths}
+    for path, target in zip(paths, targets):
+        hit = inputs.get(os.path.realpath(target))
+        if hit is not None:
+            raise ConfigError(
+                f"The picture of {path} would be written to {target}, which is the input "
+                f"{hit}: the demo never writes over its inputs. Pass another --output folder "
+                f"than {output}.")
+
+
 def refuse_untrained(cfg, predictor: Predictor) -> None:
     """What --eval-only refuses, the demo refuses too: drawing adapters and heads that never
     trained shows an untrained model's boxes as if they were the method's."""
@@ -147,6 +202,10 @@ def main(argv=None) -> List[str]:
     cfg = load_config(args.config_file, args.opts)
     if args.trust_checkpoint_code:
         cfg.train.trust_checkpoint_code = True
+    output = args.output or os.path.join(cfg.train.output_dir, "predictions")
+    paths = distinct_inputs(input_paths(args, cfg))
+    targets = [os.path.join(output, name) for name in picture_names(paths)]
+    refuse_overwriting_inputs(paths, targets, output)  # before minutes of building a model
     if args.tasks:
         multi = multi_task_predictor(args, cfg)
 
@@ -167,11 +226,10 @@ def main(argv=None) -> List[str]:
             note = nothing_shown(outputs, args.confidence_threshold)
             return draw(image, outputs, predictor.metadata, args.confidence_threshold,
                         args.scale), [note] if note else []
-    output = args.output or os.path.join(cfg.train.output_dir, "predictions")
     os.makedirs(output, exist_ok=True)
     max_size = args.max_size or config_test_max_size(cfg) or DEFAULT_MAX_SIZE
     written, failed = [], []
-    for path in tqdm.tqdm(input_paths(args, cfg), desc="drawing", unit="image"):
+    for path, target in tqdm.tqdm(list(zip(paths, targets)), desc="drawing", unit="image"):
         try:
             image = read_rgb(path, max_size=max_size, max_pixels=args.max_pixels)
         except InputError as e:  # one bad file must not cost the others their pictures
@@ -180,7 +238,6 @@ def main(argv=None) -> List[str]:
         picture, notes = predict(image)
         for note in notes:
             tqdm.tqdm.write(f"{os.path.basename(path)}: {note}")
-        target = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
         Image.fromarray(picture).save(target)
         written.append(target)
     print(f"Wrote {len(written)} pictures of predictions to {output}")
@@ -190,7 +247,6 @@ def main(argv=None) -> List[str]:
         sys.exit(f"Skipped {len(failed)} of {len(failed) + len(written)} inputs:\n  "
                  + "\n  ".join(failed))
     return written
-
 
 if __name__ == "__main__":
     main()

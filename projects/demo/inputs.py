@@ -1,10 +1,10 @@
 """The demo's inputs: which files (folders expanded), each read as an 8-bit RGB image of a size
 the model can take, or an :class:`InputError` that names the file.
 
-Why not detectron2's ``read_image``: it turns a 16-bit grayscale PNG white (PIL's ``convert``
-clips every value above 255 instead of scaling), its errors do not name the file, and it
-decodes any size (an 8000 x 8000 photo, drawn by a model without a test-time resize, took
-20 GB).
+Why not detectron2's ``read_image``: it turns a 16-bit grayscale PNG white and a float32 TIFF
+black (PIL's ``convert`` clips the values to 0..255 instead of scaling them), its errors do not
+name the file, and it decodes any size (an 8000 x 8000 photo, drawn by a model without a
+test-time resize, took 20 GB).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ __all__ = [
     "config_test_max_size",
     "expand_inputs",
     "fit_longest_side",
+    "float_range",
     "read_rgb",
     "to_rgb8",
 ]
@@ -64,12 +65,29 @@ def expand_inputs(patterns: Iterable[str]) -> List[str]:
     return paths
 
 
+def float_range(values: np.ndarray) -> float:
+    """The full scale of a float image: 1 for intensities in [0, 1] (how float images are
+    written), else the smallest integer range (8 or 16 bits) that holds its values."""
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if finite.size else 0.0
+    return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+
+
 def to_rgb8(image: Image.Image) -> np.ndarray:
     """(H, W, 3) uint8 RGB. 16-bit samples are scaled (65535 -> 255), not clipped; PIL opens
-    16-bit grayscale PNGs as mode "I", whose values are taken as 16-bit too."""
+    16-bit grayscale PNGs as mode "I", whose values are taken as 16-bit too. Float images
+    (mode "F", e.g. a float32 TIFF) are scaled the same way from their full scale
+    (:func:`float_range`: 1.0 -> 255 for values in [0, 1]); PIL's ``convert`` would clip them
+    to 0 or 1, a black picture."""
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
         gray = ((values * 255 + 32767) // 65535).astype(np.uint8)  # rounded
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scaled = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0) * (
+            255.0 / float_range(values))
+        gray = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.asarray(image.convert("RGB"))
 
