@@ -113,6 +113,9 @@ TABLES: Dict[str, Table] = {
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
         "e3va:saved_input_dtype=float8_e4m3fn --size 512 --steps 5 --warmup 1 --amp",
         measured_at="be4fe81"),
+    "inference-latency": Table(
+        "docs/INFERENCE.md", "projects.benchmark.inference_latency:render",
+        f"{_BENCH}.inference_latency --images 20"),
     "highway-time": Table(
         "docs/COST.md", "projects.benchmark.highway_time:render",
         f"{_BENCH}.highway_time --steps 10"),

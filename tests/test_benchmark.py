@@ -270,3 +270,15 @@ def test_moving_a_method_keeps_adamw_step_counters_where_torch_keeps_them():
                for s in plain)
     fused = bench.steps["fused"]["model1"].optimizer.state.values()
     assert all(s["step"].device.type == "meta" for s in fused)  # fused keeps them on device
+
+
+def test_inference_latency_table_is_the_median_and_its_excess_over_the_first_method():
+    from projects.benchmark.inference_latency import render
+
+    data = dict(setup="a config, 8x8", seconds={"fixed": [0.010, 0.030, 0.020],
+                                                "e3va": [0.025, 0.022, 0.900]})
+    text = render(data)
+    assert "| `fixed` | 20.0 | +0.0 ms (+0.0%) |" in text
+    # the median ignores the one slow image; the excess is over fixed's median
+    assert "| `e3va` | 25.0 | +5.0 ms (+25.0%) |" in text
+    assert text.rstrip().endswith("a config, 8x8.")

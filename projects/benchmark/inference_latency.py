@@ -24,6 +24,7 @@ from typing import Dict, List
 import torch
 
 from e3va_d2.config import get_config
+from projects.tables import command_line, publish, table_head, table_row
 
 from .measure import median
 from .tuning_cost import build_model, share_common_tensors
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed images per method first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
+    p.add_argument("--record", default="",
+                   help="also publish the table as this docs table (projects/tables.py)")
     return p.parse_args(argv)
 
 
@@ -86,21 +89,36 @@ def measure(args) -> Dict[str, List[float]]:
     return times
 
 
-def report(times: Dict[str, List[float]], args) -> str:
-    base = median(times[args.methods[0]]) * 1e3
-    lines = [f"{args.config}, {args.size[0]}x{args.size[1]}, {args.images} images, "
-             f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-             f"| method | ms / image (median) | extra vs {args.methods[0]} |", "|---|---|---|"]
-    for method, values in times.items():
-        ms = median(values) * 1e3
-        lines.append(f"| `{method}` | {ms:.1f} | {ms - base:+.1f} ms ({ms / base - 1:+.1%}) |")
-    return "\n".join(lines)
+def record_data(times: Dict[str, List[float]], args) -> dict:
+    """What a record keeps: every timed image's seconds per method, and how they were taken."""
+    setup = (f"{args.config}, {args.size[0]}x{args.size[1]}, {args.images} images after "
+             f"{args.warmup} untimed, {args.device}, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}")
+    return dict(setup=setup, seconds=times)
+
+
+def render(data: dict) -> str:
+    """The table from a record: the median time per image of each method, and what it adds to
+    the first method's (the frozen model's)."""
+    times = data["seconds"]
+    methods = list(times)
+    base = median(times[methods[0]]) * 1e3
+    lines = table_head(["method", "ms / image (median)", f"extra over `{methods[0]}`"])
+    for method in methods:
+        ms = median(times[method]) * 1e3
+        lines.append(table_row([f"`{method}`", f"{ms:.1f}",
+                                f"{ms - base:+.1f} ms ({ms / base - 1:+.1%})"]))
+    return "\n".join(lines + ["", data["setup"] + "."])
 
 
 def main(argv=None) -> Dict[str, List[float]]:
     args = parse_args(argv)
     times = measure(args)
-    print(report(times, args))
+    data = record_data(times, args)
+    print(render(data))
+    if args.record:
+        publish(args.record, data, "projects.benchmark.inference_latency:render",
+                command_line("projects.benchmark.inference_latency", argv))
     return times
 
 
