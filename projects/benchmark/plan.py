@@ -57,7 +57,7 @@ from .plan_checks import (
 from .plan_fit import PeakModel, fits, padded_pixels  # noqa: F401 (the planner's API)
 from .plan_measure import MeasuredPoints, Progress, cpu_step_peak, prefill_optimizer_state
 from .report import GPUS
-from .tuning_cost import Bench, method_names, num_classes
+from .tuning_cost import Bench, check_methods, method_names, num_classes
 
 logger = logging.getLogger("e3va_d2.benchmark")
 
@@ -128,10 +128,7 @@ def parse_args(argv=None):
                         help="also write the plan as this docs table's record (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
-    try:
-        method_names(args.methods)
-    except ValueError as e:
-        parser.error(f"--methods: {e}")
+    check_methods(parser, args.methods)
     return args
 
 

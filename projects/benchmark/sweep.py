@@ -38,7 +38,7 @@ from projects.tables import command_line, publish, table_head, table_row
 
 from .measure import median, release_freed_memory, synthetic_detection_batch
 from .report import GPUS, MIB, training_memory
-from .tuning_cost import Bench, method_names, num_classes
+from .tuning_cost import Bench, check_methods, method_names, num_classes
 
 logger = logging.getLogger("e3va_d2.benchmark")
 
@@ -65,10 +65,7 @@ def parse_args(argv=None):
                         help="also publish the tables as this docs table (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
-    try:
-        method_names(args.methods)
-    except ValueError as e:
-        parser.error(f"--methods: {e}")
+    check_methods(parser, args.methods)
     return args
 
 

@@ -82,10 +82,7 @@ def parse_args(argv=None):
                         help="also publish the tables as this docs table (projects/tables.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
-    try:
-        method_names(args.methods)
-    except ValueError as e:
-        parser.error(f"--methods: {e}")
+    check_methods(parser, args.methods)
     return args
 
 
@@ -101,6 +98,15 @@ def method_names(spec: str) -> List[str]:
         return [m for m in PAPER_ORDER if m in TUNING_METHODS] + sorted(
             m for m in TUNING_METHODS if m not in PAPER_ORDER)
     return parse_method_specs(spec)
+
+
+def check_methods(parser: argparse.ArgumentParser, spec: str) -> None:
+    """A bad ``--methods`` is a usage error of ``parser`` (exit 2 naming it), before any model
+    is built."""
+    try:
+        method_names(spec)
+    except ValueError as e:
+        parser.error(f"--methods: {e}")
 
 
 def num_classes(cfg) -> int:
