@@ -1,8 +1,10 @@
-"""Helpers several test modules share: file-tree snapshots, racing processes, short demo runs."""
+"""Helpers several test modules share: file-tree snapshots, racing processes, short demo runs,
+gradients compared parameter by parameter."""
 import multiprocessing as mp
 from pathlib import Path
 from typing import List
 
+import torch
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
@@ -58,3 +60,14 @@ def evaluate_then_train(cfg):
         before = E3VATrainer.test(cfg, trainer._trainer.model)
     return before, trainer.train()
 
+
+
+def assert_same_gradients(a, b):
+    """``b``'s gradients equal ``a``'s (to float32 rounding) for every trainable parameter, and
+    every trainable parameter of ``a`` got one."""
+    trained = 0
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-7, msg=name)
+            trained += 1
+    assert trained == len(a.trainable_names)

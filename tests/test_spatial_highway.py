@@ -11,6 +11,7 @@ from e3va_d2.modeling.tuning import SpatialE3VATuning
 from projects.benchmark.measure import saved_bytes_by_module
 
 from .conftest import TINY_SWIN
+from .helpers import assert_same_gradients
 
 VARIANTS = [dict(), dict(stage_mixer=False), dict(read_state=False), dict(conv_kernels=()),
             dict(conv_kernels=(3, 5, 7))]
@@ -175,15 +176,6 @@ def backward_on(model, images):
     outputs = model(images)
     sum(o.square().mean() for o in outputs.values()).backward()
     return outputs
-
-
-def assert_same_gradients(a, b):
-    trained = 0
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        if p.requires_grad:
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-7, msg=name)
-            trained += 1
-    assert trained == len(a.trainable_names)
 
 
 @pytest.mark.parametrize("per", ["block", "stage"])
