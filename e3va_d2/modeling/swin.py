@@ -354,15 +354,17 @@ class SwinStage(nn.Module):
         self,
         x: Tensor,
         hw: Tuple[int, int],
-        on_block: Optional[Callable[[int, Tensor, Tensor, Tensor], None]] = None,
+        on_block: Optional[Callable[[int, Tensor, Tensor, Tensor], Optional[Tensor]]] = None,
         blocks: Optional[range] = None,
         checkpointed: bool = False,
         context: Callable[[], ContextManager] = contextlib.nullcontext,
     ) -> Tensor:
         """The trunk's one loop over blocks: ``blocks`` of this stage (all by default) on ``x``
         (B, H*W, C), returning their output. ``on_block(j, x, a1, a2)`` sees each block's input
-        and branch outputs; ``checkpointed``: activation checkpointing of each block when
-        gradients flow; ``context()``: what each block (not ``on_block``) runs in."""
+        and branch outputs, and may return the stream the next block reads instead of this
+        block's output (E3VA's feedback runs the highway's stream through the blocks);
+        ``checkpointed``: activation checkpointing of each block when gradients flow;
+        ``context()``: what each block (not ``on_block``) runs in."""
         mask = self.shift_mask(hw, x.device)
         for j in range(len(self.blocks)) if blocks is None else blocks:
             block = self.blocks[j]
@@ -372,7 +374,8 @@ class SwinStage(nn.Module):
                 else:
                     a1, a2, out = block.branches(x, hw, mask)
             if on_block is not None:
-                on_block(j, x, a1, a2)
+                fed = on_block(j, x, a1, a2)
+                out = out if fed is None else fed
             del a1, a2  # not alive during the next block, unless the reader kept them
             x = out
         return x
@@ -399,6 +402,10 @@ class TrunkHooks:
     grid) and policies for how the trunk runs (branch recomputation, the trunk's precision)
     override them; none walks the trunk again. This base class is the plain trunk: blocks run
     under the caller's autograd, and nothing reads them.
+
+    A policy may stop the trunk's own stream (``run_blocks`` returns None): the walk still
+    visits every later stage, its grid and its hooks, with None for the stream (E3VA's feedback:
+    the highways carry their own streams through the trunk's last blocks).
     """
 
     checkpoint_blocks = False  # activation checkpointing of each block when gradients flow
