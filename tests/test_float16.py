@@ -163,6 +163,9 @@ METHODS = {
     "e3va_spatial": SpatialE3VATuning(rank=4),
     "e3va_spatial:saved_input_dtype=float8_e4m3fn": SpatialE3VATuning(
         rank=4, saved_input_dtype="float8_e4m3fn"),
+    "feedback_depth=3": E3VATuning(rank=4, feedback_depth=3),
+    "e3va_spatial:feedback_depth=3:feedback_lora=True": SpatialE3VATuning(
+        rank=4, feedback_depth=3, feedback_lora=True),
 }
 
 

@@ -118,6 +118,14 @@ def test_other_tuning_methods_cannot_share(tasks):
         MultiTaskPredictor({"instances": (lora, None), "semantic": tasks["semantic"]})
 
 
+def test_tasks_of_another_feedback_depth_cannot_share(tasks):
+    """The trunk stops where a highway's feedback starts (tests/test_feedback.py shares a walk
+    between two highways of one depth)."""
+    fed = task_cfg("instances", "model.backbone.bottom_up.tuning.feedback_depth=2")
+    with pytest.raises(TaskMismatchError, match="feedback_depth=2, 'semantic' 0.*own Predictor"):
+        MultiTaskPredictor({"semantic": tasks["semantic"], "instances": (fed, None)})
+
+
 @pytest.mark.slow
 def test_benchmark_script_writes_its_table(tmp_path):
     from projects.benchmark import shared_trunk

@@ -104,6 +104,13 @@ class MultiTaskPredictor:
         if ours != theirs or first.trunk.num_stages != swin.trunk.num_stages:
             raise TaskMismatchError(f"task {name!r} has another trunk ({theirs}) than "
                                     f"{first_name!r} ({ours})")
+        depth, first_depth = swin.highway.feedback_depth, first.highway.feedback_depth
+        if depth != first_depth:
+            raise TaskMismatchError(
+                f"task {name!r} has feedback_depth={depth}, {first_name!r} {first_depth}: the "
+                "trunk stops where the feedback starts, so tasks share its walk only at one "
+                f"feedback_depth; predict {name!r} with its own Predictor, or train the tasks "
+                "at the same depth")
         frozen = _frozen_trunk_tensors(swin.trunk)
         differ = sorted(k for k in shared if k not in frozen or not torch.equal(frozen[k],
                                                                                 shared[k]))

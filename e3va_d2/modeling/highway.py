@@ -16,6 +16,10 @@ each stage end (gradients flow through it, its weights stay fixed). The adapters
 :mod:`.adapters`. The highway reads the trunk on its one walk (:mod:`.highway_walk`), beside
 it, block by block; several highways (tasks) can share that walk.
 
+With ``feedback_depth`` k, the trunk's last k blocks compute their branches from ``e`` instead
+of ``l`` (with autograd, on their frozen weights), and the trunk stops before them: the
+highway's corrections then change what those blocks compute (:mod:`.highway_walk`).
+
 Another highway is E3VA's with other parts, not another forward: ``block_adapters`` builds each
 step's module (called ``(e, a1, a2, stream, hw)``) and ``stage_mixer`` a module run on ``e`` at
 each stage's end (the spatial highway, :mod:`.spatial_highway`).
@@ -34,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .adapters import BlockAdapters
 from .branch_recompute import BranchRecomputation
-from .highway_walk import walk_highways
+from .highway_walk import feedback_start, walk_highways
 from .swin import SwinTransformer, tokens_to_map
 
 __all__ = [
@@ -76,6 +80,8 @@ class E3VAHighway(Highway):
     :class:`~e3va_d2.modeling.adapters.BlockAdapters` (the adapter options then go unused);
     ``stage_mixer``: builds a module ``(e, hw) -> e`` run at each stage's end, before its output
     norm and patch merging (``stage_mixers``), or None.
+    ``feedback_depth``: the trunk's last blocks that run on the highway's stream, with autograd
+    on their frozen weights (0: none; see :mod:`.highway_walk`).
     """
 
     def __init__(
@@ -94,8 +100,11 @@ class E3VAHighway(Highway):
         recompute_branches: Optional[str] = None,
         block_adapters: Optional[ModuleFactory] = None,
         stage_mixer: Optional[ModuleFactory] = None,
+        feedback_depth: int = 0,
     ):
         super().__init__()
+        feedback_start(trunk, feedback_depth)  # a clear error for a depth the trunk has not
+        self.feedback_depth = feedback_depth
         self.recompute = recompute
         self.branch_recompute = BranchRecomputation(recompute_branches) if recompute_branches \
             else None

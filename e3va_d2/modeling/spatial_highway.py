@@ -23,7 +23,8 @@ All three are on by default (the tuning method ``e3va_spatial``). The spatial hi
 highway (:class:`~e3va_d2.modeling.highway.E3VAHighway`) built with these steps and stage
 mixers (:func:`spatial_highway`), so it walks the trunk as E3VA does and takes E3VA's memory
 options: ``recompute_branches`` (adapters that read the deviation keep the highway at each
-segment's start too), ``trunk_dtype`` and ``saved_input_dtype``.
+segment's start too), ``trunk_dtype`` and ``saved_input_dtype``, and its ``feedback_depth``
+(inside the feedback blocks the highway is the stream they read, so the deviation is zero).
 
 Shape legend: B batch, L tokens, C channels, h bottleneck width.
 """
@@ -151,6 +152,7 @@ def spatial_highway(
     conv_kernels: Sequence[int],
     read_state: bool,
     stage_mixer: bool,
+    feedback_depth: int,
 ) -> E3VAHighway:
     """E3VA's highway with the steps and stage mixers of this module's docstring.
 
@@ -161,6 +163,8 @@ def spatial_highway(
         conv_kernels: depthwise kernel sizes inside each adapter's bottleneck (empty: none).
         read_state: adapters also read the highway's deviation from the trunk.
         stage_mixer: a spatial bottleneck on the highway at each stage's end.
+        feedback_depth: the trunk's last blocks that run on the highway's stream (there the
+            deviation the adapters read is zero: the blocks read the highway itself).
     """
     _draw_as_replaced_e3va_adapters(trunk, hidden_dims, rank, init)
     kernels = tuple(conv_kernels)
@@ -172,7 +176,7 @@ def spatial_highway(
     return E3VAHighway(trunk, hidden_dims=hidden_dims, recompute=recompute,
                        trainable_downsampling=trainable_downsampling,
                        recompute_branches=recompute_branches, block_adapters=steps,
-                       stage_mixer=mixers)
+                       stage_mixer=mixers, feedback_depth=feedback_depth)
 
 
 def _spatial_block_adapters(dim: int, width: int, **options) -> SpatialBlockAdapters:

@@ -5,12 +5,15 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
+from torch import nn
 
 from ..adapters import ADAPTER_INITS, ADAPTER_KINDS, HIGHWAY_STRUCTURES
 from ..branch_recompute import RECOMPUTE_BRANCHES
 from ..highway import HIGHWAY_PREFIX, E3VAHighway
+from ..highway_walk import feedback_blocks
 from ..trunk_precision import TRUNK_DTYPES, narrow_trunk_blocks
 from .base import OptionError, TuningMethod, option, output_norm_parameters, register_tuning
+from .inserted import LoRATuning, insert_into_blocks, inserted_parameters, lora_branch
 
 __all__ = ["E3VATuning"]
 
@@ -63,6 +66,15 @@ class E3VATuning(TuningMethod):
         the adapters keep (their inputs are kept in this dtype, exactly as the trunk produced
         them, unless saved_input_dtype is narrower). Lossy: the trunk's features are rounded
         (float16 also narrows their range: a trunk that overflows it stops with an error).
+    feedback_depth: the trunk's last k blocks (counted from its end, across stages: 2 = the last
+        stage of a Swin, up to every block) run on the highway's stream instead of the frozen
+        one, with autograd on their frozen weights: attention and MLP there compute on the
+        corrected features, and gradients reach earlier adapters through them. Costs those
+        blocks' activations; the blocks before keep nothing, as without it. 0 (default): E3VA.
+    feedback_lora: also train LoRA inside the feedback blocks, and nowhere else: the lora
+        method's pair (its default rank, zero-initialised, so training starts at the model
+        without it) beside their attention and MLP. Needs feedback_depth >= 1 and a float32
+        trunk (trunk_dtype None: LoRA's trainable weights would run in the narrowed blocks).
     """
 
     trunk_runs_without_grad = True
@@ -80,6 +92,8 @@ class E3VATuning(TuningMethod):
     train_output_norms: bool = True
     recompute_branches: Optional[str] = option(None, choices=RECOMPUTE_BRANCHES)
     trunk_dtype: Optional[str] = option(None, choices=tuple(TRUNK_DTYPES))
+    feedback_depth: int = option(0, minimum=0)
+    feedback_lora: bool = False
 
     def __post_init__(self):
         super().__post_init__()  # types, ranges and choices of every option
@@ -101,6 +115,15 @@ class E3VATuning(TuningMethod):
                 f"={self.hidden_dim} and hidden_ratio={self.hidden_ratio} both set the adapters' "
                 f"width; set one: hidden_dim (a fixed width) or hidden_ratio (a fraction of each "
                 f"stage's channels; default {default_ratio})")
+        owner = type(self).__name__
+        if self.feedback_lora and not self.feedback_depth:
+            raise OptionError(owner, "feedback_lora", " needs feedback_depth >= 1: LoRA goes "
+                              "into the feedback blocks only, and there are none")
+        if self.feedback_lora and self.trunk_dtype is not None:
+            raise OptionError(owner, "feedback_lora",
+                              f" cannot be combined with trunk_dtype={self.trunk_dtype!r}: its "
+                              "trainable weights would run inside the narrowed blocks; set "
+                              "trunk_dtype=None")
 
     def bottleneck_width(self, dim: int) -> int:
         """The adapters' middle width for ``dim`` channels; at least 1, or a clear error."""
@@ -114,7 +137,11 @@ class E3VATuning(TuningMethod):
     def attach(self, trunk):
         if self.trunk_dtype is not None:
             narrow_trunk_blocks(trunk, TRUNK_DTYPES[self.trunk_dtype])
-        return self.build_highway(trunk)
+        highway = self.build_highway(trunk)
+        if self.feedback_lora:  # drawn after the highway, whose weights stay every seed's
+            blocks = nn.ModuleList(feedback_blocks(trunk, self.feedback_depth))
+            insert_into_blocks(blocks, lambda dim: lora_branch(dim, LoRATuning.rank))
+        return highway
 
     def hidden_dims(self, trunk) -> List[int]:
         """The adapters' bottleneck width per stage of ``trunk``."""
@@ -134,6 +161,7 @@ class E3VATuning(TuningMethod):
             saved_dtype=self.adapter_saved_dtype(),
             trainable_downsampling=self.trainable_downsampling,
             recompute_branches=self.recompute_branches,
+            feedback_depth=self.feedback_depth,
         )
 
     def adapter_saved_dtype(self) -> Optional[torch.dtype]:
@@ -149,5 +177,7 @@ class E3VATuning(TuningMethod):
     def trainable_parameters(self, trunk, highway):
         for name, param in highway.named_parameters():
             yield HIGHWAY_PREFIX + name, param
+        if self.feedback_lora:
+            yield from inserted_parameters(trunk)
         if self.train_output_norms:
             yield from output_norm_parameters(trunk)

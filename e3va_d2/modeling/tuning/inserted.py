@@ -85,6 +85,11 @@ class ParallelBranch(nn.Module):
 INSERTED_TYPES = (StackedAdapter, ParallelBranch)
 
 
+def lora_branch(dim: int, rank: int) -> ParallelBranch:
+    """LoRA beside a sub-layer: a rank-``rank`` linear pair, no bias, ``B`` zero-initialised."""
+    return ParallelBranch(Bottleneck(dim, rank, activation=False, bias=False))
+
+
 def insert_into_blocks(trunk: nn.Module, make: Callable[[int], nn.Module]) -> int:
     """Put ``make(dim)`` into both insertion points of every Swin block; returns how many were
     inserted, and refuses a trunk where nothing matched or something is already inserted."""
@@ -143,10 +148,7 @@ class LoRATuning(_InsertedTuning):
     rank: int = option(64, minimum=1)
 
     def attach(self, trunk):
-        insert_into_blocks(
-            trunk,
-            lambda dim: ParallelBranch(Bottleneck(dim, self.rank, activation=False, bias=False)),
-        )
+        insert_into_blocks(trunk, lambda dim: lora_branch(dim, self.rank))
 
 
 @register_tuning("adaptformer")

@@ -61,4 +61,5 @@ class SpatialE3VATuning(E3VATuning):
             conv_kernels=self.conv_kernels,
             read_state=self.read_state,
             stage_mixer=self.stage_mixer,
+            feedback_depth=self.feedback_depth,
         )
