@@ -53,9 +53,6 @@ TABLES: Dict[str, Table] = {
     "config-table": Table(
         "docs/CONFIGS.md", "projects.model_zoo.config_table:render",
         "python -m projects.model_zoo.config_table"),
-    "transfer": Table(
-        "docs/ACCURACY.md", "projects.transfer.compare:render",
-        "python -m projects.transfer.compare", measured_at="074435d"),
     "cost-swin-b": Table(
         "docs/COST.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "

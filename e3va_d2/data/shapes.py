@@ -74,8 +74,9 @@ class ShapesPaths:
 DEFAULT_SPLITS: Dict[str, ShapesSpec] = {
     "train": ShapesSpec(num_images=256, seed=0),
     "val": ShapesSpec(num_images=64, seed=1),
-    # The transfer comparison (projects/transfer): more, smaller images, so that a run of a few
-    # hundred steps is short and the trunk's features, not the 256 images, limit accuracy.
+    # The first accuracy comparison (configs/Shapes/transfer_mask_rcnn_swin_e3va.py): more,
+    # smaller images, so that a run of a few hundred steps is short and the trunk's features,
+    # not the 256 images, limit accuracy.
     "transfer_train": ShapesSpec(num_images=512, seed=4, min_size=96, max_size=128,
                                  max_objects=4),
     "transfer_val": ShapesSpec(num_images=128, seed=5, min_size=96, max_size=128, max_objects=4),
