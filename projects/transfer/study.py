@@ -18,9 +18,10 @@ small JSON files that are committed. The tables and figures of docs/ACCURACY.md 
 from the committed records alone (:mod:`projects.transfer.study_report`, ``--render``), and
 ``tests/test_accuracy_study.py`` checks that they match. A run with a record is not run again.
 
-A run takes under an hour on 2 cores: run it to its end. Its state (checkpoints, metrics) stays
-in ``--output``, which git ignores; only its record is committed. A stopped run continues
-exactly from its last checkpoint when the same command runs again on the same checkout.
+A run takes about an hour on 2 cores, two at a time with one thread each (its record keeps
+its minutes): run it to its end. Its state (checkpoints, metrics) stays in ``--output``,
+which git ignores; only its record is committed. A stopped run continues exactly from its last
+checkpoint when the same command runs again on the same checkout.
 
     python -m projects.transfer.study --regimes near,far --rows full,fixed --seeds 0,1,2
     python -m projects.transfer.study --rows lora,e3va          # after full's curve plateaued
