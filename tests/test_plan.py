@@ -142,11 +142,11 @@ def test_card_need_adds_each_named_term():
 
 
 def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatch, caplog):
-    from projects.benchmark import tuning_cost
+    from projects.benchmark import bench
 
     built, calls = [], []
 
-    class CountingBench(tuning_cost.Bench):
+    class CountingBench(bench.Bench):
         def __init__(self, cfg, methods, *args, **kwargs):
             built.append(list(methods))
             super().__init__(cfg, methods, *args, **kwargs)

@@ -43,6 +43,8 @@ import torch
 from e3va_d2.config import load_config
 from projects.tables import command_line, publish, table_head, table_row
 
+from .bench import Bench, check_methods, method_names, num_classes
+from .cost_report import GPUS
 from .gpu_terms import GpuTerms
 from .measure import release_freed_memory, synthetic_detection_batch
 from .paper_memory import error_band
@@ -56,8 +58,6 @@ from .plan_checks import (
 )
 from .plan_fit import PeakModel, fits, padded_pixels  # noqa: F401 (the planner's API)
 from .plan_measure import MeasuredPoints, Progress, cpu_step_peak, prefill_optimizer_state
-from .report import GPUS
-from .tuning_cost import Bench, check_methods, method_names, num_classes
 
 logger = logging.getLogger("e3va_d2.benchmark")
 

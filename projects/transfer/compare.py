@@ -65,7 +65,7 @@ def parse_args(argv=None):
 
 
 def rows(args) -> List[str]:
-    from projects.benchmark.tuning_cost import method_names
+    from projects.benchmark.bench import method_names
 
     methods = method_names(args.methods)
     return methods + ([] if args.no_floor else [FLOOR])
