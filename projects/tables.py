@@ -86,7 +86,7 @@ TABLES: Dict[str, Table] = {
         "e3va:recompute_branches=block,e3va:recompute_branches=stage,e3va:trunk_dtype=bfloat16 "
         "--size 512 --batch 2 --steps 0 --warmup 1 --output output/peak-swin-b-options"),
     "plan-swin-l": Table(
-        "docs/MEMORY.md", "projects.benchmark.plan:render",
+        "docs/MEMORY.md", "projects.benchmark.plan_report:render",
         f"{_BENCH}.plan --config-file configs/COCO/cascade_mask_rcnn_swin_l_e3va.py "
         "--gpu-memory 11GiB --methods full,fixed,lora,e3va,bitfit,adapter --check-sizes 416 "
         "--check-batches 1 --output output/plan-paper/swin-l-cascade"),

@@ -39,6 +39,8 @@ from e3va_d2.utils.cuda_build import check_cuda_build
 from projects.benchmark import plan, tuning_cost
 from projects.benchmark.bench import Bench, num_classes
 from projects.benchmark.measure import synthetic_detection_batch
+from projects.benchmark.plan_fit import fits, padded_pixels
+from projects.benchmark.plan_measure import measure
 
 from .runner import Outcome, Skip
 
@@ -495,10 +497,10 @@ def planner_prediction(settings: Settings) -> Tuple[float, dict]:
         "--methods", settings.planner_method, "--fit-sizes", settings.planner_fit_sizes,
         "--fit-batches", settings.planner_fit_batches, "--device", "cpu",
         "--output", os.path.join(settings.output, "plan"), "--fresh"])
-    measured = plan.measure(args)
-    model = plan.fits(measured["points"])[settings.planner_method]
-    pixels = plan.padded_pixels(settings.planner_size, settings.planner_size,
-                                measured["size_divisibility"])
+    measured = measure(args)
+    model = fits(measured["points"])[settings.planner_method]
+    pixels = padded_pixels(settings.planner_size, settings.planner_size,
+                           measured["size_divisibility"])
     return model.predict(pixels, settings.planner_batch), measured
 
 
