@@ -60,8 +60,7 @@ TABLES: Dict[str, Table] = {
         "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
         "full,fixed,bitfit,norm,partial1,adapter,lora,adaptformer,e3va,e3va_plus,e3va_plusplus,"
-        "e3va:saved_input_dtype=bfloat16 --size 512 --steps 3 --warmup 1",
-        measured_at="6fc810a"),
+        "e3va:saved_input_dtype=bfloat16 --size 512 --steps 3 --warmup 1"),
     "cost-retinanet": Table(
         "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file configs/PascalVOC/retinanet_swin_l_e3va.py "
