@@ -54,35 +54,35 @@ TABLES: Dict[str, Table] = {
         "docs/CONFIGS.md", "projects.model_zoo.config_table:render",
         "python -m projects.model_zoo.config_table"),
     "cost-swin-b": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
         "full,fixed,bitfit,norm,partial1,adapter,lora,adaptformer,e3va,e3va_plus,e3va_plusplus,"
         "e3va:saved_input_dtype=bfloat16 --size 512 --steps 3 --warmup 1"),
     "cost-retinanet": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file configs/PascalVOC/retinanet_swin_l_e3va.py "
         "--methods full,fixed,bitfit,lora,e3va,e3va_spatial --size 512 --steps 3 --warmup 1 "
         "--fit-batches 1"),
     "cost-upernet": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file configs/ADE20K/upernet_swin_l_e3va.py "
         "--methods full,fixed,bitfit,lora,e3va,e3va_spatial --size 512 --steps 3 --warmup 1 "
         "--fit-batches 1"),
     "peak-swin-b": Table(
-        "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
+        "docs/MEMORY.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
         "full,fixed,bitfit,norm,partial1,adapter,lora,adaptformer,e3va,e3va_plus,e3va_plusplus,"
         "e3va_spatial,e3va_spatial:stage_mixer=False --size 512 --batch 2 --steps 0 --warmup 1 "
         "--output output/peak-swin-b",
-        figure="docs/peak_swin_b.png", plot="projects.benchmark.tuning_cost:plot_record"),
+        figure="docs/peak_swin_b.png", plot="projects.benchmark.cost_report:plot_record"),
     "peak-swin-b-options": Table(
-        "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
+        "docs/MEMORY.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,e3va,"
         "e3va:saved_input_dtype=bfloat16,e3va:saved_input_dtype=float8_e4m3fn,"
         "e3va:recompute_branches=block,e3va:recompute_branches=stage,e3va:trunk_dtype=bfloat16 "
         "--size 512 --batch 2 --steps 0 --warmup 1 --output output/peak-swin-b-options"),
     "plan-swin-l": Table(
-        "docs/MEMORY.md", "projects.benchmark.plan:render",
+        "docs/MEMORY.md", "projects.benchmark.plan_report:render",
         f"{_BENCH}.plan --config-file configs/COCO/cascade_mask_rcnn_swin_l_e3va.py "
         "--gpu-memory 11GiB --methods full,fixed,lora,e3va,bitfit,adapter --check-sizes 416 "
         "--check-batches 1 --output output/plan-paper/swin-l-cascade"),
@@ -93,12 +93,12 @@ TABLES: Dict[str, Table] = {
         "docs/MEMORY.md", "projects.benchmark.peft_peer:render",
         f"{_BENCH}.peft_peer --config-file {_SWIN_B} --size 448 --steps 5"),
     "cost-trunk-dtype": Table(
-        "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
+        "docs/MEMORY.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods fixed,e3va,"
         "e3va:trunk_dtype=bfloat16 --size 512 --batch 2 --steps 5 --warmup 1 --no-peak "
         "--fit-batches 2 --output output/cost-trunk-dtype"),
     "cost-spatial": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
         "e3va_spatial,e3va_spatial:stage_mixer=False,e3va:recompute_branches=stage --size 512 "
         "--batch 2 --steps 5 --warmup 1 "
@@ -114,7 +114,7 @@ TABLES: Dict[str, Table] = {
         "--steps 3 --warmup 1 --fit-batches 2 --output output/cost-feedback",
         pending="it waits for the highway's feedback_depth option (issue 37)"),
     "cost-amp-swin-b": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
         "e3va:saved_input_dtype=float8_e4m3fn --size 512 --steps 5 --warmup 1 --amp",
         pending="bfloat16 autocast needs a GPU or a CPU with bfloat16 matrix units (AMX, "
@@ -142,7 +142,7 @@ TABLES: Dict[str, Table] = {
         "docs/COST.md", "projects.benchmark.ddp:render",
         f"{_BENCH}.ddp --processes 2 --config-file {_SWIN_B} --steps 3"),
     "peak-accuracy": Table(
-        "docs/ACCURACY.md", "projects.benchmark.tuning_cost:render",
+        "docs/ACCURACY.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file configs/Shapes/accuracy_near_mask_rcnn_swin.py "
         "--methods full,fixed,lora,e3va,e3va_spatial,e3va:recompute_branches=stage,"
         "e3va:saved_input_dtype=bfloat16,e3va:saved_input_dtype=float8_e4m3fn,"

@@ -283,7 +283,8 @@ def test_narrowest_dtype_wins_for_adapter_inputs():
 
 
 def test_memory_amounts_and_sizes_are_parsed_with_their_units():
-    from projects.benchmark.plan import padded_pixels, parse_bytes, parse_size
+    from projects.benchmark.plan_checks import parse_bytes, parse_size
+    from projects.benchmark.plan_fit import padded_pixels
 
     assert parse_bytes("11GB") == 11 * 10**9
     assert parse_bytes("11GiB") == 11 * 2**30
@@ -302,7 +303,7 @@ def test_memory_amounts_and_sizes_are_parsed_with_their_units():
 
 
 def test_peak_model_fits_predicts_and_finds_the_largest_batch():
-    from projects.benchmark.plan import PeakModel
+    from projects.benchmark.plan_fit import PeakModel
 
     truth = PeakModel(per_pixel=900.0, per_image=300e6, constant=2.5e9)
     points = [dict(pixels=s * s * b, batch=b, peak_bytes=truth.predict(s * s, b))

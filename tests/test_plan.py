@@ -14,6 +14,7 @@ import torch
 from projects.benchmark import plan
 from projects.benchmark.gpu_terms import GpuTerms
 from projects.benchmark.plan_checks import PlanError
+from projects.benchmark.plan_fit import PeakModel
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SWIN_B = os.path.join(ROOT, "configs/COCO/cascade_mask_rcnn_swin_b_e3va.py")
@@ -142,11 +143,11 @@ def test_card_need_adds_each_named_term():
 
 
 def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatch, caplog):
-    from projects.benchmark import tuning_cost
+    from projects.benchmark import bench, plan_measure
 
     built, calls = [], []
 
-    class CountingBench(tuning_cost.Bench):
+    class CountingBench(bench.Bench):
         def __init__(self, cfg, methods, *args, **kwargs):
             built.append(list(methods))
             super().__init__(cfg, methods, *args, **kwargs)
@@ -158,8 +159,8 @@ def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatc
         pixels = sum(d["image"].shape[-1] * d["image"].shape[-2] for d in step.batch)
         return dict(peak_bytes=int(1e8 + 1e3 * pixels + 1e6 * len(step.batch)))
 
-    monkeypatch.setattr(plan, "Bench", CountingBench)
-    monkeypatch.setattr(plan, "measure_peak", fake_peak)
+    monkeypatch.setattr(plan_measure, "Bench", CountingBench)
+    monkeypatch.setattr(plan_measure, "measure_peak", fake_peak)
     argv = ["--config-file", TOY, "--methods", "fixed,e3va", "--fit-sizes", "64,128",
             "--output", str(tmp_path), "--sizes", "256", *TOY_OPTS]
     with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt):
@@ -213,7 +214,7 @@ def test_the_optimizer_update_is_a_floor_not_a_slope():
                        forward_backward_bytes=forward_backward(s, b),
                        peak_bytes=max(forward_backward(s, b), 2e9))
                   for s in (224, 288) for b in (1, 2)]
-    model = plan.PeakModel.fit(fit_points)
+    model = PeakModel.fit(fit_points)
     assert model.per_pixel == pytest.approx(900.0, rel=1e-6) and model.update == 2e9
     assert model.predict(224 * 224, 1) == 2e9  # the update's floor
     assert model.predict(1344 * 800, 2) == pytest.approx(1e9 + 600e6 + 900.0 * 1344 * 800 * 2)

@@ -21,7 +21,7 @@ from projects.tables import command_line, publish
 from . import plan
 from .paper_memory import CHECKS, PAPER_TERMS, RUNS, render
 from .plan_checks import load_measured
-from .plan_measure import STATE_FILE
+from .plan_measure import STATE_FILE, measure, measurement_points
 
 logger = logging.getLogger("e3va_d2.benchmark")
 
@@ -47,7 +47,7 @@ def measured_so_far(run_args) -> Optional[dict]:
     if not os.path.exists(path):
         return None
     state = load_measured(path)
-    roles = plan.measurement_points(run_args)
+    roles = measurement_points(run_args)
     points = {}
     for method, pts in state["points"].items():
         kept = [dict(p, role=roles[p["size"], p["batch"]]) for p in pts
@@ -78,7 +78,7 @@ def main(argv=None):
         if run in runs and not args.no_measure:
             logger.info("%s: %s", run, config)
             plan.check_arguments(run_args)
-            measured[run] = dict(plan.measure(run_args), fit_sizes=run_args.fit_sizes)
+            measured[run] = dict(measure(run_args), fit_sizes=run_args.fit_sizes)
         else:  # what an earlier (perhaps stopped) run of it measured
             found = measured_so_far(run_args)
             if found:
