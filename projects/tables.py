@@ -107,7 +107,7 @@ TABLES: Dict[str, Table] = {
     # Issue 37's curve (docs/ACCURACY.md, accuracy-feedback): peak and step time of the rows
     # of projects/transfer/study_validation.py's CURVE_ROWS, with fixed.
     "cost-feedback": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,partial1,lora,e3va,"
         "e3va_spatial,e3va_spatial:feedback_depth=1,e3va_spatial:feedback_depth=2,"
         "e3va_spatial:feedback_depth=4,e3va_spatial:feedback_depth=8 --size 512 --batch 2 "
