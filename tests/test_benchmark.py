@@ -286,3 +286,13 @@ def test_inference_latency_table_is_the_median_and_its_excess_over_the_first_met
     # the median ignores the one slow image; the excess is over fixed's median
     assert "| `e3va` | 25.0 | +5.0 ms (+25.0%) |" in text
     assert text.rstrip().endswith("a config, 8x8.")
+
+
+def test_a_records_setup_line_names_the_processor_model(tmp_path):
+    from projects.benchmark.cost_report import cpu_name
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+                       "model name\t: AMD EPYC 9B14 96-Core Processor\nflags\t: avx2\n")
+    assert cpu_name(str(cpuinfo)) == "AMD EPYC 9B14 96-Core Processor"
+    assert cpu_name(str(tmp_path / "absent")) != ""  # another OS: the architecture at least

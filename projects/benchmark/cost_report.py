@@ -146,6 +146,19 @@ def device_words(device: torch.device) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor's model name (Linux), else the architecture: CPU timings and bfloat16's
+    speed depend on the model (AMX or not), so a record must say which one it ran on."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.lower().startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe(args, device: str) -> str:
     """The setup line of a benchmark's table: config, input, precision, steps and machine."""
     precision = "AMP (" + str(resolve_amp_dtype(True, device[:4])).replace("torch.", "") + ")" \
@@ -156,7 +169,7 @@ def describe(args, device: str) -> str:
         + (f"median of {args.steps} interleaved steps after {args.warmup} warm-up"
            if args.steps else f"memory only, after {args.warmup} warm-up step(s)")
         + f", on {device} "
-        f"({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
+        f"({cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
     )
 
 
