@@ -167,8 +167,9 @@ def measurement_points(args) -> Dict[Tuple[int, int], str]:
 
 def measure(args) -> dict:
     """Every method's peak at every fit and check point: ``{"points": {method: [point]},
-    "size_divisibility": int, "device": str, "trainable": {method: parameters}}``; a point is a
-    dict of size, batch, pixels, peak_bytes, role.
+    "size_divisibility": int, "device": str, "trainable": {method: parameters},
+    "key": the job (config, overrides, device), "measured_at": [commit]}``; a point is a dict
+    of size, batch, pixels, peak_bytes, role.
 
     Each point is saved to ``--output``/measured.json as soon as it is measured; a run started
     again with the same config resumes there (``--fresh`` starts over), and builds only the
@@ -222,7 +223,8 @@ def measure(args) -> dict:
     ordered = {m: sorted((p for p in state.points[m] if (p["size"], p["batch"]) in roles),
                          key=lambda p: order.index((p["size"], p["batch"]))) for m in methods}
     return dict(points=ordered, size_divisibility=state.size_divisibility, device=device.type,
-                trainable={m: state.trainable[m] for m in methods})
+                trainable={m: state.trainable[m] for m in methods},
+                key=state.key, measured_at=state.measured_at)
 
 
 def check_table(points: Dict[str, List[dict]], models: Dict[str, PeakModel]) -> Tuple[str, float]:

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 
 from e3va_d2.checkpoint.files import atomic_write
+from projects.tables import current_commit
 
 logger = logging.getLogger("e3va_d2.benchmark")
 
@@ -114,7 +115,9 @@ class MeasuredPoints:
     """The points measured so far for one planning job (``key``: config, overrides, device),
     saved to ``folder/measured.json`` after every point, so that a stopped run resumes.
 
-    A state file of another job is refused, naming both, rather than mixed in.
+    A state file of another job is refused, naming both, rather than mixed in. ``measured_at``
+    lists the commits its points were measured at (a run resumed after a commit has two), so
+    that a record made from it says which code measured it.
     """
 
     def __init__(self, folder: str, key: dict, fresh: bool = False):
@@ -124,6 +127,7 @@ class MeasuredPoints:
         self.points: Dict[str, List[dict]] = {}
         self.size_divisibility: Optional[int] = None
         self.trainable: Dict[str, int] = {}  # method -> trainable parameters (DDP's buckets)
+        self.measured_at: List[str] = []
         if os.path.exists(self.path) and not fresh:
             with open(self.path) as f:
                 saved = json.load(f)
@@ -134,6 +138,8 @@ class MeasuredPoints:
             self.points = saved["points"]
             self.size_divisibility = saved.get("size_divisibility")
             self.trainable = saved.get("trainable", {})
+            # A state from before commits were kept: its points' commit is not known.
+            self.measured_at = saved.get("measured_at", ["unknown"] if self.points else [])
 
     def done(self, method: str, size: int, batch: int) -> Optional[dict]:
         return next((p for p in self.points.get(method, [])
@@ -141,11 +147,15 @@ class MeasuredPoints:
 
     def add(self, method: str, point: dict) -> None:
         self.points.setdefault(method, []).append(point)
+        commit = current_commit()
+        if commit not in self.measured_at:
+            self.measured_at.append(commit)
         self.save()
 
     def save(self) -> None:
         text = json.dumps(dict(key=self.key, points=self.points, trainable=self.trainable,
-                               size_divisibility=self.size_divisibility), indent=1)
+                               size_divisibility=self.size_divisibility,
+                               measured_at=self.measured_at), indent=1)
         atomic_write(self.path, lambda f: f.write(text.encode()))
 
 
