@@ -277,8 +277,9 @@ def provenance(data: dict) -> str:
                 and ((folder, f"{prefix}_{m}") in TRAINING_MEMORY_MB or run == "swin-l-cascade")]
         if left:
             lines.append(f"{TITLES[run]}: not measured yet, {', '.join(left)} "
-                         f"(`python -m projects.benchmark.plan_paper --runs {run}` measures "
-                         "them, resuming).")
+                         f"(`python -m projects.benchmark.plan_paper --runs {run} --record "
+                         f"{RECORD}` measures all of the run's methods at one commit, "
+                         "resumable).")
         if run in data["runs"]:
             lines.append(f"{TITLES[run]}: {_measured_at(data['runs'][run])}fitted at sides "
                          f"{data['runs'][run].get('fit_sizes', data['fit_sizes'])}.")
