@@ -53,9 +53,6 @@ TABLES: Dict[str, Table] = {
     "config-table": Table(
         "docs/CONFIGS.md", "projects.model_zoo.config_table:render",
         "python -m projects.model_zoo.config_table"),
-    "transfer": Table(
-        "docs/ACCURACY.md", "projects.transfer.compare:render",
-        "python -m projects.transfer.compare", measured_at="074435d"),
     "cost-swin-b": Table(
         "docs/COST.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
@@ -107,6 +104,15 @@ TABLES: Dict[str, Table] = {
         "--batch 2 --steps 5 --warmup 1 "
         "--no-peak --fit-batches 2 "
         "--output output/cost-spatial"),
+    # Issue 37's curve (docs/ACCURACY.md, accuracy-feedback): peak and step time of the rows
+    # of projects/transfer/study_validation.py's CURVE_ROWS, with fixed.
+    "cost-feedback": Table(
+        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,partial1,lora,e3va,"
+        "e3va_spatial,e3va_spatial:feedback_depth=1,e3va_spatial:feedback_depth=2,"
+        "e3va_spatial:feedback_depth=4,e3va_spatial:feedback_depth=8 --size 512 --batch 2 "
+        "--steps 3 --warmup 1 --fit-batches 2 --output output/cost-feedback",
+        pending="it waits for the highway's feedback_depth option (issue 37)"),
     "cost-amp-swin-b": Table(
         "docs/COST.md", "projects.benchmark.tuning_cost:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
@@ -167,8 +173,10 @@ TABLES: Dict[str, Table] = {
 # Blocks a script renders from a set of records of its own (one per run) rather than one record
 # here; that script's test checks them (the accuracy study: tests/test_accuracy_study.py).
 RECORD_SETS = {name: "projects.transfer.study_report" for name in (
-    "accuracy-near", "accuracy-far", "accuracy-variants", "accuracy-detail", "accuracy-gap",
-    "accuracy-curves-near", "accuracy-curves-far", "accuracy-recovery-curves", "accuracy-summary")}
+    "accuracy-near", "accuracy-far", "accuracy-dense", "accuracy-variants", "accuracy-detail",
+    "accuracy-gap", "accuracy-curves-near", "accuracy-curves-far", "accuracy-curves-dense",
+    "accuracy-recovery-curves", "accuracy-summary", "accuracy-lr", "accuracy-feedback",
+    "accuracy-selection")}
 
 
 def _path(relative: str) -> str:
