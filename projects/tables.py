@@ -187,7 +187,7 @@ def record_path(name: str) -> str:
     return _path(os.path.join(RECORDS, f"{name}.json"))
 
 
-def _commit() -> str:
+def current_commit() -> str:
     """The commit measured (``-dirty`` when the tree has changes), or ``unknown``."""
     try:
         def git(*args: str) -> str:
@@ -274,7 +274,7 @@ def publish(name: str, data: Dict[str, Any], render_function: str, command: str)
     if table.render != render_function:
         raise SystemExit(f"--record {name}: that table is rendered by {table.render}, "
                          f"not by {render_function}")
-    record = {"table": name, "commit": _commit(), "command": command, "data": data}
+    record = {"table": name, "commit": current_commit(), "command": command, "data": data}
     record = json.loads(json.dumps(record))  # as it will be read back
     body = render(name, record)
     path = record_path(name)

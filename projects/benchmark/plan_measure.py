@@ -23,6 +23,7 @@ import torch
 
 from e3va_d2.checkpoint.files import atomic_write
 from e3va_d2.config import load_config
+from projects.tables import current_commit
 
 from .bench import Bench, method_names, num_classes, pick_device
 from .measure import release_freed_memory, synthetic_detection_batch
@@ -122,7 +123,9 @@ class MeasuredPoints:
     """The points measured so far for one planning job (``key``: config, overrides, device),
     saved to ``folder/measured.json`` after every point, so that a stopped run resumes.
 
-    A state file of another job is refused, naming both, rather than mixed in.
+    A state file of another job is refused, naming both, rather than mixed in. ``measured_at``
+    lists the commits its points were measured at (a run resumed after a commit has two), so
+    that a record made from it says which code measured it.
     """
 
     def __init__(self, folder: str, key: dict, fresh: bool = False):
@@ -132,6 +135,7 @@ class MeasuredPoints:
         self.points: Dict[str, List[dict]] = {}
         self.size_divisibility: Optional[int] = None
         self.trainable: Dict[str, int] = {}  # method -> trainable parameters (DDP's buckets)
+        self.measured_at: List[str] = []
         if os.path.exists(self.path) and not fresh:
             with open(self.path) as f:
                 saved = json.load(f)
@@ -142,6 +146,8 @@ class MeasuredPoints:
             self.points = saved["points"]
             self.size_divisibility = saved.get("size_divisibility")
             self.trainable = saved.get("trainable", {})
+            # A state from before commits were kept: its points' commit is not known.
+            self.measured_at = saved.get("measured_at", ["unknown"] if self.points else [])
 
     def done(self, method: str, size: int, batch: int) -> Optional[dict]:
         return next((p for p in self.points.get(method, [])
@@ -149,11 +155,15 @@ class MeasuredPoints:
 
     def add(self, method: str, point: dict) -> None:
         self.points.setdefault(method, []).append(point)
+        commit = current_commit()
+        if commit not in self.measured_at:
+            self.measured_at.append(commit)
         self.save()
 
     def save(self) -> None:
         text = json.dumps(dict(key=self.key, points=self.points, trainable=self.trainable,
-                               size_divisibility=self.size_divisibility), indent=1)
+                               size_divisibility=self.size_divisibility,
+                               measured_at=self.measured_at), indent=1)
         atomic_write(self.path, lambda f: f.write(text.encode()))
 
 
@@ -208,8 +218,9 @@ def measurement_points(args) -> Dict[Tuple[int, int], str]:
 
 def measure(args) -> dict:
     """Every method's peak at every fit and check point: ``{"points": {method: [point]},
-    "size_divisibility": int, "device": str, "trainable": {method: parameters}}``; a point is a
-    dict of size, batch, pixels, peak_bytes, role.
+    "size_divisibility": int, "device": str, "trainable": {method: parameters},
+    "key": the job (config, overrides, device), "measured_at": [commit]}``; a point is a dict
+    of size, batch, pixels, peak_bytes, role.
 
     Each point is saved to ``--output``/measured.json as soon as it is measured; a run started
     again with the same config resumes there (``--fresh`` starts over), and builds only the
@@ -262,4 +273,5 @@ def measure(args) -> dict:
     ordered = {m: sorted((p for p in state.points[m] if (p["size"], p["batch"]) in roles),
                          key=lambda p: order.index((p["size"], p["batch"]))) for m in methods}
     return dict(points=ordered, size_divisibility=state.size_divisibility, device=device.type,
-                trainable={m: state.trainable[m] for m in methods})
+                trainable={m: state.trainable[m] for m in methods},
+                key=state.key, measured_at=state.measured_at)
