@@ -196,7 +196,7 @@ spec.loader.exec_module(lifeline)
 class Images(torch.utils.data.IterableDataset):
     def __iter__(self):
         yield torch.rand(3, 256, 256)
-        time.sleep(120)  # busy with the next one (a huge file)
+        time.sleep(600)  # busy with the next one (a huge file), for longer than the test waits
         yield torch.rand(3, 256, 256)
 
 if __name__ == "__main__":
@@ -241,7 +241,10 @@ def test_a_loader_worker_dies_with_the_process_reading_it(when, tmp_path):
         assert len(started) == 2
         reader.kill()  # as the kernel does to a training process whose launcher died
         reader.wait()
-        assert wait_until(lambda: not any(alive(pid) for pid in started), 30), \
+        # A worker still starting ends once it has started (imported torch): seconds, but a
+        # minute on a loaded machine, so the wait is well above that. An untied one lives on:
+        # forever when starting, 600 s when busy.
+        assert wait_until(lambda: not any(alive(pid) for pid in started), 180), \
             "a loader worker (or the resource tracker) outlived the process reading it"
     finally:
         reader.kill()
@@ -269,7 +272,8 @@ def test_a_wait_says_what_it_waits_for_and_names_it_when_it_fails(caplog):
     with caplog.at_level(logging.INFO, logger="e3va_d2.launch"):
         with pytest.raises(RuntimeError, match="Gave up waiting for rank 1 .* TimeoutError"):
             with announced_wait("rank 1", timedelta(minutes=2), every=0.1):
-                time.sleep(0.35)
+                # Until the reminder is out: a fixed 0.35 s raced its thread on a loaded machine.
+                wait_until(lambda: "Still waiting for rank 1 after" in caplog.text, 60)
                 raise TimeoutError("the store timed out")
     assert "Waiting for rank 1 (fails after 2 min" in caplog.text
     assert "Still waiting for rank 1 after" in caplog.text
