@@ -9,8 +9,6 @@
 #   make test-slow   run only those (stock detectron2 tools, yaml train_net, processes)
 #   make lint        ruff check . (rules in pyproject.toml)
 #   make bench       tuning-cost benchmark
-#   make compare     every tuning method fine-tuned from the shipped pre-trained Swin
-#                    (projects/transfer/compare.py; COMPARE_ARGS)
 #   make gpu-check   validate this machine's GPU(s) in <= 10 minutes (projects/gpu_check;
 #                    GPU_CHECK_ARGS); writes docs/records/gpu-check.json
 #   make clean-venv  remove $(VENV)
@@ -39,7 +37,6 @@ TESTS ?= tests
 DEMO_CONFIG ?= configs/Shapes/mask_rcnn_swin_demo_e3va.py
 DEMO_ARGS ?=
 BENCH_ARGS ?=
-COMPARE_ARGS ?=
 GPU_CHECK_ARGS ?= --record gpu-check
 
 VPY := $(VENV)/bin/python
@@ -57,10 +54,10 @@ ifneq ($(strip $(shell cat $(TORCH_STAMP) 2>/dev/null)),$(strip $(TORCH_SPEC)))
 $(shell rm -f $(TORCH_STAMP))
 endif
 
-.PHONY: help setup demo test test-slow lint bench compare gpu-check clean-venv
+.PHONY: help setup demo test test-slow lint bench gpu-check clean-venv
 
 help:
-	@echo "make setup | demo | test | test-slow | lint | bench | compare | gpu-check | clean-venv   (see docs/INSTALL.md)"
+	@echo "make setup | demo | test | test-slow | lint | bench | gpu-check | clean-venv   (see docs/INSTALL.md)"
 
 $(VPY):
 	@echo ">> creating $(VENV) with $(PYTHON3) ($$($(PYTHON3) --version 2>&1))"
@@ -99,9 +96,6 @@ lint: setup
 
 bench: setup
 	$(VPY) -m projects.benchmark.tuning_cost $(BENCH_ARGS)
-
-compare: setup
-	$(VPY) -m projects.transfer.compare $(COMPARE_ARGS)
 
 # Exit 0: every step passed (skips listed); 1: a step failed; 3: no CUDA GPU, nothing ran.
 gpu-check: setup

@@ -53,40 +53,36 @@ TABLES: Dict[str, Table] = {
     "config-table": Table(
         "docs/CONFIGS.md", "projects.model_zoo.config_table:render",
         "python -m projects.model_zoo.config_table"),
-    "transfer": Table(
-        "docs/ACCURACY.md", "projects.transfer.compare:render",
-        "python -m projects.transfer.compare", measured_at="074435d"),
     "cost-swin-b": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
         "full,fixed,bitfit,norm,partial1,adapter,lora,adaptformer,e3va,e3va_plus,e3va_plusplus,"
-        "e3va:saved_input_dtype=bfloat16 --size 512 --steps 3 --warmup 1",
-        measured_at="6fc810a"),
+        "e3va:saved_input_dtype=bfloat16 --size 512 --steps 3 --warmup 1"),
     "cost-retinanet": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file configs/PascalVOC/retinanet_swin_l_e3va.py "
         "--methods full,fixed,bitfit,lora,e3va,e3va_spatial --size 512 --steps 3 --warmup 1 "
         "--fit-batches 1"),
     "cost-upernet": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file configs/ADE20K/upernet_swin_l_e3va.py "
         "--methods full,fixed,bitfit,lora,e3va,e3va_spatial --size 512 --steps 3 --warmup 1 "
         "--fit-batches 1"),
     "peak-swin-b": Table(
-        "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
+        "docs/MEMORY.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods "
         "full,fixed,bitfit,norm,partial1,adapter,lora,adaptformer,e3va,e3va_plus,e3va_plusplus,"
         "e3va_spatial,e3va_spatial:stage_mixer=False --size 512 --batch 2 --steps 0 --warmup 1 "
         "--output output/peak-swin-b",
-        figure="docs/peak_swin_b.png", plot="projects.benchmark.tuning_cost:plot_record"),
+        figure="docs/peak_swin_b.png", plot="projects.benchmark.cost_report:plot_record"),
     "peak-swin-b-options": Table(
-        "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
+        "docs/MEMORY.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,e3va,"
         "e3va:saved_input_dtype=bfloat16,e3va:saved_input_dtype=float8_e4m3fn,"
         "e3va:recompute_branches=block,e3va:recompute_branches=stage,e3va:trunk_dtype=bfloat16 "
         "--size 512 --batch 2 --steps 0 --warmup 1 --output output/peak-swin-b-options"),
     "plan-swin-l": Table(
-        "docs/MEMORY.md", "projects.benchmark.plan:render",
+        "docs/MEMORY.md", "projects.benchmark.plan_report:render",
         f"{_BENCH}.plan --config-file configs/COCO/cascade_mask_rcnn_swin_l_e3va.py "
         "--gpu-memory 11GiB --methods full,fixed,lora,e3va,bitfit,adapter --check-sizes 416 "
         "--check-batches 1 --output output/plan-paper/swin-l-cascade"),
@@ -97,22 +93,34 @@ TABLES: Dict[str, Table] = {
         "docs/MEMORY.md", "projects.benchmark.peft_peer:render",
         f"{_BENCH}.peft_peer --config-file {_SWIN_B} --size 448 --steps 5"),
     "cost-trunk-dtype": Table(
-        "docs/MEMORY.md", "projects.benchmark.tuning_cost:render",
+        "docs/MEMORY.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods fixed,e3va,"
         "e3va:trunk_dtype=bfloat16 --size 512 --batch 2 --steps 5 --warmup 1 --no-peak "
         "--fit-batches 2 --output output/cost-trunk-dtype"),
     "cost-spatial": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
         "e3va_spatial,e3va_spatial:stage_mixer=False,e3va:recompute_branches=stage --size 512 "
         "--batch 2 --steps 5 --warmup 1 "
         "--no-peak --fit-batches 2 "
         "--output output/cost-spatial"),
+    # Issue 37's curve (docs/ACCURACY.md, accuracy-feedback): peak and step time of the rows
+    # of projects/transfer/study_validation.py's CURVE_ROWS, with fixed.
+    "cost-feedback": Table(
+        "docs/COST.md", "projects.benchmark.cost_report:render",
+        f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,partial1,lora,e3va,"
+        "e3va_spatial,e3va_spatial:feedback_depth=1,e3va_spatial:feedback_depth=2,"
+        "e3va_spatial:feedback_depth=4,e3va_spatial:feedback_depth=8 --size 512 --batch 2 "
+        "--steps 3 --warmup 1 --fit-batches 2 --output output/cost-feedback",
+        pending="it waits for the highway's feedback_depth option (issue 37)"),
     "cost-amp-swin-b": Table(
-        "docs/COST.md", "projects.benchmark.tuning_cost:render",
+        "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
         "e3va:saved_input_dtype=float8_e4m3fn --size 512 --steps 5 --warmup 1 --amp",
-        measured_at="be4fe81"),
+        pending="bfloat16 autocast needs a GPU or a CPU with bfloat16 matrix units (AMX, "
+        "AVX512-BF16); this build machine's CPU has neither and emulates it (one forward "
+        "pass of this model at 512 px took over 17 minutes), so its step times would say "
+        "nothing. The table that was here was assembled by hand from runs on another CPU"),
     "inference-latency": Table(
         "docs/INFERENCE.md", "projects.benchmark.inference_latency:render",
         f"{_BENCH}.inference_latency --images 20"),
@@ -132,10 +140,9 @@ TABLES: Dict[str, Table] = {
         f"{_BENCH}.ddp --processes 2"),
     "ddp-swin-b": Table(
         "docs/COST.md", "projects.benchmark.ddp:render",
-        f"{_BENCH}.ddp --processes 2 --config-file {_SWIN_B} --steps 3",
-        measured_at="4b2623a"),
+        f"{_BENCH}.ddp --processes 2 --config-file {_SWIN_B} --steps 3"),
     "peak-accuracy": Table(
-        "docs/ACCURACY.md", "projects.benchmark.tuning_cost:render",
+        "docs/ACCURACY.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file configs/Shapes/accuracy_near_mask_rcnn_swin.py "
         "--methods full,fixed,lora,e3va,e3va_spatial,e3va:recompute_branches=stage,"
         "e3va:saved_input_dtype=bfloat16,e3va:saved_input_dtype=float8_e4m3fn,"
@@ -166,8 +173,10 @@ TABLES: Dict[str, Table] = {
 # Blocks a script renders from a set of records of its own (one per run) rather than one record
 # here; that script's test checks them (the accuracy study: tests/test_accuracy_study.py).
 RECORD_SETS = {name: "projects.transfer.study_report" for name in (
-    "accuracy-near", "accuracy-far", "accuracy-variants", "accuracy-detail", "accuracy-gap",
-    "accuracy-curves-near", "accuracy-curves-far", "accuracy-recovery-curves", "accuracy-summary")}
+    "accuracy-near", "accuracy-far", "accuracy-dense", "accuracy-variants", "accuracy-detail",
+    "accuracy-gap", "accuracy-curves-near", "accuracy-curves-far", "accuracy-curves-dense",
+    "accuracy-recovery-curves", "accuracy-summary", "accuracy-lr", "accuracy-feedback",
+    "accuracy-selection")}
 
 
 def _path(relative: str) -> str:
@@ -178,7 +187,7 @@ def record_path(name: str) -> str:
     return _path(os.path.join(RECORDS, f"{name}.json"))
 
 
-def _commit() -> str:
+def current_commit() -> str:
     """The commit measured (``-dirty`` when the tree has changes), or ``unknown``."""
     try:
         def git(*args: str) -> str:
@@ -265,7 +274,7 @@ def publish(name: str, data: Dict[str, Any], render_function: str, command: str)
     if table.render != render_function:
         raise SystemExit(f"--record {name}: that table is rendered by {table.render}, "
                          f"not by {render_function}")
-    record = {"table": name, "commit": _commit(), "command": command, "data": data}
+    record = {"table": name, "commit": current_commit(), "command": command, "data": data}
     record = json.loads(json.dumps(record))  # as it will be read back
     body = render(name, record)
     path = record_path(name)

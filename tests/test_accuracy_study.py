@@ -12,12 +12,17 @@ from projects.transfer import run_executor, study, study_records, study_report
 
 def test_committed_tables_match_the_committed_records():
     """Every regime's block, recorded runs or not yet, is what its committed records give."""
-    rendered = study_report.render_tables(study_records.load_records())
+    from projects.tables import RECORD_SETS
+    from projects.transfer import study_validation
+
+    rendered = study_report.render_tables(study_records.load_runs())
     regimes = study_records.REGIMES
     assert set(rendered) == ({f"accuracy-{regime}" for regime in regimes}
                              | {f"{study_report.CURVES}-{regime}" for regime in regimes}
                              | {study_report.SUMMARY, study_report.VARIANTS, study_report.DETAIL,
-                                study_report.GAP, study_report.RECOVERY_CURVES})
+                                study_report.GAP, study_report.RECOVERY_CURVES}
+                             | set(study_validation.BLOCKS))
+    assert set(rendered) == set(RECORD_SETS)  # projects.tables knows every block it renders
     for name, body in rendered.items():
         path = study_report.README if name == study_report.SUMMARY else study_report.DOC
         with open(path) as f:
@@ -139,8 +144,8 @@ def test_runs_with_a_committed_record_are_not_run_again(tmp_path, monkeypatch):
 
 
 def test_curves_mark_where_the_step_schedule_drops_the_learning_rate():
-    """Both regimes share the recipe: LR x0.1 at 80% and again at 93% of 4,000 iterations."""
-    assert study_report.lr_drops("near") == study_report.lr_drops("far") == [3200, 3720]
+    """The regimes share the recipe: LR x0.1 at 80% and again at 93% of 4,000 iterations."""
+    assert [study_report.lr_drops(r) for r in study_records.REGIMES] == [[3200, 3720]] * 3
 
 
 def test_variants_are_compared_with_their_own_method_seed_by_seed():
@@ -225,7 +230,8 @@ def test_gap_table_sets_the_gap_against_the_seed_spread_and_adapters_against_lor
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--regimes", "near,farr"], "--regimes: unknown ['farr']; the study's regimes are near, far"),
+    (["--regimes", "near,farr"],
+     "--regimes: unknown ['farr']; the study's regimes are near, far, dense"),
     (["--seeds", "0,one"], "--seeds: expected seeds as integers"),
 ])
 def test_bad_regimes_and_seeds_are_refused_before_anything_runs(argv, message, capsys):
@@ -261,7 +267,7 @@ def test_fit_check_refuses_an_unknown_regime_as_the_study_does(capsys):
 
     with pytest.raises(SystemExit):
         fit_check.main(["--regimes", "near,farr"])
-    message = "--regimes: unknown ['farr']; the study's regimes are near, far"
+    message = "--regimes: unknown ['farr']; the study's regimes are near, far, dense"
     assert message in capsys.readouterr().err
 
 

@@ -89,7 +89,7 @@ def test_benchmark_script_writes_tables_and_chart(config, tmp_path):
 
 
 def test_a_memory_only_run_has_no_time_columns():
-    from projects.benchmark.report import cost_table
+    from projects.benchmark.cost_report import cost_table
 
     untimed = dict(trainable_backbone=0, swin_parameters=10, saved_bytes=2**20,
                    step_seconds=float("nan"), backbone_step_seconds=float("nan"))
@@ -104,14 +104,16 @@ def test_a_memory_only_run_has_no_time_columns():
 def test_methods_share_one_copy_of_common_weights():
     """Without sharing, lora's adapters draw random numbers before the heads are built, so its
     heads (hence proposals and costs) would differ from the frozen model's."""
-    script = load_script()
-    cfg = script.load_config(os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py"))
-    fixed, lora = script.build_model(cfg, "fixed", 0), script.build_model(cfg, "lora", 0)
+    from e3va_d2.config import load_config
+    from projects.benchmark import bench
+
+    cfg = load_config(os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py"))
+    fixed, lora = bench.build_model(cfg, "fixed", 0), bench.build_model(cfg, "lora", 0)
     reference, own = fixed.state_dict(), lora.state_dict()
     lateral = "backbone.fpn_lateral2.weight"
     assert not torch.equal(reference[lateral], own[lateral])
     flags = {n: p.requires_grad for n, p in lora.named_parameters()}
-    assert script.share_common_tensors(lora, reference) == len(reference)
+    assert bench.share_common_tensors(lora, reference) == len(reference)
     assert {n: p.requires_grad for n, p in lora.named_parameters()} == flags
     shared = lora.state_dict()
     assert all(shared[k].data_ptr() == v.data_ptr() for k, v in reference.items())
@@ -132,7 +134,9 @@ def test_a_bad_method_spec_is_a_usage_error(module, capsys):
 
 
 def test_all_is_every_method_the_papers_first():
-    names = load_script().method_names("all")
+    from projects.benchmark.bench import method_names
+
+    names = method_names("all")
     assert names[:3] == ["full", "fixed", "bitfit"] and "e3va_spatial" in names
 
 
@@ -251,7 +255,7 @@ def test_moving_a_method_keeps_adamw_step_counters_where_torch_keeps_them():
     # capturable or fused; moving them to the GPU costs a host sync per parameter per step.
     from types import SimpleNamespace
 
-    from projects.benchmark.tuning_cost import Bench
+    from projects.benchmark.bench import Bench
 
     def method(**options):
         model = torch.nn.Linear(3, 2)
@@ -282,3 +286,13 @@ def test_inference_latency_table_is_the_median_and_its_excess_over_the_first_met
     # the median ignores the one slow image; the excess is over fixed's median
     assert "| `e3va` | 25.0 | +5.0 ms (+25.0%) |" in text
     assert text.rstrip().endswith("a config, 8x8.")
+
+
+def test_a_records_setup_line_names_the_processor_model(tmp_path):
+    from projects.benchmark.cost_report import cpu_name
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+                       "model name\t: AMD EPYC 9B14 96-Core Processor\nflags\t: avx2\n")
+    assert cpu_name(str(cpuinfo)) == "AMD EPYC 9B14 96-Core Processor"
+    assert cpu_name(str(tmp_path / "absent")) != ""  # another OS: the architecture at least

@@ -69,36 +69,52 @@ def test_cache_root_env_and_folder_name(tmp_path):
     assert shapes_folder_name(SMALL) != shapes_folder_name(ShapesSpec(num_images=9, seed=5))
 
 
+def fill_contrast(fill):
+    """Median over a few one-object images: how far the object's mean colour is from a 4-pixel
+    band around it, and its mean step between horizontally neighbouring pixels."""
+    from e3va_d2.data.shapes import _render
+
+    colour_steps, roughness = [], []
+    for index in range(6):
+        image, owner, _ = _render(ShapesSpec(seed=9, fill=fill, max_objects=1), index)
+        image = image.astype(np.float32)
+        inside = owner == 0
+        ring = np.zeros_like(inside)  # a 4-pixel band around the object
+        ys, xs = np.nonzero(inside)
+        y0, y1, x0, x1 = ys.min() - 4, ys.max() + 5, xs.min() - 4, xs.max() + 5
+        ring[max(y0, 0):y1, max(x0, 0):x1] = True
+        ring &= ~inside
+        colour_steps.append(np.abs(image[inside].mean(0) - image[ring].mean(0)).sum())
+        dx = np.abs(np.diff(image, axis=1)).sum(-1)[inside[:, 1:] & inside[:, :-1]]
+        roughness.append(dx.mean())
+    return np.median(colour_steps), np.median(roughness)
+
+
 def test_texture_fill_sets_objects_apart_by_texture_not_colour():
     """Texture-filled objects: close in mean colour to what surrounds them, but with far more
     pixel-to-pixel variation than solid ones; solid specs keep their folder names."""
-    from e3va_d2.data.shapes import _render
-
     assert shapes_folder_name(ShapesSpec()) == "shapes-v1-4df184f189"  # unchanged by `fill`
     assert shapes_folder_name(ShapesSpec(fill="texture")) != shapes_folder_name(ShapesSpec())
     with pytest.raises(ValueError, match="fill"):
         ShapesSpec(fill="plaid")
 
-    def contrast(fill):
-        colour_steps, roughness = [], []
-        for index in range(6):
-            image, owner, _ = _render(ShapesSpec(seed=9, fill=fill, max_objects=1), index)
-            image = image.astype(np.float32)
-            inside = owner == 0
-            ring = np.zeros_like(inside)  # a 4-pixel band around the object
-            ys, xs = np.nonzero(inside)
-            y0, y1, x0, x1 = ys.min() - 4, ys.max() + 5, xs.min() - 4, xs.max() + 5
-            ring[max(y0, 0):y1, max(x0, 0):x1] = True
-            ring &= ~inside
-            colour_steps.append(np.abs(image[inside].mean(0) - image[ring].mean(0)).sum())
-            dx = np.abs(np.diff(image, axis=1)).sum(-1)[inside[:, 1:] & inside[:, :-1]]
-            roughness.append(dx.mean())
-        return np.median(colour_steps), np.median(roughness)
-
-    solid_step, solid_rough = contrast("solid")
-    texture_step, texture_rough = contrast("texture")
+    solid_step, solid_rough = fill_contrast("solid")
+    texture_step, texture_rough = fill_contrast("texture")
     assert texture_step < 0.5 * solid_step, (texture_step, solid_step)
     assert texture_rough > 3 * solid_rough, (texture_rough, solid_rough)
+
+
+def test_dots_and_rings_are_colour_matched_textures_and_object_scale_names_its_folder():
+    """The accuracy study's third regime: dots or rings, matched in mean colour as the texture
+    fill is; a non-default object scale names a folder of its own, the default none."""
+    solid_step, solid_rough = fill_contrast("solid")
+    step, rough = fill_contrast("dots_rings")
+    assert step < 0.5 * solid_step, (step, solid_step)
+    assert rough > 2 * solid_rough, (rough, solid_rough)
+    assert shapes_folder_name(ShapesSpec(object_scale=(0.12, 0.45))) == "shapes-v1-4df184f189"
+    assert shapes_folder_name(ShapesSpec(object_scale=(0.08, 0.25))) != "shapes-v1-4df184f189"
+    with pytest.raises(ValueError, match="object_scale"):
+        ShapesSpec(object_scale=(0.3, 0.2))
 
 
 def test_json_masks_boxes_and_sem_seg_agree(small_split):

@@ -14,6 +14,8 @@ import torch
 from projects.benchmark import plan
 from projects.benchmark.gpu_terms import GpuTerms
 from projects.benchmark.plan_checks import PlanError
+from projects.benchmark.plan_fit import PeakModel
+from projects.tables import current_commit
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SWIN_B = os.path.join(ROOT, "configs/COCO/cascade_mask_rcnn_swin_b_e3va.py")
@@ -142,11 +144,11 @@ def test_card_need_adds_each_named_term():
 
 
 def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatch, caplog):
-    from projects.benchmark import tuning_cost
+    from projects.benchmark import bench, plan_measure
 
     built, calls = [], []
 
-    class CountingBench(tuning_cost.Bench):
+    class CountingBench(bench.Bench):
         def __init__(self, cfg, methods, *args, **kwargs):
             built.append(list(methods))
             super().__init__(cfg, methods, *args, **kwargs)
@@ -158,8 +160,8 @@ def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatc
         pixels = sum(d["image"].shape[-1] * d["image"].shape[-2] for d in step.batch)
         return dict(peak_bytes=int(1e8 + 1e3 * pixels + 1e6 * len(step.batch)))
 
-    monkeypatch.setattr(plan, "Bench", CountingBench)
-    monkeypatch.setattr(plan, "measure_peak", fake_peak)
+    monkeypatch.setattr(plan_measure, "Bench", CountingBench)
+    monkeypatch.setattr(plan_measure, "measure_peak", fake_peak)
     argv = ["--config-file", TOY, "--methods", "fixed,e3va", "--fit-sizes", "64,128",
             "--output", str(tmp_path), "--sizes", "256", *TOY_OPTS]
     with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt):
@@ -168,6 +170,7 @@ def test_a_stopped_run_resumes_and_builds_only_what_is_left(tmp_path, monkeypatc
     assert "[4/8] fixed at 128x128 x 2" in caplog.text
     saved = json.loads((tmp_path / "measured.json").read_text())
     assert [len(v) for v in saved["points"].values()] == [4, 1]  # kept when stopped
+    assert saved["measured_at"] == [current_commit()]  # which code measured them
     calls.clear()
     result = plan.main(argv)
     assert built == [["fixed", "e3va"], ["e3va"]]  # fixed was done: not built again
@@ -213,7 +216,7 @@ def test_the_optimizer_update_is_a_floor_not_a_slope():
                        forward_backward_bytes=forward_backward(s, b),
                        peak_bytes=max(forward_backward(s, b), 2e9))
                   for s in (224, 288) for b in (1, 2)]
-    model = plan.PeakModel.fit(fit_points)
+    model = PeakModel.fit(fit_points)
     assert model.per_pixel == pytest.approx(900.0, rel=1e-6) and model.update == 2e9
     assert model.predict(224 * 224, 1) == 2e9  # the update's floor
     assert model.predict(1344 * 800, 2) == pytest.approx(1e9 + 600e6 + 900.0 * 1344 * 800 * 2)
@@ -222,20 +225,23 @@ def test_the_optimizer_update_is_a_floor_not_a_slope():
     assert model.largest_batch(1344 * 800, 2e9 - 1) == 0
 
 
+TABLE4_METHODS = ("full", "e3va", "lora", "bitfit", "adapter", "fixed")
+
+
+def paper_run(per_pixel, constant, trainable, methods=TABLE4_METHODS, config="c.py"):
+    """One model's measured points, as plan_paper keeps them (fit sides 224, 288)."""
+    peaks = {(s, b): constant + per_pixel * s * s * b for s in (224, 288) for b in (1, 2)}
+    return dict(key=dict(config_file=config, opts=[], device="cpu"),
+                points={m: points(peaks) for m in methods}, size_divisibility=32,
+                device="cpu", trainable={m: trainable for m in methods})
+
+
 def test_the_paper_comparison_adds_its_terms_and_judges_each_card(tmp_path):
     from projects.benchmark import paper_memory
 
-    def run(per_pixel, constant, trainable):
-        peaks = {(s, b): constant + per_pixel * s * s * b for s in (224, 288) for b in (1, 2)}
-        return dict(points={m: points(peaks) for m in ("full", "e3va", "lora", "bitfit",
-                                                        "adapter", "fixed")},
-                    size_divisibility=32, device="cpu",
-                    trainable={m: trainable for m in ("full", "e3va", "lora", "bitfit",
-                                                      "adapter", "fixed")})
-
     terms = GpuTerms(ddp_gradient_copy=True, allocator_slack=0.0, cuda_context=0)
-    data = dict(runs={"swin-l-cascade": run(1000.0, 2**30, 10**6)}, terms=terms.to_dict(),
-                device="cpu", fit_sizes="224,288")
+    data = dict(runs={"swin-l-cascade": paper_run(1000.0, 2**30, 10**6)},
+                terms=terms.to_dict(), device="cpu", fit_sizes="224,288")
     s = paper_memory.summary(data)
     pixels = 1344 * 800
     step = 2**30 + 1000.0 * pixels * 2
@@ -246,12 +252,97 @@ def test_the_paper_comparison_adds_its_terms_and_judges_each_card(tmp_path):
     cell = next(c for c in s["cells"] if (c["method"], c["batch"], c["gb"]) == ("e3va", 2, 11))
     assert cell["need"] == pytest.approx(allocated) and cell["ours"] and not cell["paper"]
     assert cell["published_slack"] == pytest.approx(11 * 2**30 / (9471 * 2**20) - 1)
+    assert cell["to_agree"] == pytest.approx(11 * 2**30 - allocated)
     assert s["agree"] == sum(c["ours"] == c["paper"] for c in s["cells"])
     record = tmp_path / "plan-paper.json"
     record.write_text(json.dumps({"data": data}))
     assert f"{s['agree']} of {len(s['cells'])} cells agree" in paper_memory.error_band(
         str(record))
     assert paper_memory.error_band(str(tmp_path / "none.json")) == ""
+
+
+def test_every_table4_cell_that_disagrees_says_which_measured_excess_closes_it():
+    from projects.benchmark import paper_memory
+
+    terms = GpuTerms(ddp_gradient_copy=True)  # the default slack and context
+    # Swin-B's frozen detector predicted far below the paper's 7,137 MiB (a large excess),
+    # its LoRA above the paper's (a negative one): one closes cells, the other cannot.
+    swin_b = paper_run(1500.0, 2**30, 10**6, methods=("fixed", "lora"))
+    swin_b["points"]["lora"] = points({(s, b): 9 * 2**30 + 3000.0 * s * s * b
+                                       for s in (224, 288) for b in (1, 2)})
+    data = dict(runs={"swin-l-cascade": paper_run(2500.0, 3 * 2**30, 10**6),
+                      "swin-b-cascade": swin_b},
+                terms=terms.to_dict(), device="cpu", fit_sizes="224,288")
+    s = paper_memory.summary(data)
+    excess = paper_memory.excesses(s["rows"])
+    assert excess["swin-b-cascade", "fixed"] > 2**30 > 0 > excess["swin-b-cascade", "lora"]
+    differ = [c for c in s["cells"] if c["paper"] != c["ours"]]
+    assert differ and s["explained"] and s["explained"] < len(differ)
+    for c in differ:
+        labels = [label for label, _, _ in c["terms"]]
+        assert "the frozen detector's excess (FIXED, Swin-B)" in labels
+        if c["method"] == "lora":
+            assert "lora's excess (Swin-B)" in labels
+        for _, extra, closes in c["terms"]:  # closes: the paper's verdict with it added
+            assert closes == ((extra > c["to_agree"]) if c["ours"] else (extra <= c["to_agree"]))
+    table = paper_memory.table4(s["cells"])
+    for line in table.splitlines()[2:]:  # every bold cell has its card in the last column
+        cells = line.strip("|").split(" | ")
+        bold = [card for (card, _), cell in zip(paper_memory.TABLE4_CARDS, cells[3:7])
+                if cell.startswith("**")]
+        assert all(f"{card}: agrees at" in cells[-1] for card in bold)
+        assert cells[-1].count("agrees at") == len(bold)
+    closed = next(c for c in differ if any(closes for _, _, closes in c["terms"]))
+    assert "closed by the frozen detector's excess" in paper_memory._why(closed)
+    open_ = next(c for c in differ if not any(closes for _, _, closes in c["terms"]))
+    assert "no excess Table 1 measures closes it" in paper_memory._why(open_)
+    assert "Table 1 measures, over ours: lora's excess (Swin-B) -" in table
+
+
+def test_a_run_measured_again_keeps_the_others_from_the_record_with_their_commits(
+        tmp_path, monkeypatch):
+    from projects.benchmark import paper_memory, plan_paper
+
+    config = {run: paper_memory.RUNS[run][0] for run in paper_memory.RUNS}
+    earlier = dict(runs={"swin-l-cascade": paper_run(2500.0, 3 * 2**30, 10**6,
+                                                     config=config["swin-l-cascade"]),
+                         # another model under the run's name: never kept for it
+                         "swin-l-retinanet": paper_run(900.0, 2**30, 10**6,
+                                                       methods=("fixed", "e3va"))},
+                   terms=plan_paper.PAPER_TERMS.to_dict(), device="cpu", fit_sizes="224,288")
+    record = tmp_path / "plan-paper.json"  # from before runs kept their commits
+    record.write_text(json.dumps(dict(table="plan-paper", commit="aaaaaaa", command="c",
+                                      data=earlier)))
+    swin_b = dict(paper_run(1500.0, 2**30, 10**6, methods=("fixed", "e3va"),
+                            config=config["swin-b-cascade"]), measured_at=["bbbbbbb"])
+
+    def measure(args):  # only the run asked for is measured
+        assert args.config_file == config["swin-b-cascade"]
+        return swin_b
+
+    monkeypatch.setattr(plan_paper, "measure", measure)
+    monkeypatch.setattr(plan, "check_arguments", lambda args: None)
+    argv = ["--output", str(tmp_path / "states"), "--keep-from", str(record)]
+    data = plan_paper.main(["--runs", "swin-b-cascade", *argv])
+    assert set(data["runs"]) == {"swin-l-cascade", "swin-b-cascade"}
+    assert data["runs"]["swin-l-cascade"]["points"] == earlier["runs"]["swin-l-cascade"][
+        "points"]
+    assert data["runs"]["swin-l-cascade"]["measured_at"] == ["aaaaaaa"]  # the record's commit
+    assert data["runs"]["swin-b-cascade"]["measured_at"] == ["bbbbbbb"]
+    text = paper_memory.render(data)
+    assert "Table 1: Swin-L Cascade Mask R-CNN (COCO): measured at aaaaaaa" in text
+    assert "Table 1: Swin-B Cascade Mask R-CNN (COCO): measured at bbbbbbb" in text
+    # Written and read back, nothing measured: each run keeps its own commit.
+    record.write_text(json.dumps(dict(table="plan-paper", commit="ccccccc", command="c",
+                                      data=json.loads(json.dumps(data)))))
+    again = plan_paper.main(["--no-measure", *argv])
+    assert {run: r["measured_at"] for run, r in again["runs"].items()} == {
+        "swin-l-cascade": ["aaaaaaa"], "swin-b-cascade": ["bbbbbbb"]}
+    assert paper_memory.render(again) == text
+    # Without a record to keep from, Table 4's model must be measured.
+    with pytest.raises(SystemExit, match="--runs swin-l-cascade"):
+        plan_paper.main(["--no-measure", "--output", str(tmp_path / "states"),
+                         "--keep-from", ""])
 
 
 def test_prefilled_adamw_state_is_what_its_first_step_allocates():

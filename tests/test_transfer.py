@@ -1,5 +1,6 @@
-"""The transfer comparison end to end on a tiny setting: 2 methods + the random-trunk floor,
-1 seed, a few iterations; outputs written, and a restart skips what is finished."""
+"""The run executor (projects/transfer/run_executor.py), through which the accuracy study trains:
+the study end to end on a tiny setting (real spawned runs; a restart trains nothing that has a
+record), a row's options on the command line, and the minutes of a resumed run."""
 import json
 import os
 import types
@@ -9,8 +10,9 @@ import torch
 
 from e3va_d2 import engine
 from e3va_d2.engine.signals import TrainingStopped
-from projects.transfer import compare, run_executor
+from projects.transfer import run_executor, study, study_records
 
+CONFIG = os.path.join(os.path.dirname(__file__), "..", study_records.REGIMES["far"])
 TINY = [
     "train.max_iter=3",
     "dataloader.train.dataset.names=shapes_mini_train",
@@ -23,43 +25,37 @@ TINY = [
 
 
 @pytest.mark.slow  # every run is a spawned process: the slowest test by far
-def test_compare_tiny_and_restart(tmp_path):
-    args = ["--methods", "fixed,e3va", "--seeds", "0", "--jobs", "1", "--cost-steps", "1",
-            "--output", str(tmp_path), *TINY]
-    summary = compare.main(args)
-    assert list(summary) == ["fixed", "e3va", compare.FLOOR]
-    for entry in summary.values():
-        assert entry["seeds"] == [0]
-        assert set(entry["metrics"]) >= {"bbox/AP", "segm/AP"}
-        assert entry["saved_bytes"] > 0 and entry["step_seconds"] > 0
-    assert summary["fixed"]["trainable_in_backbone"] == 0
-    assert summary["e3va"]["trainable_in_backbone"] > 0
-    assert summary[compare.FLOOR]["trunk"] == "random"
-    assert summary["e3va"]["trunk"].startswith("e3va://")
-    for name in ("results.json", "results.md", "accuracy_vs_memory.png"):
-        assert os.path.getsize(tmp_path / name) > 0, name
-    table = (tmp_path / "results.md").read_text()
-    assert "| e3va | random |" in table and "| fixed | pre-trained |" in table
+def test_study_tiny_and_restart(tmp_path):
+    records = tmp_path / "records"
+    args = ["--regimes", "far", "--rows", "fixed,e3va", "--seeds", "0", "--jobs", "1",
+            "--output", str(tmp_path / "runs"), "--records", str(records), *TINY]
+    study.run(study.parse_args(args))
+    written = {row: records / "far" / row / "seed0.json" for row in ("fixed", "e3va")}
+    fixed, e3va = (json.loads(path.read_text()) for path in written.values())
+    for record in (fixed, e3va):
+        assert record["regime"] == "far" and record["seed"] == 0
+        assert set(record["final"]) == {"bbox/AP", "segm/AP"}
+        assert record["eval_curve"][-1]["iter"] == 3  # the final evaluation, after 3 iterations
+        assert record["trunk"].startswith("e3va://")
+    assert fixed["trainable_in_backbone"] == 0 < e3va["trainable_in_backbone"]
 
-    result = tmp_path / "runs" / "e3va" / "seed0" / "result.json"
-    stamp = result.stat().st_mtime_ns
-    again = compare.main(args)  # everything finished: nothing retrains
-    assert result.stat().st_mtime_ns == stamp
-    assert json.loads((tmp_path / "results.json").read_text())["rows"] == json.loads(
-        json.dumps(again))
+    result = tmp_path / "runs" / "far" / "runs" / "e3va" / "seed0" / "result.json"
+    stamps = [path.stat().st_mtime_ns for path in (result, *written.values())]
+    study.run(study.parse_args(args))  # every run has its record: nothing trains again
+    assert [path.stat().st_mtime_ns for path in (result, *written.values())] == stamps
 
 
 def test_overrides_reach_the_swapped_tuning_method(tmp_path):
     """Options of a row's method given on the command line apply to that method (they were
     silently dropped when the swap came after them)."""
-    config = os.path.join(os.path.dirname(__file__), "..", compare.DEFAULT_CONFIG)
     zero = "model.backbone.bottom_up.tuning.zero_init=True"
-    cfg = run_executor.run_config(config, [zero], "e3va", 0, str(tmp_path))
+    cfg = run_executor.run_config(CONFIG, [zero], "e3va", 0, str(tmp_path))
     assert cfg.model.backbone.bottom_up.tuning.zero_init is True
     assert cfg.train.seed == 0 and cfg.train.output_dir == str(tmp_path)
-    floor = run_executor.run_config(config, [], run_executor.FLOOR, 1, str(tmp_path))
-    assert run_executor.trunk_source(floor) == "random" and floor.train.seed == 1
     assert run_executor.trunk_source(cfg).startswith("e3va://")
+    random = run_executor.run_config(CONFIG, ["model.backbone.bottom_up.weights="], "e3va", 1,
+                                     str(tmp_path))
+    assert run_executor.trunk_source(random) == "random" and random.train.seed == 1
 
 
 def test_minutes_count_every_session_of_a_resumed_run(tmp_path, monkeypatch):
@@ -84,10 +80,9 @@ def test_minutes_count_every_session_of_a_resumed_run(tmp_path, monkeypatch):
             return {"bbox": {"AP": 50.0}}
 
     monkeypatch.setattr(engine, "E3VATrainer", TenMinuteSessions)
-    config = os.path.join(os.path.dirname(__file__), "..", compare.DEFAULT_CONFIG)
     with pytest.raises(TrainingStopped):
-        run_executor.train_one(config, [], "e3va", 0, str(tmp_path), threads=1)
+        run_executor.train_one(CONFIG, [], "e3va", 0, str(tmp_path), threads=1)
     assert run_executor.minutes_before(str(tmp_path)) == 10
     TenMinuteSessions.stop = False
-    result = run_executor.train_one(config, [], "e3va", 0, str(tmp_path), threads=1)
+    result = run_executor.train_one(CONFIG, [], "e3va", 0, str(tmp_path), threads=1)
     assert result["minutes"] == 20 and result["metrics"] == {"bbox/AP": 50.0}

@@ -71,11 +71,14 @@ class ShapesPaths:
     sem_seg_root: str
 
 
+_DENSE = dict(min_size=96, max_size=128, min_objects=3, max_objects=8, object_scale=(0.08, 0.25),
+              fill="dots_rings")
 DEFAULT_SPLITS: Dict[str, ShapesSpec] = {
     "train": ShapesSpec(num_images=256, seed=0),
     "val": ShapesSpec(num_images=64, seed=1),
-    # The transfer comparison (projects/transfer): more, smaller images, so that a run of a few
-    # hundred steps is short and the trunk's features, not the 256 images, limit accuracy.
+    # The first accuracy comparison (configs/Shapes/transfer_mask_rcnn_swin_e3va.py): more,
+    # smaller images, so that a run of a few hundred steps is short and the trunk's features,
+    # not the 256 images, limit accuracy.
     "transfer_train": ShapesSpec(num_images=512, seed=4, min_size=96, max_size=128,
                                  max_objects=4),
     "transfer_val": ShapesSpec(num_images=128, seed=5, min_size=96, max_size=128, max_objects=4),
@@ -93,6 +96,22 @@ DEFAULT_SPLITS: Dict[str, ShapesSpec] = {
                             fill="texture"),
     "far_val": ShapesSpec(num_images=512, seed=13, min_size=96, max_size=128, max_objects=4,
                           fill="texture"),
+    # Each regime's validation split, to choose options on (the "_val" splits above are the
+    # held-out test, named before there was a choice to make): 512 new images of the regime's
+    # training distribution. Image i of a split is drawn from np.random.default_rng([seed, i])
+    # alone, so splits with different seeds share no generator stream: every split of the study
+    # has a seed of its own (10-13 near and far, train and test; 14-15 their validation; 16-18
+    # the third regime's train, test and validation), which tests/test_accuracy_study.py checks.
+    "near_select": ShapesSpec(num_images=512, seed=14, min_size=96, max_size=128, max_objects=4),
+    "far_select": ShapesSpec(num_images=512, seed=15, min_size=96, max_size=128, max_objects=4,
+                             fill="texture"),
+    # The study's third regime, "dense" (fixed 2026-12-06, before any of its runs;
+    # configs/Shapes/accuracy_dense_mask_rcnn_swin.py says why): 3-8 smaller objects (a side
+    # of 0.08-0.25 of the image's, the others' 0.12-0.45), filled with dots or rings matched to
+    # their surroundings' mean colour.
+    "dense_train": ShapesSpec(num_images=8192, **_DENSE, seed=16),
+    "dense_val": ShapesSpec(num_images=512, **_DENSE, seed=17),
+    "dense_select": ShapesSpec(num_images=512, **_DENSE, seed=18),
     # Small splits for smoke tests (the test suite trains and evaluates on these).
     "mini_train": ShapesSpec(num_images=48, seed=2),
     "mini_val": ShapesSpec(num_images=16, seed=3),
@@ -112,11 +131,17 @@ def cache_root(root: Optional[str]) -> str:
     return os.path.abspath(os.path.expanduser(root)) if root else default_cache_root()
 
 
+_LATER_DEFAULTS = {"fill": "solid", "object_scale": (0.12, 0.45)}
+
+
 def shapes_folder_name(spec: ShapesSpec) -> str:
     """Folder name holding the format version and a short hash of all generation parameters."""
     params = dataclasses.asdict(spec)
-    if params["fill"] == "solid":  # the original fill: its folders keep their names
-        del params["fill"]
+    # Parameters added later leave out their defaults, which draw what was drawn before they
+    # existed: the folders of the earlier splits keep their names.
+    for name, default in _LATER_DEFAULTS.items():
+        if params[name] == default:
+            del params[name]
     key = json.dumps({"version": _VERSION, **params}, sort_keys=True)
     return f"shapes-v{_VERSION}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 

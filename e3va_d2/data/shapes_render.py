@@ -18,6 +18,7 @@ __all__ = [
     "FILLS",
     "THING_CLASSES",
     "background",
+    "paint_dots_rings",
     "paint_solid",
     "paint_texture",
     "render",
@@ -72,9 +73,11 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img + rng.normal(0, sigma, size=(h, w, 3)).astype(np.float32)
 
 
-def shape_polygon(rng: np.random.Generator, cls: int, h: int, w: int) -> List[Tuple[float, float]]:
-    """Vertices (pixel units) of a random rectangle (0), ellipse (1) or triangle (2)."""
-    a = rng.uniform(0.12, 0.45) * min(h, w)
+def shape_polygon(rng: np.random.Generator, cls: int, h: int, w: int,
+                  scale: Tuple[float, float] = (0.12, 0.45)) -> List[Tuple[float, float]]:
+    """Vertices (pixel units) of a random rectangle (0), ellipse (1) or triangle (2), its first
+    side ``scale`` (a range) of the image's shorter side."""
+    a = rng.uniform(*scale) * min(h, w)
     b = a * rng.uniform(0.5, 1.5)
     cx, cy = rng.uniform(0.08, 0.92) * w, rng.uniform(0.08, 0.92) * h
     if cls == 0:
@@ -136,7 +139,7 @@ def render(spec: ShapesSpec, index: int) -> Tuple[np.ndarray, np.ndarray, List[T
     for obj in range(num_objects):
         for _attempt in range(40 if obj == 0 else 8):
             cls = int(rng.integers(len(THING_CLASSES)))
-            cov_info = coverage(shape_polygon(rng, cls, h, w), h, w)
+            cov_info = coverage(shape_polygon(rng, cls, h, w, spec.object_scale), h, w)
             if cov_info is None:
                 continue
             y0, x0, cov = cov_info
@@ -154,7 +157,7 @@ def render(spec: ShapesSpec, index: int) -> Tuple[np.ndarray, np.ndarray, List[T
             visible = [int(v) for v in remaining] + [area]
             classes.append(cls)
             full_area.append(area)
-            (paint_solid if spec.fill == "solid" else paint_texture)(rng, img, y0, x0, cov)
+            PAINTERS[spec.fill](rng, img, y0, x0, cov)
             break
     image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     return image, owner, list(zip(classes, visible))
@@ -180,6 +183,25 @@ def paint_solid(
     patch[...] = patch * (1 - alpha) + texture * alpha
 
 
+def _matched_pair(rng: np.random.Generator, under: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A two-colour pattern's mean (near ``under``, what lies beneath) and its half step (a
+    strong one): only the pattern, not the colour, sets the object apart."""
+    step = rng.normal(0, 1, size=3).astype(np.float32)
+    step *= rng.uniform(50, 80) / max(float(np.linalg.norm(step)), 1e-6)
+    mean = under + rng.normal(0, 12, size=3).astype(np.float32)
+    return mean, step
+
+
+def _blend_pattern(rng: np.random.Generator, patch: np.ndarray, cov: np.ndarray,
+                   mean: np.ndarray, step: np.ndarray, pattern: np.ndarray) -> None:
+    """Alpha-blend ``mean + step`` where ``pattern`` holds, ``mean - step`` elsewhere."""
+    hh, ww = cov.shape
+    sign = np.where(pattern, np.float32(1), np.float32(-1))[..., None]
+    texture = mean + sign * step + rng.normal(0, 4, size=(hh, ww, 3)).astype(np.float32)
+    alpha = cov[..., None]
+    patch[...] = patch * (1 - alpha) + texture * alpha
+
+
 def paint_texture(
     rng: np.random.Generator, img: np.ndarray, y0: int, x0: int, cov: np.ndarray
 ) -> None:
@@ -187,10 +209,7 @@ def paint_texture(
     mean is near what lies underneath, so the object's texture, not its colour, sets it apart."""
     hh, ww = cov.shape
     patch = img[y0 : y0 + hh, x0 : x0 + ww]
-    under = patch[cov >= 0.5].mean(axis=0)
-    step = rng.normal(0, 1, size=3).astype(np.float32)
-    step *= rng.uniform(50, 80) / max(float(np.linalg.norm(step)), 1e-6)
-    mean = under + rng.normal(0, 12, size=3).astype(np.float32)
+    mean, step = _matched_pair(rng, patch[cov >= 0.5].mean(axis=0))
     y = np.arange(hh, dtype=np.float32)[:, None] + y0
     x = np.arange(ww, dtype=np.float32)[None, :] + x0
     if rng.uniform() < 0.5:
@@ -200,7 +219,30 @@ def paint_texture(
     else:
         cell = int(rng.integers(2, 5))
         pattern = ((x.astype(int) // cell + y.astype(int) // cell) % 2) == 1
-    sign = np.where(pattern, np.float32(1), np.float32(-1))[..., None]
-    texture = mean + sign * step + rng.normal(0, 4, size=(hh, ww, 3)).astype(np.float32)
-    alpha = cov[..., None]
-    patch[...] = patch * (1 - alpha) + texture * alpha
+    _blend_pattern(rng, patch, cov, mean, step, pattern)
+
+
+def paint_dots_rings(
+    rng: np.random.Generator, img: np.ndarray, y0: int, x0: int, cov: np.ndarray
+) -> None:
+    """Alpha-blend dots on a square lattice or rings about the object's centre into ``img``,
+    colour-matched as :func:`paint_texture`'s fill is: textures that the glyph pre-text drew
+    (it kept out only fine stripes and checks), unlike the "far" regime's."""
+    hh, ww = cov.shape
+    patch = img[y0 : y0 + hh, x0 : x0 + ww]
+    mean, step = _matched_pair(rng, patch[cov >= 0.5].mean(axis=0))
+    y = np.arange(hh, dtype=np.float32)[:, None]
+    x = np.arange(ww, dtype=np.float32)[None, :]
+    period = rng.uniform(3, 6)
+    if rng.uniform() < 0.5:
+        radius = period * rng.uniform(0.25, 0.4)
+        ox, oy = rng.uniform(0, period, size=2)
+        dx, dy = (x + ox) % period - period / 2, (y + oy) % period - period / 2
+        pattern = dx * dx + dy * dy <= radius * radius
+    else:
+        ys, xs = np.nonzero(cov >= 0.5)
+        pattern = np.sin(np.hypot(x - xs.mean(), y - ys.mean()) * (2 * math.pi / period)) > 0
+    _blend_pattern(rng, patch, cov, mean, step, pattern)
+
+
+PAINTERS = {"solid": paint_solid, "texture": paint_texture, "dots_rings": paint_dots_rings}

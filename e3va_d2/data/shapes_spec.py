@@ -11,7 +11,7 @@ from typing import Tuple
 __all__ = ["FILLS", "THING_CLASSES", "ShapesSpec"]
 
 THING_CLASSES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle")
-FILLS: Tuple[str, ...] = ("solid", "texture")  # ShapesSpec.fill
+FILLS: Tuple[str, ...] = ("solid", "texture", "dots_rings")  # ShapesSpec.fill
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,10 +25,14 @@ class ShapesSpec:
     min_objects: int = 1
     max_objects: int = 5
     min_visible_area: int = 30  # pixels; occluders that would leave less are re-placed
-    # How objects are filled: "solid" (a shaded colour that stands out from what lies beneath)
-    # or "texture" (fine stripes or checks whose mean colour is close to what lies beneath, so
-    # an object differs from its surroundings mainly by texture).
+    # How objects are filled: "solid" (a shaded colour that stands out from what lies beneath),
+    # "texture" (fine stripes or checks whose mean colour is close to what lies beneath, so
+    # an object differs from its surroundings mainly by texture) or "dots_rings" (dots on a
+    # lattice or rings about the object's centre, their mean colour close to what lies beneath).
     fill: str = "solid"
+    # An object's first side, as a share of the image's shorter side, is drawn in this range
+    # (its second side is 0.5-1.5 times the first).
+    object_scale: Tuple[float, float] = (0.12, 0.45)
 
     def __post_init__(self) -> None:
         if self.num_images < 1:
@@ -41,3 +45,7 @@ class ShapesSpec:
             raise ValueError("ShapesSpec.min_visible_area must be >= 1")
         if self.fill not in FILLS:
             raise ValueError(f"ShapesSpec.fill must be one of {FILLS}, got {self.fill!r}")
+        low, high = self.object_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError("ShapesSpec needs 0 < object_scale[0] <= object_scale[1] <= 1, got "
+                             f"{self.object_scale}")

@@ -1,7 +1,7 @@
 """Pre-trained Swin checkpoints shipped with the project, addressed as ``e3va://<file>``.
 
-Why: the build machine can download no ImageNet checkpoint, yet the demos and the transfer
-comparison must start from a really pre-trained trunk. The checkpoints here were trained by
+Why: the build machine can download no ImageNet checkpoint, yet the demos and the accuracy
+study must start from a really pre-trained trunk. The checkpoints here were trained by
 ``projects/pretrain/pretrain_swin.py`` on the glyphs pre-text task and are written in the
 official Swin layout, so ``train.init_checkpoint=e3va://...`` loads through exactly the path a
 user's ``swin_base_patch4_window7_224_22k.pth`` takes. ``e3va://`` is an iopath handler on

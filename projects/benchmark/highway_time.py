@@ -32,8 +32,8 @@ from e3va_d2.modeling.adapters import BlockAdapters
 from e3va_d2.modeling.highway import E3VAHighway
 from projects.tables import command_line, publish, table_head, table_row
 
+from .bench import build_model, num_classes, share_common_tensors
 from .measure import MeasuredStep, median, synthetic_detection_batch
-from .tuning_cost import build_model, num_classes, share_common_tensors
 
 VARIANTS = ("fixed", "gradient path", "e3va")
 

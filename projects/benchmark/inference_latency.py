@@ -3,7 +3,7 @@
 what the highway adds at deployment.
 
 Each method's model is the config's with its tuning method replaced, adapters zero-initialised
-and every tensor the methods share pointed at one copy (projects/benchmark/tuning_cost.py's
+and every tensor the methods share pointed at one copy (projects/benchmark/bench.py's
 ``build_model`` and ``share_common_tensors``), so all compute the frozen model's function and
 keep the same boxes: only the backbone's work differs. Images are random, of one size; the
 methods run in turn on each image (so a slower moment of the machine hits all alike), after
@@ -26,8 +26,8 @@ import torch
 from e3va_d2.config import get_config
 from projects.tables import command_line, publish, table_head, table_row
 
+from .bench import build_model, share_common_tensors
 from .measure import median
-from .tuning_cost import build_model, share_common_tensors
 
 METHODS = ("fixed", "e3va", "e3va_spatial")
 

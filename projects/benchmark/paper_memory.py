@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from projects.paper import METHODS, TABLE4_CARDS, TABLE4_FITS, TRAINING_MEMORY_MB
 from projects.tables import RECORDS, ROOT, table_head, table_row
@@ -133,22 +133,40 @@ def published_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def frozen_gap(rows: List[dict]) -> Optional[float]:
-    """Published minus predicted allocated peak of the frozen Swin-B Cascade (Table 1 FIXED):
-    what the paper's frozen detector held that ours does not."""
-    fixed = [r for r in rows if r["run"] == "swin-b-cascade" and r["method"] == "fixed"]
-    return fixed[0]["published"] - fixed[0]["allocated"] if fixed else None
+def excesses(rows: List[dict]) -> Dict[Tuple[str, str], float]:
+    """(run, method) -> published minus predicted allocated peak of each Tables 1-2 row
+    (bytes): what the paper's run held beyond ours, by its own figure (negative: less)."""
+    return {(r["run"], r["method"]): r["published"] - r["allocated"] for r in rows}
 
 
-def table4_cells(data: dict, gap: Optional[float]) -> List[dict]:
+def table1_terms(method: str, excess: Dict[Tuple[str, str], float]) -> List[Tuple[str, float]]:
+    """What the paper's Table 1 measures beyond our prediction that bears on a Table 4 cell of
+    ``method`` (Swin-L Cascade): the method's own excess (its Swin-L row where the paper has
+    one, else its Swin-B row: the same detector and recipe), and the frozen detector's (Swin-B
+    FIXED: heads, neck and what the paper's code holds that ours does not)."""
+    terms = []
+    if ("swin-l-cascade", method) in excess:
+        terms.append((f"{method}'s excess (Swin-L)", excess["swin-l-cascade", method]))
+    elif ("swin-b-cascade", method) in excess:
+        terms.append((f"{method}'s excess (Swin-B)", excess["swin-b-cascade", method]))
+    if method != "fixed" and ("swin-b-cascade", "fixed") in excess:
+        terms.append(("the frozen detector's excess (FIXED, Swin-B)",
+                      excess["swin-b-cascade", "fixed"]))
+    return terms
+
+
+def table4_cells(data: dict, excess: Dict[Tuple[str, str], float]) -> List[dict]:
+    """Every Table 4 cell we have a prediction for: the paper's verdict and ours; where they
+    differ, how much allocated memory would turn ours into the paper's (``to_agree``: above
+    ours when the paper says no) and which excess of the paper's Table 1 over ours does."""
     terms = GpuTerms(**data["terms"])
     models, trainable, divisibility, _ = _predictions(data)["swin-l-cascade"]
     cells = []
     for (method, batch), paper_fits in TABLE4_FITS.items():
         if method not in models:
             continue
-        step, recipe, _ = _allocated("swin-l-cascade", models, trainable, divisibility, method,
-                                     batch, terms)
+        step, recipe, allocated = _allocated("swin-l-cascade", models, trainable, divisibility,
+                                             method, batch, terms)
         step += recipe
         need = terms.need(step, trainable[method])
         for (card, gb), paper in zip(TABLE4_CARDS, paper_fits):
@@ -156,13 +174,18 @@ def table4_cells(data: dict, gap: Optional[float]) -> List[dict]:
             cell = dict(method=method, batch=batch, card=card, gb=gb, paper=paper, ours=ours,
                         need=need, slack_to_fill=terms.slack_to_fill(gb * GIB, step,
                                                                      trainable[method]))
-            published = TRAINING_MEMORY_MB.get(("COCO", f"l_{method}")) if batch == 2 else None
-            if ours != paper and published:  # the paper's own allocated figure on this card
-                cell["published_slack"] = (gb * GIB - terms.cuda_context) / (
-                    published * MIB) - 1
-            if ours != paper and gap is not None:
-                with_gap = terms.need(step + gap, trainable[method]) <= gb * GIB
-                cell["gap_explains"] = with_gap == paper
+            if ours != paper:
+                cell["to_agree"] = (gb * GIB - terms.cuda_context) / (
+                    1 + terms.allocator_slack) - allocated
+                cell["terms"] = [
+                    (label, extra,
+                     (terms.need(step + extra, trainable[method]) <= gb * GIB) == paper)
+                    for label, extra in table1_terms(method, excess)]
+                published = TRAINING_MEMORY_MB.get(("COCO", f"l_{method}")) \
+                    if batch == 2 else None
+                if published:  # the paper's own allocated figure on this card
+                    cell["published_slack"] = (gb * GIB - terms.cuda_context) / (
+                        published * MIB) - 1
             cells.append(cell)
     return cells
 
@@ -172,23 +195,26 @@ def _cell(c: dict) -> str:
     return text if c["paper"] == c["ours"] else f"**{text}**"
 
 
-def _why(c: dict, gap: Optional[float]) -> str:
-    spare = c["gb"] * GIB - c["need"]
-    if c["ours"]:
-        reason = (f"{c['card']}: ours fits with {spare / GIB:.1f} GiB to spare (it would not "
-                  f"with an allocator slack above {100 * c['slack_to_fill']:.0f}%)")
+def _why(c: dict) -> str:
+    """Where the paper's verdict and ours differ: by how much, and which of Table 1's
+    measured excesses over ours closes it, or that none does."""
+    slack = c["slack_to_fill"]
+    if c["ours"]:  # the paper says it does not fit: it held more than ours
+        margin = f"or an allocator slack above {100 * slack:.0f}%"
     else:
-        reason = f"{c['card']}: ours needs {-spare / GIB:.1f} GiB more than the card"
+        margin = (f"or an allocator slack below {100 * slack:.0f}%" if slack >= 0
+                  else "no allocator slack is small enough")
+    closing = [label for label, _, closes in c["terms"] if closes]
+    reason = (f"{c['card']}: agrees at {c['to_agree'] / GIB:+.1f} GiB allocated over ours "
+              f"({margin}), " + ("closed by " + " and by ".join(closing) if closing
+                                 else "no excess Table 1 measures closes it"))
     if "published_slack" in c:
         reason += (f"; the paper's own Table 1 figure for it fits this card too, unless the "
                    f"allocator's slack was above {100 * c['published_slack']:.0f}%")
-    if c.get("gap_explains") and gap is not None:
-        reason += (f"; the paper's frozen detector holds {gap / GIB:.1f} GiB more than ours "
-                   "(Table 1 FIXED), and with it ours agrees")
     return reason
 
 
-def table4(cells: List[dict], gap: Optional[float]) -> str:
+def table4(cells: List[dict]) -> str:
     lines = table_head(["method", "batch", "card needs (predicted)"]
                        + [f"{card} {gb}GB: paper / ours" for card, gb in TABLE4_CARDS]
                        + ["where they differ, why"])
@@ -196,7 +222,12 @@ def table4(cells: List[dict], gap: Optional[float]) -> str:
     for c in cells:
         rows.setdefault((c["method"], c["batch"]), []).append(c)
     for (method, batch), row in rows.items():
-        why = "; ".join(_why(c, gap) for c in row if c["paper"] != c["ours"])
+        differ = [c for c in row if c["paper"] != c["ours"]]
+        why = "; ".join(_why(c) for c in differ)
+        if differ:  # the excesses are the method's, the same for every card of the row
+            why += ". Table 1 measures, over ours: " + (", ".join(
+                f"{label} {extra / GIB:+.1f} GiB" for label, extra, _ in differ[0]["terms"])
+                or "none measured for it")
         lines.append(table_row([method, str(batch), f"{row[0]['need'] / GIB:.1f} GiB",
                                 *(_cell(c) for c in row), why]))
     return "\n".join(lines)
@@ -204,14 +235,14 @@ def table4(cells: List[dict], gap: Optional[float]) -> str:
 
 def summary(data: dict) -> dict:
     rows = published_rows(data)
-    gap = frozen_gap(rows)
-    cells = table4_cells(data, gap)
+    cells = table4_cells(data, excesses(rows))
     ratios = [r["allocated"] / r["published"] for r in rows]
     above = [r["above_fixed"] for r in rows if "above_fixed" in r] or [float("nan")]
-    return dict(rows=rows, gap=gap, cells=cells, low=min(ratios), high=max(ratios),
+    return dict(rows=rows, cells=cells, low=min(ratios), high=max(ratios),
                 above_low=min(above), above_high=max(above),
                 agree=sum(c["paper"] == c["ours"] for c in cells),
-                explained=sum(bool(c.get("gap_explains")) for c in cells))
+                explained=sum(any(closes for _, _, closes in c.get("terms", ()))
+                              for c in cells))
 
 
 def band_sentence(s: dict) -> str:
@@ -220,8 +251,18 @@ def band_sentence(s: dict) -> str:
     return (f"Against the paper (docs/MEMORY.md, {RECORD}): the predicted allocated peak is "
             f"{s['low']:.2f}-{s['high']:.2f}x the published one over Tables 1-2 "
             f"({len(s['rows'])} rows){above}; Table 4: {s['agree']} of {len(s['cells'])} "
-            "cells agree" + (f", {s['explained']} more with the paper's frozen-detector excess"
-                             if s["explained"] else "") + ".")
+            "cells agree" + (f", {s['explained']} more with an excess over ours that the "
+                             "paper's Table 1 measures" if s["explained"] else "") + ".")
+
+
+def _measured_at(run: dict) -> str:
+    """"measured at <commits>, " for a run's points (those carried from an earlier
+    measurement say their own, below); "" for a record from before runs kept their commits."""
+    own = [m for m, pts in run["points"].items() if not any("source" in p for p in pts)]
+    if not run.get("measured_at") or not own:
+        return ""
+    return ("" if len(own) == len(run["points"]) else f"{', '.join(own)} ") + (
+        f"measured at {', '.join(run['measured_at'])}, ")
 
 
 def provenance(data: dict) -> str:
@@ -236,10 +277,11 @@ def provenance(data: dict) -> str:
                 and ((folder, f"{prefix}_{m}") in TRAINING_MEMORY_MB or run == "swin-l-cascade")]
         if left:
             lines.append(f"{TITLES[run]}: not measured yet, {', '.join(left)} "
-                         f"(`python -m projects.benchmark.plan_paper --runs {run}` measures "
-                         "them, resuming).")
+                         f"(`python -m projects.benchmark.plan_paper --runs {run} --record "
+                         f"{RECORD}` measures all of the run's methods at one commit, "
+                         "resumable).")
         if run in data["runs"]:
-            lines.append(f"{TITLES[run]}: fitted at sides "
+            lines.append(f"{TITLES[run]}: {_measured_at(data['runs'][run])}fitted at sides "
                          f"{data['runs'][run].get('fit_sizes', data['fit_sizes'])}.")
     for run, measured in data["runs"].items():
         sources: Dict[str, List[str]] = {}
@@ -264,7 +306,7 @@ def render(data: dict) -> str:
         f"Table 4, Swin-L Cascade Mask R-CNN at {SIZE[0]}x{SIZE[1]}, each cell the paper's "
         f"verdict / ours (card need = allocated x {1 + terms.allocator_slack:.2f} allocator "
         f"slack + {terms.cuda_context / GIB:.2f} GiB CUDA context; bold where they differ):",
-        table4(s["cells"], s["gap"]),
+        table4(s["cells"]),
         band_sentence(s),
         provenance(data),
     ]))

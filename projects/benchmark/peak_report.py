@@ -1,6 +1,6 @@
 """The benchmark's peak-memory table and its stacked bar chart by category.
 
-Reads what ``tuning_cost.py`` stores per method under ``"peak"`` (an
+Reads what ``bench.Bench.measure_memory`` stores per method under ``"peak"`` (an
 :class:`projects.benchmark.peak_memory.PeakMemory` as a dict). The paper's way of comparing training
 memory is a share: how far a method's peak lies from the frozen backbone's ("fixed") towards
 full fine-tuning's, ``(peak - fixed) / (full - fixed)``; 0 is the floor no tuning method can go

@@ -39,9 +39,10 @@ from e3va_d2.modeling.tuning.base import output_norm_parameters
 from e3va_d2.modeling.tuning.spec import split_method_specs
 from projects.tables import command_line, publish, table_head, table_row
 
-from .measure import median, release_freed_memory, synthetic_detection_batch
+from .bench import Bench, build_model, method_names, num_classes, pick_device
+from .cost_report import describe, device_words
+from .measure import release_freed_memory, synthetic_detection_batch
 from .peak_memory import step_peak_memory
-from .tuning_cost import Bench, build_model, describe, method_names, num_classes
 
 logger = logging.getLogger("e3va_d2.benchmark")
 
@@ -79,7 +80,7 @@ def apply_peft_lora(model: torch.nn.Module, rank: int = 64) -> torch.nn.Module:
 
 
 def build(cfg, method: str, seed: int) -> torch.nn.Module:
-    """``tuning_cost.build_model``, plus ``"peft_lora"``: the "full" model with PEFT LoRA. Its
+    """``bench.build_model``, plus ``"peft_lora"``: the "full" model with PEFT LoRA. Its
     wrapped linears keep the same initial weights as every other method's (the same random
     draws), so it computes the same function."""
     if method != PEFT_LORA:
@@ -116,8 +117,7 @@ def parse_args(argv=None):
 
 
 def run(args) -> Dict[str, dict]:
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     names = split_method_specs(args.methods)
     cfg = load_config(args.config_file, args.opts)
     batches = {args.batch: synthetic_detection_batch(args.batch, args.size, num_classes(cfg))}
@@ -138,18 +138,8 @@ def run(args) -> Dict[str, dict]:
         bench.on_device(method, torch.device("cpu"))
         release_freed_memory()
         logger.info("%s: %.1f MiB saved for backward", method, r["saved_bytes"] / 2**20)
-    for i in range(args.steps):  # interleaved timing
-        for method in names:
-            bench.on_device(method, device)
-            bench.steps[method][backbone_key].run(seed=100 + i)
-            bench.steps[method][model_key].run(seed=100 + i)
-            bench.on_device(method, torch.device("cpu"))
-    for method in names:
-        r, steps = bench.results[method], bench.steps[method]
-        r["backbone_step_times"] = steps[backbone_key].times
-        r["step_times"] = steps[model_key].times
-        r["backbone_step_seconds"] = median(steps[backbone_key].times)
-        r["step_seconds"] = median(steps[model_key].times)
+    bench.time_interleaved([backbone_key, model_key], args.steps)
+    bench.record_times({backbone_key: "backbone_step", model_key: "step"})
     return bench.results
 
 
@@ -232,8 +222,7 @@ def main(argv=None):
     args.amp = False  # fp32 only; describe() reads it
     results = run(args)
     found = ratios(results)
-    on_gpu = torch.cuda.is_available() and args.device != "cpu"
-    device = f"cuda ({torch.cuda.get_device_name()})" if on_gpu else "cpu"
+    device = device_words(pick_device(args.device))
     data = dict(setup=describe(args, device),
                 results={m: {k: r[k] for k in RECORDED if k in r} for m, r in results.items()})
     text = render(data)

@@ -5,16 +5,28 @@ Why these: a fit over sides too small for the trunk's windows is not linear in p
 last stage pads its grid up to one window whatever the image), and gave negative bytes per
 pixel, peaks that fall with size and negative GiB at large sizes; a reserve above the card, a
 zero batch bound or one fit size make every answer meaningless.
+
+The planning arguments (amounts of memory, image sizes, the card's terms) are read here too,
+by ``planning_inputs``, which both the command line and a record re-rendered by
+``projects.tables`` (``plan_report.py``) pass through.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import List, Optional
+import re
+from typing import List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-__all__ = ["PlanError", "check_fit", "check_output", "ints", "load_measured", "min_fit_side"]
+from .gpu_terms import GpuTerms
+
+__all__ = ["PlanError", "check_fit", "check_output", "ints", "load_measured", "min_fit_side",
+           "parse_bytes", "parse_size", "planning_inputs"]
+
+GIB = 2**30
+_UNITS = {"": None, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 class PlanError(SystemExit):
@@ -33,6 +45,50 @@ def ints(text: str, option: str, minimum: int = 1) -> List[int]:
     if any(v < minimum for v in values):
         raise PlanError(f"{option} {text!r}: every value must be at least {minimum}")
     return values
+
+
+def parse_bytes(text: str) -> int:
+    """``"11GB"`` -> 11e9 bytes, ``"11GiB"`` -> 11 * 2**30 (GB, MB are powers of 10, GiB, MiB
+    of 2; case ignored). A unit is required: "11" could mean either."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match and match.group(2).lower()
+    if not match or unit not in _UNITS or _UNITS[unit] is None:
+        raise ValueError(f"Cannot read {text!r} as an amount of memory; write e.g. 11GB (10^9 "
+                         "bytes), 11GiB (2^30 bytes) or 11264MiB")
+    return int(round(float(match.group(1)) * _UNITS[unit]))
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """``"1333x800"`` -> (1333, 800) (width x height); ``"512"`` -> (512, 512)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"Cannot read {text!r} as an image size; write WIDTHxHEIGHT or SIDE")
+    width, height = int(parts[0]), int(parts[-1])
+    return width, height
+
+
+def planning_inputs(data: dict) -> Tuple[int, GpuTerms, List[Tuple[int, int]]]:
+    """(card bytes, terms, sizes) from the planning arguments, refused where not physical."""
+    try:
+        capacity = parse_bytes(data["gpu_memory"])
+        terms = GpuTerms(**data["terms"])
+        sizes = [parse_size(s) for s in data["sizes"].split(",") if s.strip()]
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    if not sizes:
+        raise PlanError("--sizes is empty: name the sizes to plan for, e.g. 1333x800")
+    if data["max_batch"] < 1:
+        raise PlanError(f"--max-batch {data['max_batch']}: the largest batch to consider must "
+                        "be at least 1")
+    if not 0 <= terms.allocator_slack < 10:
+        raise PlanError(f"--allocator-slack {terms.allocator_slack}: a fraction of the "
+                        "allocated peak, at least 0 (e.g. 0.1 for 10%)")
+    if terms.largest_step_peak(capacity, 0) <= 0:
+        raise PlanError(
+            f"--cuda-context {terms.cuda_context / GIB:.2f} GiB and --workspace leave nothing "
+            f"of --gpu-memory {data['gpu_memory']} for training: give the card's memory "
+            "(e.g. 11GiB) and what the context takes (e.g. 0.5GiB)")
+    return capacity, terms, sizes
 
 
 def check_fit_points(fit_sizes: str, fit_batches: str, check_sizes: str,

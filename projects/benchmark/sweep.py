@@ -36,9 +36,9 @@ from e3va_d2.config import load_config
 from e3va_d2.engine.step import resolve_amp_dtype
 from projects.tables import command_line, publish, table_head, table_row
 
+from .bench import Bench, check_methods, method_names, num_classes, pick_device
+from .cost_report import GPUS, MIB, training_memory
 from .measure import median, release_freed_memory, synthetic_detection_batch
-from .report import GPUS, MIB, training_memory
-from .tuning_cost import Bench, check_methods, method_names, num_classes
 
 logger = logging.getLogger("e3va_d2.benchmark")
 
@@ -116,8 +116,7 @@ def _relative_least_squares(points: List[dict], key: str, constant: bool) -> Lis
 
 
 def run(args) -> dict:
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     cfg = load_config(args.config_file, args.opts)
     classes = num_classes(cfg)
     grid = [(int(s), int(b)) for s in args.sizes.split(",") for b in args.batches.split(",")]
@@ -151,11 +150,7 @@ def run(args) -> dict:
             logger.info("%s at %s: %.1f MiB saved", method, label, point["saved_bytes"] / MIB)
         if args.no_time:
             continue
-        for i in range(args.steps):  # interleaved
-            for method in running:
-                bench.on_device(method, device)
-                bench.steps[method][f"model{label}"].run(seed=100 + i)
-                bench.on_device(method, torch.device("cpu"))
+        bench.time_interleaved([f"model{label}"], args.steps, running)
         for method in running:
             step = bench.steps[method][f"model{label}"]
             measured[method][-1]["step_seconds"] = median(step.times)

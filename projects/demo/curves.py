@@ -3,10 +3,10 @@
 iterations, one line per run (so a comparison's methods overlay).
 
     python -m projects.demo.curves output/shapes_demo_e3va                 # one run
-    python -m projects.demo.curves output/transfer/runs/*/seed0 --output curves.png
+    python -m projects.demo.curves output/accuracy/far/runs/*/seed0 --output curves.png
 
 Each argument is a run folder (or its ``metrics.json``); the label is the folder's name, or
-its parent's for ``seed<k>`` folders of the comparison. Writes ``<first run>/curves.png`` by
+its parent's for ``seed<k>`` folders of the accuracy study. Writes ``<first run>/curves.png`` by
 default.
 """
 from __future__ import annotations

@@ -36,7 +36,10 @@ from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin, swin_size
 from e3va_d2.modeling.tuning import parse_method_spec
 from e3va_d2.utils.cuda_build import check_cuda_build
 from projects.benchmark import plan, tuning_cost
+from projects.benchmark.bench import Bench, num_classes
 from projects.benchmark.measure import synthetic_detection_batch
+from projects.benchmark.plan_fit import fits, padded_pixels
+from projects.benchmark.plan_measure import measure
 
 from .runner import Outcome, Skip
 
@@ -269,7 +272,7 @@ def amp_training(settings: Settings) -> Outcome:
     _check_placement(model, settings.device)
     device = next(model.parameters()).device
     batch = synthetic_detection_batch(settings.amp_batch, settings.amp_size,
-                                      tuning_cost.num_classes(cfg), seed=0)
+                                      num_classes(cfg), seed=0)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     start = {n: p.detach().clone() for n, p in trainable.items()}
     runs, skipped_dtypes = {}, []
@@ -493,10 +496,10 @@ def planner_prediction(settings: Settings) -> Tuple[float, dict]:
         "--methods", settings.planner_method, "--fit-sizes", settings.planner_fit_sizes,
         "--fit-batches", settings.planner_fit_batches, "--device", "cpu",
         "--output", os.path.join(settings.output, "plan"), "--fresh"])
-    measured = plan.measure(args)
-    model = plan.fits(measured["points"])[settings.planner_method]
-    pixels = plan.padded_pixels(settings.planner_size, settings.planner_size,
-                                measured["size_divisibility"])
+    measured = measure(args)
+    model = fits(measured["points"])[settings.planner_method]
+    pixels = padded_pixels(settings.planner_size, settings.planner_size,
+                           measured["size_divisibility"])
     return model.predict(pixels, settings.planner_batch), measured
 
 
@@ -507,10 +510,9 @@ def cuda_peaks(settings: Settings) -> Dict[str, int]:
     cfg = load_config(os.path.join(ROOT, settings.planner_config))
     label = f"{settings.planner_size}x{settings.planner_batch}"
     batch = synthetic_detection_batch(settings.planner_batch, settings.planner_size,
-                                      tuning_cost.num_classes(cfg), seed=0)
+                                      num_classes(cfg), seed=0)
     device = torch.device(settings.device)
-    bench = tuning_cost.Bench(cfg, [settings.planner_method], device, {label: batch},
-                              kinds=("model",))
+    bench = Bench(cfg, [settings.planner_method], device, {label: batch}, kinds=("model",))
     bench.on_device(settings.planner_method, device)
     step = bench.steps[settings.planner_method][f"model{label}"]
     step.run(seed=0, record=False)  # AdamW's state exists, as in training

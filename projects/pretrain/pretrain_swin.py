@@ -2,7 +2,7 @@
 """Pre-train a small Swin from scratch on the glyph scenes pre-text task; resumable, exactly.
 
 The result is the project's stand-in for ``swin_tiny_patch4_window7_224.pth``: the demos and the
-accuracy comparison fine-tune from it through the very loader a user's checkpoint takes. It is
+accuracy study fine-tune from it through the very loader a user's checkpoint takes. It is
 shipped (``e3va_d2/model_zoo``), not rebuilt, because it takes many CPU hours:
 
     python -m projects.pretrain.pretrain_swin --run-dir projects/pretrain/runs/scenes_e32

@@ -1,10 +1,8 @@
 """The executor of fine-tuning runs: each (row, seed) trains in its own process, resumes after a
 stop and ends with its ``result.json``.
 
-A row is a tuning method spec (:mod:`e3va_d2.modeling.tuning.spec`: ``e3va:zero_init=True``) or
-:data:`FLOOR`. The old comparison (:mod:`projects.transfer.compare`) and the accuracy study
-(:mod:`projects.transfer.study`) both run their runs here, so that a run is the same run
-whichever of them asks for it.
+A row is a tuning method spec (:mod:`e3va_d2.modeling.tuning.spec`: ``e3va:zero_init=True``).
+The accuracy study (:mod:`projects.transfer.study`) runs its runs here.
 
 Every run trains into ``<output>/runs/<row>/seed<k>/`` (:func:`run_folder`); a run with a
 ``result.json`` is finished and not run again, a stopped one continues from its last
@@ -21,7 +19,6 @@ import signal
 import time
 from typing import Dict, List
 
-FLOOR = "e3va_random"  # E3VA on a random, frozen trunk: what the pre-training adds
 # (result key, column label): detectron2's COCOEvaluator results, or others' first metric.
 METRICS = {"bbox/AP": "box AP", "segm/AP": "mask AP"}
 
@@ -46,7 +43,7 @@ def flat_metrics(results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
 
 def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: str):
     """The config of one (row, seed) run: the shared recipe with this row's tuning method."""
-    from e3va_d2.config import apply_overrides, load_config, set_tuning_method, tuned_swin_node
+    from e3va_d2.config import apply_overrides, load_config, set_tuning_method
     from e3va_d2.modeling import build_tuning
     from e3va_d2.modeling.tuning import parse_method_spec
 
@@ -54,14 +51,10 @@ def run_config(config_file: str, opts: List[str], row: str, seed: int, folder: s
     # Set, not passed as overrides: a row's folder may hold '=' or brackets
     # (e3va_spatial:conv_kernels=()), which the override grammar refuses.
     cfg.train.output_dir, cfg.train.seed = folder, seed
-    name, options = parse_method_spec("e3va" if row == FLOOR else row)
+    name, options = parse_method_spec(row)
     set_tuning_method(cfg.model, build_tuning(name, **options))
     # After the swap, so that options of the method (tuning.zero_init=True) apply to it.
-    cfg = apply_overrides(cfg, list(opts))
-    if row == FLOOR:
-        tuned_swin_node(cfg.model).weights = ""
-        cfg.train.init_checkpoint = ""
-    return cfg
+    return apply_overrides(cfg, list(opts))
 
 
 def trunk_source(cfg) -> str:
@@ -98,7 +91,6 @@ def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: st
     from e3va_d2.engine.params import trainable_parameter_table
 
     torch.set_num_threads(threads)
-    method = "e3va" if row == FLOOR else row
     cfg = run_config(config_file, opts, row, seed, folder)
     os.makedirs(folder, exist_ok=True)
     setup_logger(folder, name="detectron2")
@@ -118,7 +110,7 @@ def train_one(config_file: str, opts: List[str], row: str, seed: int, folder: st
     finally:
         spent = json.dumps({"minutes": minutes()}).encode()
         atomic_write(os.path.join(folder, ELAPSED_FILE), lambda f: f.write(spent))
-    result = dict(row=row, method=method, seed=seed, metrics=metrics,
+    result = dict(row=row, seed=seed, metrics=metrics,
                   trunk=trunk_source(cfg),
                   trainable_in_backbone=totals["trainable_in_backbone"],
                   trainable=totals["trainable"], minutes=minutes())
@@ -149,7 +141,7 @@ def train_all(config_file: str, opts: List[str], rows: List[str], seeds: List[in
 
     context = mp.get_context("spawn")  # a fresh interpreter per run: no state leaks between runs
     # SIGTERM reaches the runs, which save a checkpoint and stop (a restart resumes them); a
-    # comparison killed outright takes its runs with it instead of leaving them training. A run
+    # study killed outright takes its runs with it instead of leaving them training. A run
     # is submitted only when a process is free for it: the pool would hand queued runs to new
     # processes after a stop.
     queued, running, finished = list(todo), {}, 0
@@ -165,7 +157,7 @@ def train_all(config_file: str, opts: List[str], rows: List[str], seeds: List[in
                 ready, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
                 for future in ready:
                     row, seed = running.pop(future)
-                    result = future.result()  # a failed run stops the comparison with its error
+                    result = future.result()  # a failed run stops them all with its error
                     done[row].append(result)
                     finished += 1
                     logger.info("[%d/%d] %s seed %d: %s (%.1f min)", finished, len(todo), row,

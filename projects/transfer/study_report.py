@@ -13,11 +13,11 @@ import os
 import statistics
 from typing import Dict, List, Optional
 
-from e3va_d2.modeling.tuning import parse_method_spec
+from e3va_d2.modeling.tuning.spec import read_method_spec
 from projects import tables
 from projects.benchmark.peak_report import MIB, peak_share
 from projects.tables import replace_block, table_head, table_row
-from projects.transfer.study_records import REGIMES, ROOT, load_records
+from projects.transfer.study_records import RECORDS, REGIMES, ROOT, group, load_runs
 
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 README = os.path.join(ROOT, "README.md")  # holds the summary of both regimes
@@ -89,7 +89,7 @@ def ordered(rows) -> List[str]:
 def is_variant(row: str) -> bool:
     """A method with options (``e3va:trunk_dtype=bfloat16``): compared with its base, seed by
     seed, in the variants table rather than among the methods."""
-    return bool(parse_method_spec(row)[1])
+    return bool(read_method_spec(row)[1])
 
 
 def base_row(row: str) -> str:
@@ -328,21 +328,30 @@ def gap_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
     return "\n".join(lines)
 
 
-def render_tables(records: Dict[str, Dict[str, List[dict]]],
-                  peaks: Optional[Dict[str, dict]] = None) -> Dict[str, str]:
-    """Marker name -> Markdown: every regime's table, recorded or not yet (docs/ACCURACY.md),
-    and their summary (the README)."""
+NOT_RUN = "_No run of this regime is recorded yet._"
+
+
+def render_tables(runs: List[dict], peaks: Optional[Dict[str, dict]] = None,
+                  costs: Optional[Dict[str, dict]] = None) -> Dict[str, str]:
+    """Marker name -> Markdown, from every run's record (:func:`study_records.load_runs`):
+    every regime's held-out tables, recorded or not yet (docs/ACCURACY.md), their summary (the
+    README), and what is chosen on the validation split (:mod:`.study_validation`)."""
+    # Imported here: it builds on this module's arithmetic.
+    from projects.transfer import study_validation
+
     peaks = load_peaks() if peaks is None else peaks
+    costs = study_validation.load_costs() if costs is None else costs
+    records = group(runs)  # the held-out test at the recipe's learning rate
     blocks = {f"accuracy-{regime}": regime_table(regime, records[regime], peaks)
-              if records.get(regime) else "_No run of this regime is recorded yet._"
-              for regime in REGIMES}
+              if records.get(regime) else NOT_RUN for regime in REGIMES}
     blocks[VARIANTS] = variants_table(records, peaks)
     blocks[DETAIL] = detail_table(records)
     blocks.update({f"{CURVES}-{regime}": curve_table(regime, records[regime])
-                   for regime in REGIMES if records.get(regime)})
+                   if records.get(regime) else NOT_RUN for regime in REGIMES})
     blocks[GAP] = gap_table(records)
     blocks[RECOVERY_CURVES] = recovery_curve_table(records)
     blocks[SUMMARY] = summary_table(records, peaks)
+    blocks.update(study_validation.blocks(runs, costs))
     return blocks
 
 
@@ -410,13 +419,19 @@ def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
-def render(records=None, doc: str = DOC, figures: str = os.path.join(ROOT, "docs"),
-           readme: str = README) -> None:
+def render(root: str = RECORDS, doc: str = DOC, figures: str = os.path.join(ROOT, "docs"),
+           readme: str = README, peaks: Optional[Dict[str, dict]] = None,
+           costs: Optional[Dict[str, dict]] = None) -> None:
     """Rewrite the generated blocks (the regimes' in ``doc``, the summary in ``readme``) and the
-    figures from ``records`` (the committed ones by default)."""
-    records = load_records() if records is None else records
-    peaks = load_peaks()
-    for name, body in render_tables(records, peaks).items():
+    figures from the records under ``root`` (the committed ones by default) and the cost
+    records (the committed ones by default)."""
+    from projects.transfer import study_validation
+
+    runs = load_runs(root)
+    records = group(runs)
+    peaks = load_peaks() if peaks is None else peaks
+    costs = study_validation.load_costs() if costs is None else costs
+    for name, body in render_tables(runs, peaks, costs).items():
         path = readme if name == SUMMARY else doc
         with open(path) as f:
             text = f.read()
@@ -426,5 +441,6 @@ def render(records=None, doc: str = DOC, figures: str = os.path.join(ROOT, "docs
         plot_curves(records, os.path.join(figures, "accuracy_curves.png"))
         if peaks:
             plot_accuracy_memory(records, peaks, os.path.join(figures, "accuracy_memory.png"))
+    study_validation.plot_feedback(runs, costs, os.path.join(figures, "accuracy_feedback.png"))
 
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Tuple
 
 from .base import TUNING_METHODS, build_tuning
 
-__all__ = ["parse_method_spec", "parse_method_specs", "split_method_specs"]
+__all__ = ["parse_method_spec", "parse_method_specs", "read_method_spec", "split_method_specs"]
 
 
 def split_method_specs(text: str) -> List[str]:
@@ -31,13 +31,10 @@ def split_method_specs(text: str) -> List[str]:
     return [s.strip() for s in [*specs, current] if s.strip()]
 
 
-def parse_method_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
-    """``"e3va:saved_input_dtype=bfloat16"`` -> ``("e3va", {"saved_input_dtype": "bfloat16"})``,
-    checked by building the method (an unknown method, option or value is a ``ValueError``)."""
+def read_method_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
+    """``"e3va:rank=4"`` -> ``("e3va", {"rank": 4})`` as written, not checked against the
+    registered methods: for reading the names of runs recorded by other versions."""
     name, *pairs = spec.split(":")
-    if name not in TUNING_METHODS:
-        raise ValueError(f"unknown tuning method {name!r} in {spec!r}; registered: "
-                         f"{', '.join(sorted(TUNING_METHODS))}")
     options: Dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -48,6 +45,17 @@ def parse_method_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             options[key] = value
+    return name, options
+
+
+def parse_method_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
+    """``"e3va:saved_input_dtype=bfloat16"`` -> ``("e3va", {"saved_input_dtype": "bfloat16"})``,
+    checked by building the method (an unknown method, option or value is a ``ValueError``)."""
+    name = spec.split(":")[0]
+    if name not in TUNING_METHODS:
+        raise ValueError(f"unknown tuning method {name!r} in {spec!r}; registered: "
+                         f"{', '.join(sorted(TUNING_METHODS))}")
+    name, options = read_method_spec(spec)
     try:
         build_tuning(name, **options)
     except (TypeError, ValueError) as e:

@@ -1,10 +1,20 @@
-"""Turning the benchmark's measurements into its tables (docs/COST.md) and chart."""
+"""The cost benchmark's record turned into its tables (docs/COST.md, docs/MEMORY.md) and
+charts: apart from ``tuning_cost.py`` (the command that measures) because ``projects.tables``
+re-renders every table from its committed record, measuring nothing, and the sweep, the planner
+and the PEFT comparison print parts of the same tables."""
 from __future__ import annotations
 
+import os
+import platform
 import textwrap
 from typing import Dict, List, Optional, Sequence
 
+import torch
+
+from e3va_d2.engine.step import resolve_amp_dtype
 from projects.tables import table_head, table_row
+
+from .peak_report import PEAK_NOTE, peak_table, plot_peak
 
 GPUS = (("GTX 1080Ti", 11), ("Tesla P100", 16), ("RTX 3090", 24), ("Tesla V100", 32))
 MIB = 2**20
@@ -129,3 +139,65 @@ def plot(results: Dict[str, dict], path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def device_words(device: torch.device) -> str:
+    """"cpu", or "cuda (<the card's name>)": where a benchmark ran, for its setup line."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor's model name (Linux), else the architecture: CPU timings and bfloat16's
+    speed depend on the model (AMX or not), so a record must say which one it ran on."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.lower().startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(args, device: str) -> str:
+    """The setup line of a benchmark's table: config, input, precision, steps and machine."""
+    precision = "AMP (" + str(resolve_amp_dtype(True, device[:4])).replace("torch.", "") + ")" \
+        if args.amp else "fp32"
+    return (
+        f"{os.path.basename(args.config_file)}, {args.batch} image(s) of {args.size}x{args.size}, "
+        f"{precision}, "
+        + (f"median of {args.steps} interleaved steps after {args.warmup} warm-up"
+           if args.steps else f"memory only, after {args.warmup} warm-up step(s)")
+        + f", on {device} "
+        f"({cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
+    )
+
+
+# What render() reads of each method's results (the record leaves out the per-module bytes).
+RECORDED = ("trainable_backbone", "swin_parameters", "trainable_total", "total_parameters",
+            "saved_bytes", "saved_bytes_by_batch", "saved_bytes_by_kind", "cuda_peak_bytes",
+            "cuda_peak_by_batch", "step_seconds", "backbone_step_seconds", "peak")
+
+
+def render(data: dict) -> str:
+    """The benchmark's tables from its record: ``setup`` (what ran where), ``fit_batches`` and
+    per-method ``results``."""
+    results = data["results"]
+    peaks = peak_table(results)
+    return "\n\n".join([
+        cost_table(results),
+        data["setup"] + ". 'above fixed': saved bytes beyond the frozen-backbone model, as a "
+        "share of full fine-tuning's. 'backbone step': the loss on the backbone's outputs only "
+        "(FPN included, heads excluded).",
+        *([f"Peak memory of a training step ({data['batch']} image(s) of "
+           f"{data['size']}x{data['size']}):", peaks, PEAK_NOTE] if peaks else []),
+        "Where the saved activations come from (MiB, by the innermost module that saved them):",
+        breakdown_table(results),
+        # With a measured peak, "which GPU fits" is the planner's (plan.py), not an estimate.
+        *([] if peaks else [fit_table(results, data["fit_batches"])]),
+    ])
+
+
+def plot_record(data: dict, path: str) -> None:
+    """The peak chart from the benchmark's record (what ``projects.tables`` draws into docs/)."""
+    plot_peak(data["results"], path, data["setup"])

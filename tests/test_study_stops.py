@@ -1,7 +1,7 @@
-"""A comparison (or the accuracy study: both run through projects/transfer/run_executor.py)
-stops with its runs: SIGTERM reaches every run, which saves where it is, and no queued run
-starts; a comparison killed outright takes its runs with it instead of leaving them training
-into the output folder."""
+"""The accuracy study (its runs go through projects/transfer/run_executor.py) stops with its
+runs: SIGTERM reaches every run, which saves where it is, and no queued run starts; a study
+killed outright takes its runs with it instead of leaving them training into the output
+folder."""
 import glob
 import os
 import signal
@@ -30,43 +30,45 @@ def workers(pid: int):
 
 
 def start(output):
-    """e3va (one seed) and the random-trunk floor, one at a time, far longer than the test."""
-    command = [sys.executable, "-m", "projects.transfer.compare", "--methods", "e3va",
-               "--seeds", "0", "--jobs", "1", "--threads", "1", "--no-cost", "--output",
-               str(output), *TINY, "train.max_iter=100000"]
+    """e3va then fixed (one seed each, far regime), one at a time, far longer than the test; its
+    records and tables would go under ``output``, never into docs/."""
+    command = [sys.executable, "-m", "projects.transfer.study", "--regimes", "far", "--rows",
+               "e3va,fixed", "--seeds", "0", "--jobs", "1", "--threads", "1", "--output",
+               str(output), "--records", str(output / "records"), "--doc",
+               str(output / "ACCURACY.md"), *TINY, "train.max_iter=100000"]
     return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 
 def training(output, times: int = 1) -> bool:
     """Whether the e3va run has started training ``times`` times (a resumed run logs again)."""
-    log = output / "runs" / "e3va" / "seed0" / "log.txt"
+    log = output / "far" / "runs" / "e3va" / "seed0" / "log.txt"
     return log.is_file() and log.read_text().count("Starting training from iteration") >= times
 
 
 def test_sigterm_stops_every_run_at_a_checkpoint_and_sigkill_takes_them_along(tmp_path):
     started = []
     try:
-        comparison = start(tmp_path)
-        started.append(comparison)
+        runner = start(tmp_path)
+        started.append(runner)
         assert wait_until(lambda: training(tmp_path), 240), "the first run never started training"
-        (run,) = workers(comparison.pid)
-        comparison.send_signal(signal.SIGTERM)
-        assert comparison.wait(120) == 128 + signal.SIGTERM, comparison.stderr.read()[-2000:]
+        (run,) = workers(runner.pid)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(120) == 128 + signal.SIGTERM, runner.stderr.read()[-2000:]
         assert wait_until(lambda: not alive(run), 10)
-        folder = tmp_path / "runs" / "e3va" / "seed0"
+        folder = tmp_path / "far" / "runs" / "e3va" / "seed0"
         saved = (folder / "last_checkpoint").read_text().strip()
         assert saved.startswith("model_") and (folder / saved).is_file()
-        assert not (tmp_path / "runs" / "e3va_random").exists(), \
+        assert not (tmp_path / "far" / "runs" / "fixed").exists(), \
             "a queued run started after the stop"
 
-        comparison = start(tmp_path)  # it resumes the stopped run
-        started.append(comparison)
+        runner = start(tmp_path)  # it resumes the stopped run
+        started.append(runner)
         assert wait_until(lambda: training(tmp_path, times=2), 240), "the run did not resume"
-        (run,) = workers(comparison.pid)
-        comparison.kill()
-        comparison.wait()
-        assert wait_until(lambda: not alive(run), 10), "the run outlived its comparison"
+        (run,) = workers(runner.pid)
+        runner.kill()
+        runner.wait()
+        assert wait_until(lambda: not alive(run), 10), "the run outlived its study"
     finally:  # a failed assertion leaves no training behind
         for process in started:
             for pid in workers(process.pid) if alive(process.pid) else []:

@@ -1,0 +1,342 @@
+"""What the accuracy study chooses on its validation split, and by which rule (issue 37).
+
+Three blocks of docs/ACCURACY.md, rendered from the run records of the ``val`` split
+(:data:`study_records.VALIDATION`) and the cost benchmark's record :data:`COST` alone, each
+pending until its records exist:
+
+- ``accuracy-lr``: E3VA, ``e3va_spatial`` and LoRA at multiples of the recipe's learning rate:
+  does their ranking hold?
+- ``accuracy-feedback``: recovery in every regime against peak memory and step time, for the
+  highway fed back into the trunk's last K blocks (``e3va_spatial:feedback_depth=K``) beside
+  the methods it sits between;
+- ``accuracy-selection``: :func:`select`'s rule applied, then the chosen row's held-out test.
+
+Recovery at any learning rate is measured against full's and fixed's at the recipe's rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+from e3va_d2.modeling.tuning.spec import read_method_spec
+from projects import tables
+from projects.benchmark.peak_report import peak_share
+from projects.transfer import study_report as report
+from projects.transfer.study_records import REGIMES, group
+
+LR = "accuracy-lr"
+FEEDBACK = "accuracy-feedback"
+SELECTION = "accuracy-selection"
+BLOCKS = (LR, FEEDBACK, SELECTION)
+
+LR_METHODS = ("lora", "e3va", "e3va_spatial")
+LR_SCALES = (0.5, 1.0, 2.0)
+FEEDBACK_DEPTHS = (1, 2, 4, 8)  # blocks from the trunk's end; the study's trunk has 2-2-6-2
+FEEDBACK_ROWS = tuple(f"e3va_spatial:feedback_depth={k}" for k in FEEDBACK_DEPTHS)
+CURVE_ROWS = ("full", "lora", "partial1", "e3va", "e3va_spatial", *FEEDBACK_ROWS)
+COST = "cost-feedback"  # projects/tables.py: Swin-B Cascade, 512x512, batch 2, peak and step
+# The selection's budget and goal (issue 37): no more than 15% of full fine-tuning's extra peak
+# memory and 1.3x E3VA's step; at least 0.9 of the gap and LoRA's recovery in every regime.
+HIGHWAY_METHODS = ("e3va", "e3va_spatial")
+MAX_PEAK_SHARE = 0.15
+MAX_STEP_RATIO = 1.3
+GOAL_RECOVERY = 0.9
+PENDING = "pending"
+RENDER = "python -m projects.transfer.study --render"
+
+
+def load_costs(path: str = tables.record_path(COST)) -> Dict[str, dict]:
+    """The cost benchmark's per-method results (empty before it is measured)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)["data"]["results"]
+
+
+def peak_cell(costs: Dict[str, dict], row: str) -> Optional[float]:
+    """``row``'s peak above fixed as a share of full's, or None where not measured."""
+    if not costs.get(row, {}).get("peak"):
+        return None
+    return peak_share(costs, row)
+
+
+def step_ratio(costs: Dict[str, dict], row: str) -> Optional[float]:
+    """``row``'s training step against E3VA's, or None where either is not timed."""
+    own, e3va = (costs.get(r, {}).get("step_seconds") for r in (row, "e3va"))
+    return own / e3va if own and e3va else None
+
+
+def pending_or(value: Optional[float], spec: str) -> str:
+    return PENDING if value is None else format(value, spec)
+
+
+def val_rows(runs: List[dict], lr_scale: float = 1.0) -> Dict[str, Dict[str, List[dict]]]:
+    return group(runs, "val", lr_scale)
+
+
+def val_recovery(runs: List[dict], regime: str, row: str,
+                 lr_scale: float = 1.0) -> Optional[float]:
+    """``row``'s recovery on ``regime``'s validation split at ``lr_scale``, against full's and
+    fixed's at the recipe's rate (means over seeds); None until all three are recorded."""
+    base = val_rows(runs).get(regime, {})
+    own = val_rows(runs, lr_scale).get(regime, {}).get(row)
+    if not own or not {"full", "fixed"} <= set(base):
+        return None
+    return report.recovery({**base, row: own}, row)
+
+
+# ------------------------------------------------------------------------------------------
+# Learning-rate sensitivity
+# ------------------------------------------------------------------------------------------
+
+
+def lr_table(runs: List[dict]) -> str:
+    """Validation box AP of :data:`LR_METHODS` at each learning-rate multiple, per regime, with
+    each method's rank among them at that rate; pending until a run at another rate exists."""
+    ap: Dict[tuple, List[float]] = {}
+    for rec in runs:
+        if rec["split"] == "val" and rec["row"] in LR_METHODS:
+            ap.setdefault((rec["regime"], rec["row"], rec["lr_scale"]), []).append(
+                rec["final"]["bbox/AP"])
+    if not any(scale != 1 for _, _, scale in ap):
+        return (f"_Pending: no validation run at another learning rate is recorded yet "
+                f"({', '.join(f'`{m}`' for m in LR_METHODS)} at "
+                f"{', '.join(f'{s:g}x' for s in LR_SCALES)}; the commands above, then "
+                f"`{RENDER}`)._")
+    mean = {key: statistics.fmean(values) for key, values in ap.items()}
+    scales = sorted({s for *_, s in mean} | set(LR_SCALES))
+    lines = tables.table_head(["regime", "method", *(f"{s:g}x" for s in scales),
+                               "best rate"])
+    changed, held = [], []
+    # the regimes where some method ran at another rate (a 1x run alone compares nothing)
+    for regime in (r for r in REGIMES if any(k[0] == r and k[2] != 1 for k in mean)):
+        order = {s: sorted((m for m in LR_METHODS if (regime, m, s) in mean),
+                           key=lambda m, s=s: -mean[regime, m, s]) for s in scales}
+        for method in LR_METHODS:
+            cells = [f"{mean[regime, method, s]:.1f} (#{order[s].index(method) + 1})"
+                     if (regime, method, s) in mean else PENDING for s in scales]
+            recorded = [s for s in scales if (regime, method, s) in mean]
+            best = max(recorded, key=lambda s: mean[regime, method, s]) if recorded else None
+            lines.append(tables.table_row([regime, f"`{method}`", *cells,
+                                           pending_or(best, "g") + ("x" if best else "")]))
+        base = order.get(1.0, [])
+        others = [s for s in scales if s != 1 and len(order[s]) > 1]
+        if len(base) > 1 and others:
+            same = all([m for m in base if m in order[s]] == [m for m in order[s] if m in base]
+                       for s in others)
+            (held if same else changed).append(regime)
+    lines += ["", "Box AP on each regime's validation split (mean over the seeds run), at each "
+              "multiple of the recipe's learning rate; (#k): the method's rank among these "
+              "three at that rate. The ranking at 1x holds at every other rate recorded in: "
+              f"{', '.join(held) or 'none'}; it changes in: {', '.join(changed) or 'none'}."]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# The feedback curve
+# ------------------------------------------------------------------------------------------
+
+
+def feedback_depth(row: str) -> Optional[int]:
+    """K of a row that feeds the highway into the trunk's last K blocks, else None."""
+    return read_method_spec(row)[1].get("feedback_depth")
+
+
+def curve_rows(runs: List[dict]) -> List[str]:
+    """:data:`CURVE_ROWS`, then any other recorded row with a feedback depth, by method and K."""
+    recorded = {r["row"] for r in runs if r["split"] == "val" and feedback_depth(r["row"])}
+    extra = sorted(recorded - set(CURVE_ROWS),
+                   key=lambda row: (read_method_spec(row)[0], feedback_depth(row), row))
+    return [*CURVE_ROWS, *extra]
+
+
+def recovery_cell(runs: List[dict], regime: str, row: str) -> str:
+    value = val_recovery(runs, regime, row)
+    if value is None:
+        return PENDING
+    seeds = len(val_rows(runs)[regime][row])
+    return f"{value:.2f}" + (f" ({seeds} seeds)" if seeds > 1 else "")
+
+
+def feedback_table(runs: List[dict], costs: Dict[str, dict]) -> str:
+    """Recovery on every regime's validation split against Swin-B's peak memory above fixed
+    and step time, for the feedback depths beside the methods they sit between."""
+    if not val_rows(runs):
+        return (f"_Pending: no validation run is recorded yet (the commands above, then "
+                f"`{RENDER}`)._")
+    lines = tables.table_head(["method", *(f"{regime}: recovery (val)" for regime in REGIMES),
+                               "peak above fixed (Swin-B)", "step / `e3va`'s (Swin-B)"])
+    for row in curve_rows(runs):
+        peak = peak_cell(costs, row)
+        lines.append(tables.table_row([
+            f"`{row}`", *(recovery_cell(runs, regime, row) for regime in REGIMES),
+            PENDING if peak is None else f"{100 * peak:.1f}%",
+            pending_or(step_ratio(costs, row), ".2f") + ("x" if step_ratio(costs, row) else "")]))
+    lines += ["", "Recovery: (row - fixed) / (full - fixed) on each regime's validation split, "
+              "the study's recipe and trunk, means over the seeds run (one where no count is "
+              "shown). Memory and time: Swin-B Cascade Mask R-CNN, 512x512, batch 2, from the "
+              f"cost benchmark's record `{COST}` ([COST.md](COST.md)): the training step's peak "
+              "above the frozen model's as a share of full fine-tuning's, and its time against "
+              "E3VA's. 'pending': not run or not measured yet."]
+    return "\n".join(lines)
+
+
+def plot_feedback(runs: List[dict], costs: Dict[str, dict], path: str) -> bool:
+    """Validation recovery against peak above fixed, one panel a regime, the feedback depths
+    joined in order from ``e3va_spatial`` (K = 0). Draws nothing (False) without a point."""
+    points = {regime: {row: (100 * peak_cell(costs, row), val_recovery(runs, regime, row))
+                       for row in curve_rows(runs)
+                       if peak_cell(costs, row) is not None
+                       and val_recovery(runs, regime, row) is not None}
+              for regime in REGIMES}
+    regimes = [r for r in REGIMES if points[r]]
+    if not regimes:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.8), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        for row, (x, y) in points[regime].items():
+            ax.plot(x, y, "o", color="C0" if feedback_depth(row) else "C1")
+            ax.annotate(row.replace("e3va_spatial:feedback_depth=", "K="), (x, y),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+        line = [points[regime][row] for row in ("e3va_spatial", *FEEDBACK_ROWS)
+                if row in points[regime]]
+        ax.plot([x for x, _ in line], [y for _, y in line], "-", color="C0", alpha=0.5)
+        ax.axhline(GOAL_RECOVERY, ls=":", color="grey")
+        ax.axvline(100 * MAX_PEAK_SHARE, ls=":", color="grey")
+        ax.set(title=f"{regime} (validation)", xlabel="peak above fixed, % of full's (Swin-B)",
+               ylabel="recovery")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------------------------------
+# The selection rule
+# ------------------------------------------------------------------------------------------
+
+RULE = (f"Among the rows of {' and '.join(f'`{m}`' for m in HIGHWAY_METHODS)} (any options, any "
+        "learning-rate multiple) with a validation record in every regime, keep those whose "
+        f"peak above fixed is at most {100 * MAX_PEAK_SHARE:.0f}% of full fine-tuning's and "
+        f"whose step is at most {MAX_STEP_RATIO}x E3VA's (Swin-B, `{COST}`); choose the one "
+        "whose lowest validation recovery over the regimes is highest (a tie: the lower peak). "
+        "Only validation records enter; the held-out test is run for the chosen row alone, "
+        "three seeds.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    row: str
+    lr_scale: float
+    recovery: Dict[str, Optional[float]]  # regime -> validation recovery (None: not run)
+    peak: Optional[float]  # peak above fixed, share of full's (None: not measured)
+    step: Optional[float]  # step against E3VA's (None: not timed)
+
+    def lowest(self) -> Optional[float]:
+        values = list(self.recovery.values())
+        return None if None in values else min(values)
+
+    def within_budget(self) -> Optional[bool]:
+        if self.peak is None or self.step is None:
+            return None
+        return self.peak <= MAX_PEAK_SHARE and self.step <= MAX_STEP_RATIO
+
+
+def candidates(runs: List[dict], costs: Dict[str, dict]) -> List[Candidate]:
+    """Every highway row on the validation split, at every learning rate it ran at."""
+    keys = sorted({(r["row"], r["lr_scale"]) for r in runs if r["split"] == "val"
+                   and read_method_spec(r["row"])[0] in HIGHWAY_METHODS})
+    return [Candidate(row, scale, {regime: val_recovery(runs, regime, row, scale)
+                                   for regime in REGIMES},
+                      peak_cell(costs, row), step_ratio(costs, row)) for row, scale in keys]
+
+
+def select(found: Sequence[Candidate]) -> Optional[Candidate]:
+    """The rule (:data:`RULE`): within the budget, the highest lowest recovery; None until a
+    candidate has every regime's validation record and its costs."""
+    eligible = [c for c in found if c.lowest() is not None and c.within_budget()]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda c: (c.lowest(), -c.peak))
+
+
+def held_out_command(chosen: Candidate) -> str:
+    scale = "" if chosen.lr_scale == 1 else f" --lr-scale {chosen.lr_scale:g}"
+    return (f'python -m projects.transfer.study --split test --rows "{chosen.row}" '
+            f"--seeds 0,1,2{scale}")
+
+
+def held_out(runs: List[dict], chosen: Candidate, seeds: int = 3) -> str:
+    """The chosen row's recovery on every regime's held-out test, once it has ``seeds`` seeds
+    there; else the command that runs them."""
+    found = []
+    for regime in REGIMES:
+        base = group(runs, "test").get(regime, {})
+        own = group(runs, "test", chosen.lr_scale).get(regime, {}).get(chosen.row, [])
+        if len(own) < seeds or not {"full", "fixed"} <= set(base):
+            return f"Held-out test ({seeds} seeds): pending: `{held_out_command(chosen)}`."
+        box = [r["final"]["bbox/AP"] for r in own]
+        found.append(f"{regime} {report.recovery({**base, chosen.row: own}, chosen.row):.2f} "
+                     f"(box AP {report.mean_std(box)})")
+    return f"Held-out test ({seeds} seeds), recovery: {'; '.join(found)}."
+
+
+def goal_line(runs: List[dict], chosen: Candidate) -> str:
+    """Where the chosen row meets the goal on validation: at least 0.9 of the gap and at least
+    LoRA's recovery, regime by regime."""
+    parts = []
+    for regime, value in chosen.recovery.items():
+        lora = val_recovery(runs, regime, "lora")
+        if lora is None:
+            parts.append(f"{regime} pending ({value:.2f}; LoRA not run)")
+            continue
+        ok = value >= GOAL_RECOVERY and value >= lora
+        parts.append(f"{regime} {'met' if ok else 'not met'} ({value:.2f}; LoRA {lora:.2f})")
+    return (f"Against the goal (at least {GOAL_RECOVERY} of the gap and LoRA's recovery in every "
+            f"regime), on validation: {'; '.join(parts)}.")
+
+
+def selection_block(runs: List[dict], costs: Dict[str, dict]) -> str:
+    found = candidates(runs, costs)
+    lines = [f"Rule ({os.path.relpath(__file__, report.ROOT)}): {RULE}", ""]
+    if not found:
+        return "\n".join(lines + [f"_Pending: no `e3va` or `e3va_spatial` row is recorded on "
+                                  f"the validation split yet (the commands above, then "
+                                  f"`{RENDER}`)._"])
+    lines += tables.table_head(["candidate", "learning rate",
+                                *(f"{regime} (val)" for regime in REGIMES), "lowest",
+                                "peak above fixed", "step / `e3va`'s", "within the budget"])
+    for c in found:
+        budget = c.within_budget()
+        lines.append(tables.table_row([
+            f"`{c.row}`", f"{c.lr_scale:g}x",
+            *(pending_or(c.recovery[regime], ".2f") for regime in REGIMES),
+            pending_or(c.lowest(), ".2f"),
+            PENDING if c.peak is None else f"{100 * c.peak:.1f}%",
+            pending_or(c.step, ".2f") + ("x" if c.step else ""),
+            PENDING if budget is None else ("yes" if budget else "no")]))
+    chosen = select(found)
+    lines.append("")
+    if chosen is None:
+        lines.append("**Chosen**: pending, until a candidate within the budget has every "
+                     "regime's validation record and its costs.")
+    else:
+        lines += [f"**Chosen**: `{chosen.row}` at {chosen.lr_scale:g}x the learning rate "
+                  f"(lowest validation recovery {chosen.lowest():.2f}).", "",
+                  goal_line(runs, chosen), "", held_out(runs, chosen)]
+    return "\n".join(lines)
+
+
+def blocks(runs: List[dict], costs: Dict[str, dict]) -> Dict[str, str]:
+    """Marker name -> Markdown of this module's blocks in docs/ACCURACY.md."""
+    return {LR: lr_table(runs), FEEDBACK: feedback_table(runs, costs),
+            SELECTION: selection_block(runs, costs)}
