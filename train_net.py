@@ -192,6 +192,10 @@ def launch_main(args):
 
 def parse_args(argv=None):
     parser = default_argument_parser()
+    # detectron2's default --dist-url is one fixed port per user: two launches at once on one
+    # machine (two runs, the parallel tests) met there. "auto": a free port, reserved until the
+    # process group listens on it (one machine; several take the same tcp://HOST:PORT each).
+    parser.set_defaults(dist_url="auto")
     parser.add_argument("--trust-checkpoint-code", action="store_true",
                         help="read checkpoint files that need full unpickling, which can run "
                         "any code they hold (files you trust only)")

@@ -207,6 +207,33 @@ def test_interrupted_generation_is_never_used(tmp_path):
         ensure_shapes_split(broken, root=str(tmp_path / "partial"))
 
 
+def test_a_copy_finished_by_another_process_between_the_checks_is_used(tmp_path, monkeypatch):
+    """Two processes on a fresh cache (CI's two test workers): the other one renamed its
+    complete copy into place just after this one found none; this one then saw a folder and
+    called it incomplete (DatasetError) instead of using it."""
+    from e3va_d2.data import cache
+
+    root, name = tmp_path / "cache", "shapes-x"
+    original, looked = cache.is_complete, []
+
+    def then_the_other_process_finishes(folder):
+        complete = original(folder)
+        if not looked:  # the other writer's atomic rename lands right after the first look
+            looked.append(folder)
+            theirs = tmp_path / "theirs"
+            theirs.mkdir()
+            (theirs / "data.txt").write_text("theirs")
+            (theirs / cache.MARKER).touch()
+            root.mkdir()
+            os.rename(theirs, root / name)
+        return complete
+
+    monkeypatch.setattr(cache, "is_complete", then_the_other_process_finishes)
+    final = cache.build_folder_once(str(root), name, lambda folder: pytest.fail("wrote again"),
+                                    "shapes dataset")
+    assert final == str(root / name) and (root / name / "data.txt").read_text() == "theirs"
+
+
 def test_registration_is_lazy_and_idempotent(tmp_path):
     root = tmp_path / "lazy"
     names = register_shapes(str(root), splits={"val": SMALL}, prefix="t_lazy")

@@ -4,7 +4,6 @@ runs a detector with --num-gpus 2 on a machine without GPUs, saving and resuming
 training state (data position, RNGs)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from itertools import repeat
@@ -16,6 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from e3va_d2.engine import launch
+from e3va_d2.engine.launch import reserved_local_url
 from e3va_d2.engine.step import TrainStep
 from e3va_d2.modeling import SwinTransformer, TunedSwin
 
@@ -115,15 +115,14 @@ def test_two_machines_on_loopback_train_identically(tmp_path):
     """detectron2's multi-machine path (--num-machines 2 --machine-rank r --dist-url tcp://...):
     two launches, one process each, end with identical trainable weights, equal to one process
     on the same global batch."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     out = str(tmp_path / "rank{rank}.pt")
-    machines = [subprocess.Popen([sys.executable, "-c", _MACHINE.format(rank=r, url=url, out=out)],
-                                 cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                for r in (0, 1)]
-    logs = [m.communicate(timeout=300)[0] for m in machines]
+    with reserved_local_url() as url:  # held until machine 0's store listens there
+        machines = [subprocess.Popen([sys.executable, "-c",
+                                      _MACHINE.format(rank=r, url=url, out=out)],
+                                     cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                    for r in (0, 1)]
+        logs = [m.communicate(timeout=300)[0] for m in machines]
     assert all(m.returncode == 0 for m in machines), logs[0][-2000:] + logs[1][-2000:]
     rank0, rank1 = (torch.load(out.format(rank=r)) for r in (0, 1))
     assert len(rank0) == len(rank1) > 0 and all(torch.equal(a, b) for a, b in zip(rank0, rank1))

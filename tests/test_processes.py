@@ -2,10 +2,13 @@
 non-zero (and --resume continues from it); workers die with a launcher killed by SIGKILL; a
 process waiting for a missing peer says what it waits for and gives up after the configured
 timeout instead of 30 silent minutes."""
+import contextlib
+import errno
 import importlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -193,7 +196,7 @@ spec.loader.exec_module(lifeline)
 class Images(torch.utils.data.IterableDataset):
     def __iter__(self):
         yield torch.rand(3, 256, 256)
-        time.sleep(120)  # busy with the next one (a huge file)
+        time.sleep(600)  # busy with the next one (a huge file), for longer than the test waits
         yield torch.rand(3, 256, 256)
 
 if __name__ == "__main__":
@@ -238,7 +241,10 @@ def test_a_loader_worker_dies_with_the_process_reading_it(when, tmp_path):
         assert len(started) == 2
         reader.kill()  # as the kernel does to a training process whose launcher died
         reader.wait()
-        assert wait_until(lambda: not any(alive(pid) for pid in started), 30), \
+        # A worker still starting ends once it has started (imported torch): seconds, but a
+        # minute on a loaded machine, so the wait is well above that. An untied one lives on:
+        # forever when starting, 600 s when busy.
+        assert wait_until(lambda: not any(alive(pid) for pid in started), 180), \
             "a loader worker (or the resource tracker) outlived the process reading it"
     finally:
         reader.kill()
@@ -266,7 +272,8 @@ def test_a_wait_says_what_it_waits_for_and_names_it_when_it_fails(caplog):
     with caplog.at_level(logging.INFO, logger="e3va_d2.launch"):
         with pytest.raises(RuntimeError, match="Gave up waiting for rank 1 .* TimeoutError"):
             with announced_wait("rank 1", timedelta(minutes=2), every=0.1):
-                time.sleep(0.35)
+                # Until the reminder is out: a fixed 0.35 s raced its thread on a loaded machine.
+                wait_until(lambda: "Still waiting for rank 1 after" in caplog.text, 60)
                 raise TimeoutError("the store timed out")
     assert "Waiting for rank 1 (fails after 2 min" in caplog.text
     assert "Still waiting for rank 1 after" in caplog.text
@@ -275,12 +282,15 @@ def test_a_wait_says_what_it_waits_for_and_names_it_when_it_fails(caplog):
 @pytest.mark.slow
 def test_a_missing_peer_fails_after_the_configured_timeout(tmp_path):
     """One of two machines never starts: the other gives up after 5 s, naming the wait."""
-    code = ("from datetime import timedelta; from e3va_d2.engine import launch; "
-            "from e3va_d2.engine.launch import free_local_url; "
-            "from tests.test_processes import write_pid_and_sleep; "
-            "launch(write_pid_and_sleep, 1, num_machines=2, machine_rank=0, "
-            "dist_url=free_local_url(), args=('.',), backend='gloo', "
-            "timeout=timedelta(seconds=5))")
+    code = """
+from datetime import timedelta
+from e3va_d2.engine import launch
+from e3va_d2.engine.launch import reserved_local_url
+from tests.test_processes import write_pid_and_sleep
+with reserved_local_url() as url:
+    launch(write_pid_and_sleep, 1, num_machines=2, machine_rank=0, dist_url=url, args=(".",),
+           backend="gloo", timeout=timedelta(seconds=5))
+"""
     start = time.monotonic()
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=300)
@@ -351,6 +361,48 @@ def test_launch_resolves_a_missing_dist_url_on_both_paths(launched, backend):
     assert [(b, url.startswith("tcp://127.0.0.1:")) for b, url in launched] == [(backend, True)] * 2
     with pytest.raises(ValueError, match="--dist-url"):
         launch(print, 1, num_machines=2, backend=backend, dist_url=None)
+
+
+def test_train_net_takes_a_free_port_not_detectron2s_one_port_per_user(launched):
+    """Two `--num-gpus 2` runs at once on one machine (two trainings, the parallel slow tests)
+    met on detectron2's default --dist-url, the same port for every run of a user: the second
+    one failed, or its ranks joined the first one's group."""
+    from detectron2.engine import default_argument_parser
+
+    import train_net
+
+    fixed = default_argument_parser().parse_args([]).dist_url
+    with socket.socket() as first_run:
+        with contextlib.suppress(OSError):  # (something else may listen there already)
+            first_run.bind(("127.0.0.1", int(fixed.rsplit(":", 1)[1])))
+        train_net.launch_main(train_net.parse_args(["--num-gpus", "2", "--config-file", DEMO,
+                                                    "train.device=cpu"]))
+    ((_, url),) = launched
+    assert url.startswith("tcp://127.0.0.1:") and url != fixed
+
+
+def test_an_automatic_port_stays_reserved_while_the_workers_start(monkeypatch):
+    """launch picked a free port and let it go: in the seconds the workers took to start, any
+    socket of the machine (the other test worker's launch, gloo's own connections) could take
+    it, and rank 0's store then failed with "address already in use"."""
+    import torch.distributed as dist
+
+    launching = importlib.import_module("e3va_d2.engine.launch")
+    seen = []
+
+    def spawn(fn, n, machines, rank, url, *rest):  # where the workers start, then listen
+        port = int(url.rsplit(":", 1)[1])
+        with socket.socket() as other, pytest.raises(OSError) as taken:
+            other.bind(("127.0.0.1", port))
+        seen.append(taken.value.errno)
+        store = dist.TCPStore("127.0.0.1", port, 1, is_master=True,
+                              wait_for_workers=False)  # what rank 0 creates
+        store.set("rank 0", "listens")
+        seen.append(store.get("rank 0"))
+
+    monkeypatch.setattr(launching, "_spawn_gloo", spawn)
+    launching.launch(print, 2, backend="gloo", dist_url="auto")
+    assert seen == [errno.EADDRINUSE, b"listens"]
 
 
 def test_the_nccl_path_destroys_its_process_group(monkeypatch):

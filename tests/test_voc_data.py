@@ -31,9 +31,10 @@ SMALL = ShapesSpec(num_images=6, seed=21)
 
 
 def test_registration_is_lazy_and_sets_voc_metadata(tmp_path):
-    names = register_shapes_voc(str(tmp_path), splits={"val": SMALL}, prefix="t_lazy", force=True)
-    assert names == ["t_lazy_val"] and "shapes_voc_mini_train" in DatasetCatalog
-    meta = MetadataCatalog.get("t_lazy_val")
+    names = register_shapes_voc(str(tmp_path), splits={"val": SMALL}, prefix="t_voc_lazy",
+                                force=True)
+    assert names == ["t_voc_lazy_val"] and "shapes_voc_mini_train" in DatasetCatalog
+    meta = MetadataCatalog.get("t_voc_lazy_val")
     assert meta.dirname == str(tmp_path / voc_folder_name(SMALL))
     assert (meta.year, meta.split, meta.thing_classes) == (2007, "val", list(THING_CLASSES))
     assert meta.evaluator_type == "pascal_voc"

@@ -69,6 +69,9 @@ def build_folder_once(root: str, name: str, write: Callable[[str], None], what: 
         return final
     _check_root(root)
     if os.path.exists(final):
+        # Another process may have renamed its complete copy into place since the check above.
+        if is_complete(final):
+            return final
         raise DatasetError(
             f"{what} folder '{final}' exists but has no '{MARKER}' marker, so it is incomplete "
             "(not written by e3va_d2). Delete it and retry."

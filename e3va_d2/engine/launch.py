@@ -4,8 +4,9 @@ detectron2's ``launch`` asserts CUDA in every worker, so several CPU processes (
 machines without GPUs) need their own spawn; everything after process-group setup is shared.
 The backend follows the device the config trains on (:func:`backend_for_device`), not the
 hardware: ``train.device=cpu`` on a GPU machine is CPU DDP, which needs gloo. On either path
-``dist_url=None`` or ``"auto"`` is a free loopback port, and each worker destroys its process
-group when its function returns.
+``dist_url=None`` or ``"auto"`` is a free loopback port, held for the process group until the
+workers are done (:func:`reserved_local_url`), and each worker destroys its process group when
+its function returns.
 
 With several processes, workers die with the launcher (:mod:`.lifeline`), SIGTERM to the
 launcher reaches them (:mod:`.signals`), and joining the process group says what it waits for
@@ -13,11 +14,12 @@ and fails after ``timeout`` (:mod:`.dist_wait`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
 from datetime import timedelta
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,17 +34,25 @@ from .dist_wait import announced_wait
 from .lifeline import die_with_parent
 from .signals import forward_signals_to_children
 
-__all__ = ["backend_for_device", "launch", "free_local_url"]
+__all__ = ["backend_for_device", "launch", "reserved_local_url"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=DEFAULT_DIST_TIMEOUT_MINUTES)
 
 
-def free_local_url() -> str:
-    """A tcp:// URL on loopback with a port that is free right now."""
+@contextlib.contextmanager
+def reserved_local_url() -> Iterator[str]:
+    """A tcp:// URL on loopback whose port nothing else can take while the block runs.
+
+    A port found free and released again could go to any other socket in the seconds before
+    rank 0's store listened on it (other launches, gloo's own connections: the parallel tests),
+    failing the launch with "address already in use". The port stays bound here, with
+    ``SO_REUSEADDR`` and never listening: the kernel then hands it to no other socket, while
+    the store (which binds with ``SO_REUSEADDR`` too) may still listen on it.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def backend_for_device(device: Optional[str]) -> str:
@@ -55,13 +65,16 @@ def backend_for_device(device: Optional[str]) -> str:
     return "nccl" if str(device).startswith("cuda") and torch.cuda.is_available() else "gloo"
 
 
-def _resolve_dist_url(dist_url: Optional[str], num_machines: int) -> str:
+@contextlib.contextmanager
+def _resolved_dist_url(dist_url: Optional[str], num_machines: int) -> Iterator[str]:
     if dist_url not in (None, "auto"):
-        return dist_url
+        yield dist_url
+        return
     if num_machines != 1:
         raise ValueError(f"dist_url={dist_url!r} only works on one machine; pass the same "
                          "tcp://HOST:PORT (--dist-url) to every machine")
-    return free_local_url()
+    with reserved_local_url() as url:
+        yield url
 
 
 def launch(
@@ -92,8 +105,8 @@ def launch(
     if world_size == 1:
         main_func(*args)
         return
-    dist_url = _resolve_dist_url(dist_url, num_machines)
-    with forward_signals_to_children() as forwarded:
+    with _resolved_dist_url(dist_url, num_machines) as dist_url, \
+            forward_signals_to_children() as forwarded:
         try:
             if backend == "nccl":
                 d2_launch(

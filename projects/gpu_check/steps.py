@@ -30,7 +30,6 @@ from torch import nn
 from e3va_d2.compat import detectron2_build
 from e3va_d2.config import load_config
 from e3va_d2.engine import E3VATrainer, launch
-from e3va_d2.engine.launch import free_local_url
 from e3va_d2.engine.predictor import Predictor
 from e3va_d2.engine.step import TrainStep
 from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin, swin_size
@@ -429,7 +428,7 @@ def ddp_gradients(settings: Settings) -> Outcome:
     os.makedirs(settings.output, exist_ok=True)
     out_file = os.path.join(settings.output, "ddp_two_processes.pt")
     one = ddp_steps(trunk, settings.device)
-    launch(ddp_steps, processes, backend=settings.ddp_backend, dist_url=free_local_url(),
+    launch(ddp_steps, processes, backend=settings.ddp_backend, dist_url="auto",
            args=(trunk, settings.device, out_file))
     two = torch.load(out_file)
     names = [f"step {i + 1}, tensor {k}" for i in range(_DDP_STEPS)
