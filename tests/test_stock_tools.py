@@ -24,6 +24,7 @@ CONFIGS = {
     "transfer_mask_rcnn_swin_e3va.py": ("shapes_mini_train", "shapes_mini_val"),
     "accuracy_near_mask_rcnn_swin.py": ("shapes_mini_train", "shapes_mini_val"),
     "accuracy_far_mask_rcnn_swin.py": ("shapes_mini_train", "shapes_mini_val"),
+    "accuracy_dense_mask_rcnn_swin.py": ("shapes_mini_train", "shapes_mini_val"),
 }
 
 
