@@ -53,6 +53,7 @@ def test_peft_lora_needs_a_trunk_that_runs_with_autograd():
         apply_peft_lora(model)
 
 
+@pytest.mark.slow  # about 45 s on 2 cores; make test-slow and CI run it
 def test_peft_peer_script_reports_ratios_from_one_run(tmp_path):
     from projects.benchmark import peft_peer
 
