@@ -71,3 +71,14 @@ def assert_same_gradients(a, b):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-7, msg=name)
             trained += 1
     assert trained == len(a.trainable_names)
+
+
+def assert_is_the_frozen_trunk(model, images) -> None:
+    """A tuned Swin whose highway adds nothing gives the frozen trunk's features bit for bit,
+    while still on the gradient path (its outputs require grad)."""
+    with torch.no_grad():
+        frozen = model.trunk(images)
+    outputs = model(images)
+    for name in frozen:
+        assert torch.equal(outputs[name], frozen[name]), name
+    assert all(out.requires_grad for out in outputs.values())

@@ -18,7 +18,7 @@ from e3va_d2.modeling.tuning import OptionError, parse_method_spec
 from projects.benchmark.measure import saved_bytes_by_module
 
 from .conftest import TINY_SWIN
-from .helpers import assert_same_gradients
+from .helpers import assert_is_the_frozen_trunk, assert_same_gradients
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 METHODS = ["e3va", "e3va_spatial"]
@@ -154,12 +154,7 @@ def test_zeroed_highway_with_feedback_is_still_the_frozen_model_exactly(method, 
     stays the frozen stream, and the feedback blocks then compute the trunk's own branches."""
     model = tiny(method, zero_init=True, feedback_depth=depth)
     images = torch.randn(2, 3, 64, 80)
-    with torch.no_grad():
-        frozen = model.trunk(images)
-    outputs = model(images)
-    for k in frozen:
-        assert torch.equal(outputs[k], frozen[k]), k
-    assert all(out.requires_grad for out in outputs.values())
+    assert_is_the_frozen_trunk(model, images)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -11,7 +11,7 @@ from e3va_d2.modeling.tuning import SpatialE3VATuning
 from projects.benchmark.measure import saved_bytes_by_module
 
 from .conftest import TINY_SWIN
-from .helpers import assert_same_gradients
+from .helpers import assert_is_the_frozen_trunk, assert_same_gradients
 
 VARIANTS = [dict(), dict(stage_mixer=False), dict(read_state=False), dict(conv_kernels=()),
             dict(conv_kernels=(3, 5, 7))]
@@ -37,12 +37,7 @@ def perturb(model, std=0.05):
 def test_zeroed_spatial_highway_equals_frozen_backbone_exactly(options, size):
     model = tiny(zero_init=True, **options)
     images = torch.randn(2, 3, *size)
-    with torch.no_grad():
-        frozen = model.trunk(images)
-    outputs = model(images)
-    for name in frozen:
-        assert torch.equal(outputs[name], frozen[name]), name
-    assert all(out.requires_grad for out in outputs.values())
+    assert_is_the_frozen_trunk(model, images)
 
 
 @pytest.mark.parametrize("options", VARIANTS)
