@@ -131,7 +131,7 @@ TABLES: Dict[str, Table] = {
     "sweep-swin-b": Table(
         "docs/COST.md", "projects.benchmark.sweep:render",
         f"{_BENCH}.sweep --methods full,fixed,lora,e3va --sizes 384,512,768,1024 "
-        "--batches 1,2 --steps 1", measured_at="be4fe81"),
+        "--batches 1,2 --no-time"),
     "sweep-swin-l": Table(
         "docs/COST.md", "projects.benchmark.sweep:render",
         f"{_BENCH}.sweep --config-file configs/COCO/cascade_mask_rcnn_swin_l_e3va.py "
