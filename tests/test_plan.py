@@ -261,6 +261,33 @@ def test_the_paper_comparison_adds_its_terms_and_judges_each_card(tmp_path):
     assert paper_memory.error_band(str(tmp_path / "none.json")) == ""
 
 
+def test_each_table_is_predicted_at_its_datasets_size_and_no_share_where_the_paper_has_none():
+    """Table 2 (VOC) at mmdetection's 1000x600, Table 1 (COCO) at 1333x800; a published row at
+    or below the paper's FIXED (Table 2's partial-1) gets no share above FIXED, and the band
+    leaves it out."""
+    from projects.benchmark import paper_memory
+
+    terms = GpuTerms(ddp_gradient_copy=False, allocator_slack=0.0, cuda_context=0)
+    methods = ("full", "fixed", "partial1", "e3va")
+    data = dict(runs={"swin-l-cascade": paper_run(1000.0, 2**30, 10**6),
+                      "swin-l-retinanet": paper_run(1000.0, 2**30, 10**6, methods)},
+                terms=terms.to_dict(), device="cpu", fit_sizes="224,288")
+    s = paper_memory.summary(data)
+    rows = {r["method"]: r for r in s["rows"] if r["run"] == "swin-l-retinanet"}
+    voc, coco = 1024 * 608, 1344 * 800  # padded to 32
+    assert rows["full"]["step"] == pytest.approx(2**30 + 1000.0 * voc * 2)
+    (cascade,) = [r for r in s["rows"] if r["run"] == "swin-l-cascade"]
+    assert cascade["step"] == pytest.approx(2**30 + 1000.0 * coco * 2)
+    assert "above_fixed" not in cascade  # no FIXED published for that model
+    assert rows["partial1"]["published"] <= rows["fixed"]["published"]
+    assert rows["partial1"]["above_fixed"] is None and rows["e3va"]["above_fixed"] is not None
+    shares = [r["above_fixed"] for r in s["rows"] if r.get("above_fixed") is not None]
+    assert (s["above_low"], s["above_high"]) == (min(shares), max(shares))
+    table = paper_memory.published_table(s["rows"])
+    assert table.count("paper's not above FIXED") == 1
+    assert "1000x600" in paper_memory.render(data)
+
+
 def test_every_table4_cell_that_disagrees_says_which_measured_excess_closes_it():
     from projects.benchmark import paper_memory
 
