@@ -18,7 +18,6 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0))
                       or max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
-
 def pytest_configure(config):
     """Refuse the pytest/xdist pair whose `--dist loadgroup` does not group (pytest 9.2 keeps
     node ids where xdist 3.8 cannot suffix them): the tests marked `xdist_group` share one

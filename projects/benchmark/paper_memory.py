@@ -123,13 +123,24 @@ def published_rows(data: dict) -> List[dict]:
         for row in run_rows:
             # A share above FIXED only where the paper's figure is above its FIXED: at or
             # below it (Table 2's partial-1) the published part is noise, its ratio meaningless.
-            if fixed and row is not fixed and row["published"] <= fixed["published"]:
-                row["above_fixed"] = None
-            elif fixed and row is not fixed:
-                row["above_fixed"] = (row["allocated"] - fixed["allocated"]) / (
-                    row["published"] - fixed["published"])
+            if fixed and row is not fixed:
+                above = row["published"] - fixed["published"]
+                row["above_fixed"] = ((row["allocated"] - fixed["allocated"]) / above
+                                      if above > 0 else None)
         rows += run_rows
     return rows
+
+
+def _share_cell(row: dict) -> str:
+    """The last column: blank without the paper's FIXED, else the share or why there is none."""
+    if "above_fixed" not in row:
+        return ""
+    share = row["above_fixed"]
+    return "paper's not above FIXED" if share is None else f"{share:.2f}"
+
+
+def _side(size: Tuple[int, int]) -> str:
+    return "x".join(map(str, size))
 
 
 def published_table(rows: List[dict]) -> str:
@@ -142,8 +153,7 @@ def published_table(rows: List[dict]) -> str:
             f"{r['step'] / MIB:,.0f} MiB", f"{r['recipe'] / MIB:,.0f} MiB",
             f"{r['ddp'] / MIB:,.0f} MiB",
             f"{r['allocated'] / MIB:,.0f} MiB", f"{r['allocated'] / r['published']:.2f}",
-            "" if "above_fixed" not in r else "paper's not above FIXED"
-            if r["above_fixed"] is None else f"{r['above_fixed']:.2f}"]))
+            _share_cell(r)]))
     return "\n".join(lines)
 
 
@@ -309,8 +319,7 @@ def provenance(data: dict) -> str:
 
 
 def _sizes_text() -> str:
-    return (f"Table 1, COCO, {'x'.join(map(str, COCO_SIZE))}; Table 2, VOC, "
-            f"{'x'.join(map(str, VOC_SIZE))}")
+    return f"Table 1, COCO, {_side(COCO_SIZE)}; Table 2, VOC, {_side(VOC_SIZE)}"
 
 
 def render(data: dict) -> str:
@@ -324,7 +333,7 @@ def render(data: dict) -> str:
         f"{terms.describe().split(';')[0]}; fp32; step peaks measured on {data['device']} "
         "at small sizes, below):",
         published_table(s["rows"]),
-        f"Table 4, Swin-L Cascade Mask R-CNN at {'x'.join(map(str, COCO_SIZE))}, each cell the "
+        f"Table 4, Swin-L Cascade Mask R-CNN at {_side(COCO_SIZE)}, each cell the "
         f"paper's verdict / ours (card need = allocated x {1 + terms.allocator_slack:.2f} "
         f"allocator slack + {terms.cuda_context / GIB:.2f} GiB CUDA context; bold where they "
         "differ):",
