@@ -111,9 +111,7 @@ TABLES: Dict[str, Table] = {
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,partial1,lora,e3va,"
         "e3va_spatial,e3va_spatial:feedback_depth=1,e3va_spatial:feedback_depth=2,"
         "e3va_spatial:feedback_depth=4,e3va_spatial:feedback_depth=8 --size 512 --batch 2 "
-        "--steps 3 --warmup 1 --fit-batches 2 --output output/cost-feedback",
-        pending="the option exists now; the run (ten rows of Swin-B Cascade at 512x512, "
-        "batch 2) needs about an hour of a quiet CPU and has not had one"),
+        "--steps 3 --warmup 1 --fit-batches 2 --output output/cost-feedback"),
     "cost-amp-swin-b": Table(
         "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
