@@ -199,13 +199,37 @@ def test_unknown_splits_and_bad_rates_are_refused_before_anything_runs(argv, mes
     assert message in capsys.readouterr().err
 
 
-def test_the_cost_record_measures_the_curves_rows_on_swin_b_at_512_batch_2():
-    words = shlex.split(tables.TABLES[sv.COST].command)
+@pytest.mark.parametrize("name, rows", [
+    (sv.COST, {"fixed", *sv.CURVE_ROWS}),
+    # the other candidates beside their own fixed, full and E3VA, so every ratio is in-process
+    (sv.COST_OPTIONS, {"fixed", "full", "e3va", *sv.OPTION_ROWS}),
+])
+def test_the_cost_records_measure_their_rows_on_swin_b_at_512_batch_2(name, rows):
+    words = shlex.split(tables.TABLES[name].command)
     option = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
-    assert set(option["--methods"].split(",")) == {"fixed", *sv.CURVE_ROWS}
+    assert set(option["--methods"].split(",")) == rows
     assert (option["--config-file"], option["--size"], option["--batch"]) == (
         "configs/COCO/cascade_mask_rcnn_swin_b_e3va.py", "512", "2")
     assert int(option["--steps"]) > 0 and "--no-peak" not in words  # time and peak both
+
+
+def test_costs_from_two_records_are_each_taken_against_their_own_baselines(tmp_path,
+                                                                           monkeypatch):
+    def write(name, results):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"data": {"results": results}}))
+
+    # the second process ran slower and used more memory for everything: its ratios still hold
+    write("a", {"full": cost(200, 3.0), "fixed": cost(100, 0.9), "e3va": cost(110, 1.0),
+                K2: cost(112, 1.1)})
+    write("b", {"full": cost(400, 6.0), "fixed": cost(200, 1.8), "e3va": cost(220, 2.0),
+                K2: cost(300, 9.0), "opt": cost(230, 2.4),
+                "untimed": {"peak": {"peak_bytes": 210 * 2**20}, "step_seconds": float("nan")}})
+    monkeypatch.setattr(tables, "record_path", lambda name: str(tmp_path / f"{name}.json"))
+    costs = sv.load_costs(("a", "b", "never-measured"))
+    assert costs["opt"] == sv.Cost(pytest.approx(0.15), pytest.approx(1.2))
+    assert costs[K2] == sv.Cost(pytest.approx(0.12), pytest.approx(1.1))  # the first record's
+    assert costs["untimed"] == sv.Cost(pytest.approx(0.05), None)
+    assert sv.peak_cell(costs, "absent") is None and sv.step_ratio(costs, "absent") is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -242,9 +266,10 @@ def cost(peak_mib, step):
 
 
 # fixed 100 MiB, full 200: K2 at 10%, K4 at 30% (over budget); e3va's step 1.0 s.
-COSTS = {"full": cost(200, 3.0), "fixed": cost(100, 0.9), "lora": cost(160, 2.0),
-         "partial1": cost(105, 1.0), "e3va": cost(108, 1.0), "e3va_spatial": cost(109, 1.05),
-         K2: cost(110, 1.2), K4: cost(130, 1.25)}
+COSTS = sv.record_costs({
+    "full": cost(200, 3.0), "fixed": cost(100, 0.9), "lora": cost(160, 2.0),
+    "partial1": cost(105, 1.0), "e3va": cost(108, 1.0), "e3va_spatial": cost(109, 1.05),
+    K2: cost(110, 1.2), K4: cost(130, 1.25)})
 
 
 def test_the_feedback_curve_sets_validation_recovery_against_memory_and_time():

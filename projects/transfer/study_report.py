@@ -332,7 +332,7 @@ NOT_RUN = "_No run of this regime is recorded yet._"
 
 
 def render_tables(runs: List[dict], peaks: Optional[Dict[str, dict]] = None,
-                  costs: Optional[Dict[str, dict]] = None) -> Dict[str, str]:
+                  costs: Optional[dict] = None) -> Dict[str, str]:
     """Marker name -> Markdown, from every run's record (:func:`study_records.load_runs`):
     every regime's held-out tables, recorded or not yet (docs/ACCURACY.md), their summary (the
     README), and what is chosen on the validation split (:mod:`.study_validation`)."""
@@ -421,10 +421,10 @@ def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str) -> None:
 
 def render(root: str = RECORDS, doc: str = DOC, figures: str = os.path.join(ROOT, "docs"),
            readme: str = README, peaks: Optional[Dict[str, dict]] = None,
-           costs: Optional[Dict[str, dict]] = None) -> None:
+           costs: Optional[dict] = None) -> None:
     """Rewrite the generated blocks (the regimes' in ``doc``, the summary in ``readme``) and the
-    figures from the records under ``root`` (the committed ones by default) and the cost
-    records (the committed ones by default)."""
+    figures from the records under ``root`` (the committed ones by default) and the costs
+    (row -> :class:`.study_validation.Cost`; the committed cost records' by default)."""
     from projects.transfer import study_validation
 
     runs = load_runs(root)

@@ -38,6 +38,11 @@ FEEDBACK_DEPTHS = (1, 2, 4, 8)  # blocks from the trunk's end; the study's trunk
 FEEDBACK_ROWS = tuple(f"e3va_spatial:feedback_depth={k}" for k in FEEDBACK_DEPTHS)
 CURVE_ROWS = ("full", "lora", "partial1", "e3va", "e3va_spatial", *FEEDBACK_ROWS)
 COST = "cost-feedback"  # projects/tables.py: Swin-B Cascade, 512x512, batch 2, peak and step
+# Candidates off the curve, measured in a record of their own beside its own fixed, full and E3VA
+OPTION_ROWS = ("e3va_spatial:stage_mixer=False",
+               "e3va_spatial:feedback_depth=2:feedback_lora=True")
+COST_OPTIONS = "cost-feedback-options"
+COST_RECORDS = (COST, COST_OPTIONS)
 # The selection's budget and goal (issue 37): no more than 15% of full fine-tuning's extra peak
 # memory and 1.3x E3VA's step; at least 0.9 of the gap and LoRA's recovery in every regime.
 HIGHWAY_METHODS = ("e3va", "e3va_spatial")
@@ -48,25 +53,50 @@ PENDING = "pending"
 RENDER = "python -m projects.transfer.study --render"
 
 
-def load_costs(path: str = tables.record_path(COST)) -> Dict[str, dict]:
-    """The cost benchmark's per-method results (empty before it is measured)."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)["data"]["results"]
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """A row's cost on Swin-B, relative to what the same process measured for the others."""
+
+    peak: Optional[float]  # peak above fixed, as a share of full's (None: not measured)
+    step: Optional[float]  # step against E3VA's (None: not timed)
 
 
-def peak_cell(costs: Dict[str, dict], row: str) -> Optional[float]:
+def record_costs(results: Dict[str, dict]) -> Dict[str, Cost]:
+    """Each method of one cost record against that record's own fixed, full and E3VA: ratios
+    are only taken between methods measured side by side in one process."""
+    def seconds(row):
+        value = results.get(row, {}).get("step_seconds")
+        return value if value and value == value else None  # NaN: not timed
+
+    costs = {}
+    for row, result in results.items():
+        own, e3va = seconds(row), seconds("e3va")
+        costs[row] = Cost(peak_share(results, row) if result.get("peak") else None,
+                          own / e3va if own and e3va else None)
+    return costs
+
+
+def load_costs(names: Sequence[str] = COST_RECORDS) -> Dict[str, Cost]:
+    """Every row's cost from the records ``names`` (the first that has a row gives it; none
+    before they are measured)."""
+    costs: Dict[str, Cost] = {}
+    for name in names:
+        path = tables.record_path(name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                for row, cost in record_costs(json.load(f)["data"]["results"]).items():
+                    costs.setdefault(row, cost)
+    return costs
+
+
+def peak_cell(costs: Dict[str, Cost], row: str) -> Optional[float]:
     """``row``'s peak above fixed as a share of full's, or None where not measured."""
-    if not costs.get(row, {}).get("peak"):
-        return None
-    return peak_share(costs, row)
+    return costs[row].peak if row in costs else None
 
 
-def step_ratio(costs: Dict[str, dict], row: str) -> Optional[float]:
+def step_ratio(costs: Dict[str, Cost], row: str) -> Optional[float]:
     """``row``'s training step against E3VA's, or None where either is not timed."""
-    own, e3va = (costs.get(r, {}).get("step_seconds") for r in (row, "e3va"))
-    return own / e3va if own and e3va else None
+    return costs[row].step if row in costs else None
 
 
 def pending_or(value: Optional[float], spec: str) -> str:
@@ -161,7 +191,7 @@ def recovery_cell(runs: List[dict], regime: str, row: str) -> str:
     return f"{value:.2f}" + (f" ({seeds} seeds)" if seeds > 1 else "")
 
 
-def feedback_table(runs: List[dict], costs: Dict[str, dict]) -> str:
+def feedback_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
     """Recovery on every regime's validation split against Swin-B's peak memory above fixed
     and step time, for the feedback depths beside the methods they sit between."""
     if not val_rows(runs):
@@ -184,7 +214,7 @@ def feedback_table(runs: List[dict], costs: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_feedback(runs: List[dict], costs: Dict[str, dict], path: str) -> bool:
+def plot_feedback(runs: List[dict], costs: Dict[str, Cost], path: str) -> bool:
     """Validation recovery against peak above fixed, one panel a regime, the feedback depths
     joined in order from ``e3va_spatial`` (K = 0). Draws nothing (False) without a point."""
     points = {regime: {row: (100 * peak_cell(costs, row), val_recovery(runs, regime, row))
@@ -251,7 +281,7 @@ class Candidate:
         return self.peak <= MAX_PEAK_SHARE and self.step <= MAX_STEP_RATIO
 
 
-def candidates(runs: List[dict], costs: Dict[str, dict]) -> List[Candidate]:
+def candidates(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
     """Every highway row on the validation split, at every learning rate it ran at."""
     keys = sorted({(r["row"], r["lr_scale"]) for r in runs if r["split"] == "val"
                    and read_method_spec(r["row"])[0] in HIGHWAY_METHODS})
@@ -305,7 +335,7 @@ def goal_line(runs: List[dict], chosen: Candidate) -> str:
             f"regime), on validation: {'; '.join(parts)}.")
 
 
-def selection_block(runs: List[dict], costs: Dict[str, dict]) -> str:
+def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
     found = candidates(runs, costs)
     lines = [f"Rule ({os.path.relpath(__file__, report.ROOT)}): {RULE}", ""]
     if not found:
@@ -336,7 +366,7 @@ def selection_block(runs: List[dict], costs: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def blocks(runs: List[dict], costs: Dict[str, dict]) -> Dict[str, str]:
+def blocks(runs: List[dict], costs: Dict[str, Cost]) -> Dict[str, str]:
     """Marker name -> Markdown of this module's blocks in docs/ACCURACY.md."""
     return {LR: lr_table(runs), FEEDBACK: feedback_table(runs, costs),
             SELECTION: selection_block(runs, costs)}
