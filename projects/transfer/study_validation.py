@@ -208,7 +208,8 @@ def feedback_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
     lines += ["", "Recovery: (row - fixed) / (full - fixed) on each regime's validation split, "
               "the study's recipe and trunk, means over the seeds run (one where no count is "
               "shown). Memory and time: Swin-B Cascade Mask R-CNN, 512x512, batch 2, from the "
-              f"cost benchmark's record `{COST}` ([COST.md](COST.md)): the training step's peak "
+              f"cost benchmark's record `{COST}` (rows off its curve: `{COST_OPTIONS}`; "
+              "[COST.md](COST.md)): the training step's peak "
               "above the frozen model's as a share of full fine-tuning's, and its time against "
               "E3VA's. 'pending': not run or not measured yet."]
     return "\n".join(lines)
@@ -257,7 +258,8 @@ def plot_feedback(runs: List[dict], costs: Dict[str, Cost], path: str) -> bool:
 RULE = (f"Among the rows of {' and '.join(f'`{m}`' for m in HIGHWAY_METHODS)} (any options, any "
         "learning-rate multiple) with a validation record in every regime, keep those whose "
         f"peak above fixed is at most {100 * MAX_PEAK_SHARE:.0f}% of full fine-tuning's and "
-        f"whose step is at most {MAX_STEP_RATIO}x E3VA's (Swin-B, `{COST}`); choose the one "
+        f"whose step is at most {MAX_STEP_RATIO}x E3VA's (Swin-B, `{COST}`, or `{COST_OPTIONS}` "
+        "for the rows off its curve); choose the one "
         "whose lowest validation recovery over the regimes is highest (a tie: the lower peak). "
         "Only validation records enter; the held-out test is run for the chosen row alone, "
         "three seeds.")
