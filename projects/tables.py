@@ -184,7 +184,7 @@ RECORD_SETS = {name: "projects.transfer.study_report" for name in (
     "accuracy-near", "accuracy-far", "accuracy-dense", "accuracy-variants", "accuracy-detail",
     "accuracy-gap", "accuracy-curves-near", "accuracy-curves-far", "accuracy-curves-dense",
     "accuracy-recovery-curves", "accuracy-summary", "accuracy-lr", "accuracy-feedback",
-    "accuracy-selection")}
+    "accuracy-selection", "accuracy-budget")}
 
 
 def _path(relative: str) -> str:

@@ -24,7 +24,7 @@ def test_committed_tables_match_the_committed_records():
                              | set(study_validation.BLOCKS))
     assert set(rendered) == set(RECORD_SETS)  # projects.tables knows every block it renders
     for name, body in rendered.items():
-        path = study_report.README if name == study_report.SUMMARY else study_report.DOC
+        path = study_report.block_path(name)
         with open(path) as f:
             doc = f.read()
         assert replace_block(doc, name, body) == doc, (

@@ -351,10 +351,9 @@ def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path)
             json.dump(rec, f)
     names = study_report.render_tables([], {}, {})
     doc, readme = tmp_path / "ACCURACY.md", tmp_path / "README.md"
-    doc.write_text("".join(f"<!-- begin: {n} -->\nold\n<!-- end: {n} -->\n" for n in names
-                           if n != study_report.SUMMARY))
-    readme.write_text(f"<!-- begin: {study_report.SUMMARY} -->\n<!-- end: "
-                      f"{study_report.SUMMARY} -->\n")
+    for path, inside in ((doc, False), (readme, True)):
+        path.write_text("".join(f"<!-- begin: {n} -->\nold\n<!-- end: {n} -->\n" for n in names
+                                if (n in study_report.README_BLOCKS) == inside))
     study_report.render(str(records), str(doc), str(tmp_path), str(readme), peaks={},
                         costs=COSTS)
     text = doc.read_text()
@@ -364,6 +363,26 @@ def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path)
     # validation runs stay out of the held-out tables
     assert tables.block(text, "accuracy-near") == study_report.NOT_RUN + "\n"
     assert (tmp_path / "accuracy_feedback.png").stat().st_size > 0
+    assert tables.block(readme.read_text(), sv.BUDGET) == sv.budget_table(fake_runs(),
+                                                                          COSTS) + "\n"
+
+
+def test_the_budget_table_lists_the_rows_no_cheaper_row_beats():
+    table = sv.budget_table(fake_runs(), COSTS)
+    lines = table.splitlines()
+    assert lines[0] == ("| extra memory you can spend (share of full's) | pick | near: recovery "
+                        "| far: recovery | dense: recovery | step / `e3va`'s |")
+    # by peak: fixed 0%, e3va 8% (0.30), e3va_spatial 9% (0.50), K2 10% (0.95), K4 30% (0.98),
+    # lora 60% (0.60: beaten by cheaper rows, left out), full 100% (1.00)
+    assert [line.split(" | ")[1] for line in lines[2:8]] == [
+        "`fixed`", "`e3va`", "`e3va_spatial`", f"`{K2}`", f"`{K4}`", "`full`"]
+    assert lines[2].startswith("| 0.0% to 8.0% | `fixed` | 0.00 | 0.00 | 0.00 | 0.90x |")
+    assert lines[7] == "| 100.0% or more | `full` | 1.00 | 1.00 | 1.00 | 3.00x |"
+    # a row missing from one regime, or at another learning rate, is not a choice
+    near_only = [r for r in fake_runs() if not (r["row"] == K2 and r["regime"] == "far")]
+    assert f"`{K2}`" not in sv.budget_table(near_only, COSTS)
+    assert all(c.lr_scale == 1 for c in sv.frontier(fake_runs(), COSTS))
+    assert sv.budget_table(fake_runs(), {}).startswith("_Pending: fewer than two rows")
 
 
 def test_every_block_is_pending_until_its_records_exist():

@@ -22,6 +22,13 @@ from projects.transfer.study_records import RECORDS, REGIMES, ROOT, group, load_
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 README = os.path.join(ROOT, "README.md")  # holds the summary of both regimes
 SUMMARY = "accuracy-summary"
+BUDGET = "accuracy-budget"  # what to pick for a memory budget (study_validation)
+README_BLOCKS = (SUMMARY, BUDGET)
+
+
+def block_path(name: str, doc: Optional[str] = None, readme: Optional[str] = None) -> str:
+    """The file holding block ``name``: the README's blocks there, every other in ``doc``."""
+    return (readme or README) if name in README_BLOCKS else (doc or DOC)
 VARIANTS = "accuracy-variants"  # docs/ACCURACY.md: methods with options, against their method
 DETAIL = "accuracy-detail"  # docs/ACCURACY.md: box AP by threshold, size and class
 CURVES = "accuracy-curves"  # docs/ACCURACY.md: held-out box AP at every evaluation
@@ -432,7 +439,7 @@ def render(root: str = RECORDS, doc: str = DOC, figures: str = os.path.join(ROOT
     peaks = load_peaks() if peaks is None else peaks
     costs = study_validation.load_costs() if costs is None else costs
     for name, body in render_tables(runs, peaks, costs).items():
-        path = readme if name == SUMMARY else doc
+        path = block_path(name, doc, readme)
         with open(path) as f:
             text = f.read()
         with open(path, "w") as f:

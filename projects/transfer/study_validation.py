@@ -9,7 +9,8 @@ pending until its records exist:
 - ``accuracy-feedback``: recovery in every regime against peak memory and step time, for the
   highway fed back into the trunk's last K blocks (``e3va_spatial:feedback_depth=K``) beside
   the methods it sits between;
-- ``accuracy-selection``: :func:`select`'s rule applied, then the chosen row's held-out test.
+- ``accuracy-selection``: :func:`select`'s rule applied, then the chosen row's held-out test;
+- ``accuracy-budget`` (the README): what to pick for a memory budget, from the same evidence.
 
 Recovery at any learning rate is measured against full's and fixed's at the recipe's rate.
 """
@@ -30,7 +31,8 @@ from projects.transfer.study_records import REGIMES, group
 LR = "accuracy-lr"
 FEEDBACK = "accuracy-feedback"
 SELECTION = "accuracy-selection"
-BLOCKS = (LR, FEEDBACK, SELECTION)
+BUDGET = report.BUDGET  # in the README
+BLOCKS = (LR, FEEDBACK, SELECTION, BUDGET)
 
 LR_METHODS = ("lora", "e3va", "e3va_spatial")
 LR_SCALES = (0.5, 1.0, 2.0)
@@ -368,7 +370,54 @@ def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------
+# What to pick for a memory budget
+# ------------------------------------------------------------------------------------------
+
+
+def frontier(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
+    """The rows worth their memory: every row run at the recipe's rate with a validation record
+    in every regime and a measured peak, ordered by peak, each kept only if its lowest recovery
+    over the regimes beats that of every cheaper row."""
+    rows = sorted({r["row"] for r in runs if r["split"] == "val" and r["lr_scale"] == 1})
+    found = [Candidate(row, 1.0, {regime: val_recovery(runs, regime, row) for regime in REGIMES},
+                       peak_cell(costs, row), step_ratio(costs, row)) for row in rows]
+    kept: List[Candidate] = []
+    for c in sorted((c for c in found if c.lowest() is not None and c.peak is not None),
+                    key=lambda c: (c.peak, -c.lowest())):
+        if not kept or c.lowest() > kept[-1].lowest():
+            kept.append(c)
+    return kept
+
+
+def budget_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
+    """For each memory budget, the row that recovers most in its worst regime: the frontier
+    from the frozen model to full fine-tuning, on the validation splits."""
+    kept = frontier(runs, costs)
+    if len(kept) < 2:
+        return (f"_Pending: fewer than two rows have a validation record in every regime "
+                f"({', '.join(REGIMES)}) and a measured peak yet (docs/ACCURACY.md, then "
+                f"`{RENDER}`)._")
+    lines = tables.table_head(["extra memory you can spend (share of full's)", "pick",
+                               *(f"{regime}: recovery" for regime in REGIMES),
+                               "step / `e3va`'s"])
+    for c, nxt in zip(kept, [*kept[1:], None]):
+        span = (f"{100 * c.peak:.1f}% to {100 * nxt.peak:.1f}%" if nxt
+                else f"{100 * c.peak:.1f}% or more")
+        lines.append(tables.table_row([
+            span, f"`{c.row}`", *(f"{c.recovery[regime]:.2f}" for regime in REGIMES),
+            pending_or(c.step, ".2f") + ("x" if c.step else "")]))
+    lines += ["", "A row is listed when it recovers more of the gap in its worst regime than "
+              "every row that needs less memory; the budget is the training step's peak above "
+              "the frozen model's on Swin-B Cascade (512x512, batch 2), as a share of full "
+              "fine-tuning's. Recovery on each regime's validation split (one seed unless the "
+              "study's tables say more); the held-out test of the chosen row is in "
+              "[docs/ACCURACY.md](docs/ACCURACY.md#choosing-on-a-validation-split-issue-37)."]
+    return "\n".join(lines)
+
+
 def blocks(runs: List[dict], costs: Dict[str, Cost]) -> Dict[str, str]:
-    """Marker name -> Markdown of this module's blocks in docs/ACCURACY.md."""
+    """Marker name -> Markdown of this module's blocks (docs/ACCURACY.md; the budget's in the
+    README)."""
     return {LR: lr_table(runs), FEEDBACK: feedback_table(runs, costs),
-            SELECTION: selection_block(runs, costs)}
+            SELECTION: selection_block(runs, costs), BUDGET: budget_table(runs, costs)}
