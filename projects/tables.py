@@ -119,8 +119,7 @@ TABLES: Dict[str, Table] = {
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,e3va,"
         "e3va_spatial:stage_mixer=False,e3va_spatial:feedback_depth=2:feedback_lora=True "
         "--size 512 --batch 2 --steps 3 --warmup 1 --fit-batches 2 "
-        "--output output/cost-feedback-options",
-        pending="timed alone, with the accuracy study's runs stopped for it"),
+        "--output output/cost-feedback-options"),
     "cost-amp-swin-b": Table(
         "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
