@@ -287,8 +287,10 @@ def test_the_feedback_curve_sets_validation_recovery_against_memory_and_time():
     assert [line.split(" | ")[0] for line in lines[2:11]] == [
         f"| `{row}`" for row in sv.CURVE_ROWS]
     # a depth the plan did not name is added after the plan, by method and depth
-    other = fake_runs() + [run("far", "e3va:feedback_depth=3", 51)]
-    assert sv.curve_rows(other)[-1] == "e3va:feedback_depth=3"
+    other = fake_runs() + [run("far", "e3va:feedback_depth=3", 51),
+                           run("near", "partial1:last_blocks=8", 58), run("near", "lora", 57)]
+    assert sv.curve_rows(other)[len(sv.CURVE_ROWS):] == ["e3va:feedback_depth=3",
+                                                         "partial1:last_blocks=8"]
     # validation only: test records change nothing
     assert sv.feedback_table(fake_runs() + [run("near", K2, 50, split="test")], COSTS) == table
 

@@ -177,11 +177,23 @@ def feedback_depth(row: str) -> Optional[int]:
     return read_method_spec(row)[1].get("feedback_depth")
 
 
+def last_blocks_on_the_gradient_path(row: str) -> Optional[int]:
+    """How many of the trunk's last blocks ``row`` backpropagates through: its feedback depth,
+    or the blocks a partial fine-tuning trains (its own weights); None for other rows."""
+    method, options = read_method_spec(row)
+    if method == "partial1":
+        return options.get("last_blocks", 1)
+    return options.get("feedback_depth") or None
+
+
 def curve_rows(runs: List[dict]) -> List[str]:
-    """:data:`CURVE_ROWS`, then any other recorded row with a feedback depth, by method and K."""
-    recorded = {r["row"] for r in runs if r["split"] == "val" and feedback_depth(r["row"])}
-    extra = sorted(recorded - set(CURVE_ROWS),
-                   key=lambda row: (read_method_spec(row)[0], feedback_depth(row), row))
+    """:data:`CURVE_ROWS`, then any other recorded row that backpropagates through the trunk's
+    last blocks (another feedback depth or option; partial fine-tuning of more blocks, which
+    trains the weights that feedback leaves frozen), by method and depth."""
+    recorded = {r["row"] for r in runs
+                if r["split"] == "val" and last_blocks_on_the_gradient_path(r["row"])}
+    extra = sorted(recorded - set(CURVE_ROWS), key=lambda row: (
+        read_method_spec(row)[0], last_blocks_on_the_gradient_path(row), row))
     return [*CURVE_ROWS, *extra]
 
 
@@ -213,7 +225,9 @@ def feedback_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
               f"cost benchmark's record `{COST}` (rows off its curve: `{COST_OPTIONS}`; "
               "[COST.md](COST.md)): the training step's peak "
               "above the frozen model's as a share of full fine-tuning's, and its time against "
-              "E3VA's. 'pending': not run or not measured yet."]
+              "E3VA's. 'pending': not run or not measured yet. `partial1:last_blocks=K` trains "
+              "the trunk's last K blocks' own weights, backpropagating through the same blocks "
+              "as `feedback_depth=K`: where the gap lies, not a candidate."]
     return "\n".join(lines)
 
 
