@@ -179,7 +179,7 @@ TABLES: Dict[str, Table] = {
 
 # Blocks a script renders from a set of records of its own (one per run) rather than one record
 # here; that script's test checks them (the accuracy study: tests/test_accuracy_study.py).
-RECORD_SETS = {name: "projects.transfer.study_report" for name in (
+RECORD_SETS = {name: "projects.transfer.study_render" for name in (
     "accuracy-near", "accuracy-far", "accuracy-dense", "accuracy-variants", "accuracy-detail",
     "accuracy-gap", "accuracy-curves-near", "accuracy-curves-far", "accuracy-curves-dense",
     "accuracy-recovery-curves", "accuracy-summary", "accuracy-lr", "accuracy-feedback",

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from projects.tables import replace_block
-from projects.transfer import run_executor, study, study_records, study_report
+from projects.transfer import run_executor, study, study_records, study_render, study_report
 
 
 def test_committed_tables_match_the_committed_records():
@@ -15,7 +15,7 @@ def test_committed_tables_match_the_committed_records():
     from projects.tables import RECORD_SETS
     from projects.transfer import study_validation
 
-    rendered = study_report.render_tables(study_records.load_runs())
+    rendered = study_render.render_tables(study_records.load_runs())
     regimes = study_records.REGIMES
     assert set(rendered) == ({f"accuracy-{regime}" for regime in regimes}
                              | {f"{study_report.CURVES}-{regime}" for regime in regimes}
@@ -24,7 +24,7 @@ def test_committed_tables_match_the_committed_records():
                              | set(study_validation.BLOCKS))
     assert set(rendered) == set(RECORD_SETS)  # projects.tables knows every block it renders
     for name, body in rendered.items():
-        path = study_report.block_path(name)
+        path = study_render.block_path(name)
         with open(path) as f:
             doc = f.read()
         assert replace_block(doc, name, body) == doc, (

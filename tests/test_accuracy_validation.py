@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from projects import tables
-from projects.transfer import run_executor, study, study_records, study_report
+from projects.transfer import run_executor, study, study_records, study_render, study_report
 from projects.transfer import study_validation as sv
 
 
@@ -351,12 +351,12 @@ def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(rec, f)
-    names = study_report.render_tables([], {}, {})
+    names = study_render.render_tables([], {}, {})
     doc, readme = tmp_path / "ACCURACY.md", tmp_path / "README.md"
     for path, inside in ((doc, False), (readme, True)):
         path.write_text("".join(f"<!-- begin: {n} -->\nold\n<!-- end: {n} -->\n" for n in names
-                                if (n in study_report.README_BLOCKS) == inside))
-    study_report.render(str(records), str(doc), str(tmp_path), str(readme), peaks={},
+                                if (n in study_render.README_BLOCKS) == inside))
+    study_render.render(str(records), str(doc), str(tmp_path), str(readme), peaks={},
                         costs=COSTS)
     text = doc.read_text()
     assert tables.block(text, sv.FEEDBACK) == sv.feedback_table(fake_runs(), COSTS) + "\n"
@@ -388,7 +388,7 @@ def test_the_budget_table_lists_the_rows_no_cheaper_row_beats():
 
 
 def test_every_block_is_pending_until_its_records_exist():
-    blocks = study_report.render_tables([], {}, {})
+    blocks = study_render.render_tables([], {}, {})
     assert blocks[sv.FEEDBACK].startswith("_Pending: no validation run is recorded yet")
     assert blocks[sv.LR].startswith("_Pending: no validation run at another learning rate")
     assert blocks[sv.SELECTION].startswith("Rule (") and blocks[sv.SELECTION].endswith(

@@ -17,7 +17,7 @@ run, resumed from its last checkpoint after a stop, skipped once finished) and e
 record (final metrics, the curves, time) is written to
 ``docs/records/accuracy/<regime>/<row>/seed<k>.json`` (:mod:`projects.transfer.study_records`):
 small JSON files that are committed. The tables and figures of docs/ACCURACY.md are rendered
-from the committed records alone (:mod:`projects.transfer.study_report`, ``--render``), and
+from the committed records alone (:mod:`projects.transfer.study_render`, ``--render``), and
 ``tests/test_accuracy_study.py`` checks that they match. A run with a record is not run again.
 
 A run takes about an hour on 2 cores, two at a time with one thread each (its record keeps
@@ -62,7 +62,7 @@ from projects.transfer.study_records import (
     split_overrides,
     write_record,
 )
-from projects.transfer.study_report import DOC, render
+from projects.transfer.study_render import DOC, render
 
 logger = logging.getLogger("e3va_d2.study")
 

@@ -1,10 +1,10 @@
-"""The accuracy study's tables and figures, rendered from its committed run records alone.
+"""The accuracy study's held-out tables and figures, from its committed run records alone.
 
-Every block between ``<!-- begin: accuracy-* -->`` markers in docs/ACCURACY.md (and the
-summary in the README) and the figures ``docs/accuracy_*.png`` come from
+The regimes' tables, their held-out curves, the gap against the seeds' spread, the variants,
+the detail and the README's summary, and the figures of the held-out runs, from
 ``docs/records/accuracy`` and the cost benchmark's record of the study's step, never from a
-run folder; ``tests/test_accuracy_study.py`` checks that the committed blocks are what this
-module renders. ``python -m projects.transfer.study --render`` rewrites them.
+run folder; also the arithmetic (recovery, means) that :mod:`.study_validation` builds on.
+:mod:`.study_render` writes them with the validation blocks into the documents.
 """
 from __future__ import annotations
 
@@ -16,19 +16,10 @@ from typing import Dict, List, Optional
 from e3va_d2.modeling.tuning.spec import read_method_spec
 from projects import tables
 from projects.benchmark.peak_report import MIB, peak_share
-from projects.tables import replace_block, table_head, table_row
-from projects.transfer.study_records import RECORDS, REGIMES, ROOT, group, load_runs
+from projects.tables import table_head, table_row
+from projects.transfer.study_records import REGIMES, ROOT, group
 
-DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
-README = os.path.join(ROOT, "README.md")  # holds the summary of both regimes
-SUMMARY = "accuracy-summary"
-BUDGET = "accuracy-budget"  # what to pick for a memory budget (study_validation)
-README_BLOCKS = (SUMMARY, BUDGET)
-
-
-def block_path(name: str, doc: Optional[str] = None, readme: Optional[str] = None) -> str:
-    """The file holding block ``name``: the README's blocks there, every other in ``doc``."""
-    return (readme or README) if name in README_BLOCKS else (doc or DOC)
+SUMMARY = "accuracy-summary"  # the README: both regimes in one table
 VARIANTS = "accuracy-variants"  # docs/ACCURACY.md: methods with options, against their method
 DETAIL = "accuracy-detail"  # docs/ACCURACY.md: box AP by threshold, size and class
 CURVES = "accuracy-curves"  # docs/ACCURACY.md: held-out box AP at every evaluation
@@ -338,17 +329,10 @@ def gap_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
 NOT_RUN = "_No run of this regime is recorded yet._"
 
 
-def render_tables(runs: List[dict], peaks: Optional[Dict[str, dict]] = None,
-                  costs: Optional[dict] = None) -> Dict[str, str]:
-    """Marker name -> Markdown, from every run's record (:func:`study_records.load_runs`):
-    every regime's held-out tables, recorded or not yet (docs/ACCURACY.md), their summary (the
-    README), and what is chosen on the validation split (:mod:`.study_validation`)."""
-    # Imported here: it builds on this module's arithmetic.
-    from projects.transfer import study_validation
-
-    peaks = load_peaks() if peaks is None else peaks
-    costs = study_validation.load_costs() if costs is None else costs
-    records = group(runs)  # the held-out test at the recipe's learning rate
+def held_out_blocks(runs: List[dict], peaks: Dict[str, dict]) -> Dict[str, str]:
+    """Marker name -> Markdown of the held-out test at the recipe's learning rate: every
+    regime's tables, recorded or not yet (docs/ACCURACY.md), and their summary (the README)."""
+    records = group(runs)
     blocks = {f"accuracy-{regime}": regime_table(regime, records[regime], peaks)
               if records.get(regime) else NOT_RUN for regime in REGIMES}
     blocks[VARIANTS] = variants_table(records, peaks)
@@ -358,7 +342,6 @@ def render_tables(runs: List[dict], peaks: Optional[Dict[str, dict]] = None,
     blocks[GAP] = gap_table(records)
     blocks[RECOVERY_CURVES] = recovery_curve_table(records)
     blocks[SUMMARY] = summary_table(records, peaks)
-    blocks.update(study_validation.blocks(runs, costs))
     return blocks
 
 
@@ -426,28 +409,10 @@ def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
-def render(root: str = RECORDS, doc: str = DOC, figures: str = os.path.join(ROOT, "docs"),
-           readme: str = README, peaks: Optional[Dict[str, dict]] = None,
-           costs: Optional[dict] = None) -> None:
-    """Rewrite the generated blocks (the regimes' in ``doc``, the summary in ``readme``) and the
-    figures from the records under ``root`` (the committed ones by default) and the costs
-    (row -> :class:`.study_validation.Cost`; the committed cost records' by default)."""
-    from projects.transfer import study_validation
-
-    runs = load_runs(root)
+def plot_held_out(runs: List[dict], peaks: Dict[str, dict], figures: str) -> None:
+    """The held-out runs' figures in ``figures``: curves, and AP against peak memory."""
     records = group(runs)
-    peaks = load_peaks() if peaks is None else peaks
-    costs = study_validation.load_costs() if costs is None else costs
-    for name, body in render_tables(runs, peaks, costs).items():
-        path = block_path(name, doc, readme)
-        with open(path) as f:
-            text = f.read()
-        with open(path, "w") as f:
-            f.write(replace_block(text, name, body))
     if records:
         plot_curves(records, os.path.join(figures, "accuracy_curves.png"))
         if peaks:
             plot_accuracy_memory(records, peaks, os.path.join(figures, "accuracy_memory.png"))
-    study_validation.plot_feedback(runs, costs, os.path.join(figures, "accuracy_feedback.png"))
-
-
