@@ -258,6 +258,7 @@ def plot_feedback(runs: List[dict], costs: Dict[str, Cost], path: str) -> bool:
         ax.plot([x for x, _ in line], [y for _, y in line], "-", color="C0", alpha=0.5)
         ax.axhline(GOAL_RECOVERY, ls=":", color="grey")
         ax.axvline(100 * MAX_PEAK_SHARE, ls=":", color="grey")
+        ax.set_xlim(-3, 112)  # room for the labels of full's point at 100%
         ax.set(title=f"{regime} (validation)", xlabel="peak above fixed, % of full's (Swin-B)",
                ylabel="recovery")
         ax.grid(alpha=0.3)
