@@ -383,7 +383,9 @@ def test_the_budget_table_lists_the_rows_no_cheaper_row_beats():
     # a row missing from one regime, or at another learning rate, is not a choice
     near_only = [r for r in fake_runs() if not (r["row"] == K2 and r["regime"] == "far")]
     assert f"`{K2}`" not in sv.budget_table(near_only, COSTS)
-    assert all(c.lr_scale == 1 for c in sv.frontier(fake_runs(), COSTS))
+    # K2 at twice the rate would recover more, but the budget is read at the recipe's rate
+    fast = [run(regime, K2, 59.9, lr_scale=2.0) for regime in study_records.REGIMES]
+    assert sv.budget_table(fake_runs() + fast, COSTS) == table
     assert sv.budget_table(fake_runs(), {}).startswith("_Pending: fewer than two rows")
 
 

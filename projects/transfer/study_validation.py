@@ -70,9 +70,10 @@ def record_costs(results: Dict[str, dict]) -> Dict[str, Cost]:
         value = results.get(row, {}).get("step_seconds")
         return value if value and value == value else None  # NaN: not timed
 
+    e3va = seconds("e3va")
     costs = {}
     for row, result in results.items():
-        own, e3va = seconds(row), seconds("e3va")
+        own = seconds(row)
         costs[row] = Cost(peak_share(results, row) if result.get("peak") else None,
                           own / e3va if own and e3va else None)
     return costs
@@ -103,6 +104,11 @@ def step_ratio(costs: Dict[str, Cost], row: str) -> Optional[float]:
 
 def pending_or(value: Optional[float], spec: str) -> str:
     return PENDING if value is None else format(value, spec)
+
+
+def step_cell(step: Optional[float]) -> str:
+    """A step against E3VA's, as ``1.06x``, or pending."""
+    return PENDING if step is None else f"{step:.2f}x"
 
 
 def val_rows(runs: List[dict], lr_scale: float = 1.0) -> Dict[str, Dict[str, List[dict]]]:
@@ -218,7 +224,7 @@ def feedback_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
         lines.append(tables.table_row([
             f"`{row}`", *(recovery_cell(runs, regime, row) for regime in REGIMES),
             PENDING if peak is None else f"{100 * peak:.1f}%",
-            pending_or(step_ratio(costs, row), ".2f") + ("x" if step_ratio(costs, row) else "")]))
+            step_cell(step_ratio(costs, row))]))
     lines += ["", "Recovery: (row - fixed) / (full - fixed) on each regime's validation split, "
               "the study's recipe and trunk, means over the seeds run (one where no count is "
               "shown). Memory and time: Swin-B Cascade Mask R-CNN, 512x512, batch 2, from the "
@@ -300,13 +306,19 @@ class Candidate:
         return self.peak <= MAX_PEAK_SHARE and self.step <= MAX_STEP_RATIO
 
 
+def candidate(runs: List[dict], costs: Dict[str, Cost], row: str,
+              lr_scale: float = 1.0) -> Candidate:
+    """``row`` at ``lr_scale``: its validation recovery in every regime and its costs."""
+    return Candidate(row, lr_scale, {regime: val_recovery(runs, regime, row, lr_scale)
+                                     for regime in REGIMES},
+                     peak_cell(costs, row), step_ratio(costs, row))
+
+
 def candidates(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
     """Every highway row on the validation split, at every learning rate it ran at."""
     keys = sorted({(r["row"], r["lr_scale"]) for r in runs if r["split"] == "val"
                    and read_method_spec(r["row"])[0] in HIGHWAY_METHODS})
-    return [Candidate(row, scale, {regime: val_recovery(runs, regime, row, scale)
-                                   for regime in REGIMES},
-                      peak_cell(costs, row), step_ratio(costs, row)) for row, scale in keys]
+    return [candidate(runs, costs, row, scale) for row, scale in keys]
 
 
 def select(found: Sequence[Candidate]) -> Optional[Candidate]:
@@ -371,7 +383,7 @@ def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
             *(pending_or(c.recovery[regime], ".2f") for regime in REGIMES),
             pending_or(c.lowest(), ".2f"),
             PENDING if c.peak is None else f"{100 * c.peak:.1f}%",
-            pending_or(c.step, ".2f") + ("x" if c.step else ""),
+            step_cell(c.step),
             PENDING if budget is None else ("yes" if budget else "no")]))
     chosen = select(found)
     lines.append("")
@@ -395,8 +407,7 @@ def frontier(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
     in every regime and a measured peak, ordered by peak, each kept only if its lowest recovery
     over the regimes beats that of every cheaper row."""
     rows = sorted({r["row"] for r in runs if r["split"] == "val" and r["lr_scale"] == 1})
-    found = [Candidate(row, 1.0, {regime: val_recovery(runs, regime, row) for regime in REGIMES},
-                       peak_cell(costs, row), step_ratio(costs, row)) for row in rows]
+    found = [candidate(runs, costs, row) for row in rows]
     kept: List[Candidate] = []
     for c in sorted((c for c in found if c.lowest() is not None and c.peak is not None),
                     key=lambda c: (c.peak, -c.lowest())):
@@ -421,7 +432,7 @@ def budget_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
                 else f"{100 * c.peak:.1f}% or more")
         lines.append(tables.table_row([
             span, f"`{c.row}`", *(f"{c.recovery[regime]:.2f}" for regime in REGIMES),
-            pending_or(c.step, ".2f") + ("x" if c.step else "")]))
+            step_cell(c.step)]))
     lines += ["", "A row is listed when it recovers more of the gap in its worst regime than "
               "every row that needs less memory; the budget is the training step's peak above "
               "the frozen model's on Swin-B Cascade (512x512, batch 2), as a share of full "
