@@ -1,15 +1,22 @@
 """Helpers several test modules share: file-tree snapshots, racing processes, short demo runs,
 gradients compared parameter by parameter."""
 import multiprocessing as mp
+import os
 from pathlib import Path
 from typing import List
 
+import detectron2.data.transforms as T
 import torch
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from e3va_d2.config import load_config
 from e3va_d2.engine import E3VATrainer
+
+DEMO_MASK_RCNN = os.path.join(os.path.dirname(__file__), "..",
+                              "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
 
 
 def tree_bytes(folder: Path) -> dict:
@@ -49,6 +56,27 @@ def short_run_config(config: str, output_dir, train_set: str, test_set: str, max
         "dataloader.test.num_workers=0",
         *overrides,
     ])
+
+
+def small_demo_cfg(output_dir, max_iter: int, *overrides: str):
+    """The Mask R-CNN demo at 64x64 with 16-channel heads and no evaluator, for tests of the
+    training step's precision: float16 and bfloat16 are the CPU's slowest dtypes (few native
+    kernels), so the full-size demo would take minutes."""
+    cfg = short_run_config(DEMO_MASK_RCNN, output_dir, "shapes_mini_train", "shapes_mini_val",
+                           max_iter, "dataloader.train.total_batch_size=2", *overrides)
+    del cfg.dataloader.evaluator  # these tests compare weights and dtypes; nothing is evaluated
+    cfg.dataloader.train.mapper.augmentations = [L(T.Resize)(shape=(64, 64))]
+    model, channels = cfg.model, 16
+    model.backbone.out_channels = model.proposal_generator.head.in_channels = channels
+    model.proposal_generator.update(pre_nms_topk=(200, 100), post_nms_topk=(50, 50))
+    model.roi_heads.batch_size_per_image = 32
+    model.roi_heads.box_head.update(input_shape=ShapeSpec(channels=channels, height=7, width=7),
+                                    fc_dims=[32])
+    model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=32)
+    model.roi_heads.mask_head.update(
+        input_shape=ShapeSpec(channels=channels, width=14, height=14), conv_dims=[channels])
+    return cfg
+
 
 
 def evaluate_then_train(cfg):

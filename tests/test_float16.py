@@ -3,15 +3,11 @@ on the CPU (whose autocast has float16 too): the trainer trains, E3VA and its sp
 train under every memory option with the gradients of float32, a resumed run equals the
 uninterrupted one (the scaler's state included), and an overflow is skipped."""
 import math
-import os
 from itertools import repeat
 
-import detectron2.data.transforms as T
 import pytest
 import torch
-from detectron2.config import LazyCall as L
 from detectron2.engine import HookBase
-from detectron2.layers import ShapeSpec
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
@@ -21,10 +17,8 @@ from e3va_d2.modeling import E3VATuning, SwinTransformer, TunedSwin
 from e3va_d2.modeling.tuning import SpatialE3VATuning
 
 from .conftest import TINY_SWIN
-from .helpers import short_run_config
+from .helpers import small_demo_cfg
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-DEMO = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
 FLOAT16 = ("train.amp.enabled=True", "train.amp.dtype=float16")
 INITIAL_SCALE = 2.0 ** 16  # torch's GradScaler
 
@@ -48,25 +42,6 @@ class CrashBefore(HookBase):
     def before_step(self):
         if self.trainer.iter == self.iteration:
             raise InterruptedError(self.iteration)
-
-
-def demo_cfg(output_dir, max_iter, *overrides):
-    """The Mask R-CNN demo at 64x64 with 16-channel heads: float16 is the CPU's slowest dtype
-    (no native kernels on most CPUs), so the full-size demo would take minutes."""
-    cfg = short_run_config(DEMO, output_dir, "shapes_mini_train", "shapes_mini_val", max_iter,
-                           "dataloader.train.total_batch_size=2", *FLOAT16, *overrides)
-    del cfg.dataloader.evaluator  # the weights are compared, not evaluated
-    cfg.dataloader.train.mapper.augmentations = [L(T.Resize)(shape=(64, 64))]
-    model, channels = cfg.model, 16
-    model.backbone.out_channels = model.proposal_generator.head.in_channels = channels
-    model.proposal_generator.update(pre_nms_topk=(200, 100), post_nms_topk=(50, 50))
-    model.roi_heads.batch_size_per_image = 32
-    model.roi_heads.box_head.update(input_shape=ShapeSpec(channels=channels, height=7, width=7),
-                                    fc_dims=[32])
-    model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=32)
-    model.roi_heads.mask_head.update(
-        input_shape=ShapeSpec(channels=channels, width=14, height=14), conv_dims=[channels])
-    return cfg
 
 
 def train(cfg, *hooks, resume=False, seed=0):
@@ -110,7 +85,7 @@ def straight(tmp_path_factory):
     checkpoint of iteration 1 holds is then not a new scaler's)."""
     record = Record()
     out = str(tmp_path_factory.mktemp("straight"))
-    trainer = train(demo_cfg(out, MAX_ITER, f"train.checkpointer.period={PERIOD}"),
+    trainer = train(small_demo_cfg(out, MAX_ITER, *FLOAT16, f"train.checkpointer.period={PERIOD}"),
                     OverflowAt(0), record)
     return trainer, record
 
@@ -135,7 +110,7 @@ def test_a_float16_resume_equals_the_uninterrupted_run_scaler_included(straight,
     """The resumed run continues with the checkpoint's scale and growth count (a new scaler's
     would overflow and skip again, and round the gradients of float16 activations otherwise)."""
     straight, _ = straight
-    cfg = demo_cfg(str(tmp_path), MAX_ITER, f"train.checkpointer.period={PERIOD}")
+    cfg = small_demo_cfg(str(tmp_path), MAX_ITER, *FLOAT16, f"train.checkpointer.period={PERIOD}")
     with pytest.raises(InterruptedError):
         train(cfg, OverflowAt(0), CrashBefore(CRASH_AT))
     resumed = train(cfg, resume=True, seed=123)

@@ -19,7 +19,7 @@ from e3va_d2.engine import E3VATrainer
 from e3va_d2.engine.step import MixedPrecision, TrainStep, resolve_amp_dtype
 from e3va_d2.engine.trainer import ddp_options
 
-from .helpers import short_run_config
+from .helpers import short_run_config, small_demo_cfg
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DEMO = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
@@ -146,7 +146,7 @@ def test_resume_restores_iteration_weights_optimizer_and_lr(tmp_path):
 
 def test_cpu_bf16_autocast_step(tmp_path):
     seed_all_rng(0)
-    cfg = tiny_cfg(str(tmp_path), "train.amp.enabled=True", max_iter=2)
+    cfg = small_demo_cfg(str(tmp_path), 2, "train.amp.enabled=True", "train.log_period=1")
     trainer = E3VATrainer(cfg)
     step = trainer._trainer
     assert step.amp_dtype == torch.bfloat16 and step.grad_scaler is None
