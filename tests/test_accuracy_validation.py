@@ -202,7 +202,7 @@ def test_unknown_splits_and_bad_rates_are_refused_before_anything_runs(argv, mes
 @pytest.mark.parametrize("name, rows", [
     (sv.COST, {"fixed", *sv.CURVE_ROWS}),
     # the other candidates beside their own fixed, full and E3VA, so every ratio is in-process
-    (sv.COST_OPTIONS, {"fixed", "full", "e3va", *sv.OPTION_ROWS}),
+    *((name, {"fixed", "full", "e3va", *rows}) for name, rows in sv.OPTION_COSTS.items()),
 ])
 def test_the_cost_records_measure_their_rows_on_swin_b_at_512_batch_2(name, rows):
     words = shlex.split(tables.TABLES[name].command)
