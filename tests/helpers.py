@@ -78,7 +78,6 @@ def small_demo_cfg(output_dir, max_iter: int, *overrides: str):
     return cfg
 
 
-
 def evaluate_then_train(cfg):
     """Seeded trainer; returns (results of the untrained model, results after training)."""
     seed_all_rng(0)
