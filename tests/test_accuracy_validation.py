@@ -291,6 +291,11 @@ def test_the_feedback_curve_sets_validation_recovery_against_memory_and_time():
                            run("near", "partial1:last_blocks=8", 58), run("near", "lora", 57)]
     assert sv.curve_rows(other)[len(sv.CURVE_ROWS):] == ["e3va:feedback_depth=3",
                                                          "partial1:last_blocks=8"]
+    # a diagnostic's cost is not awaited; another depth's is
+    other_lines = sv.feedback_table(other, COSTS).splitlines()
+    assert "| `partial1:last_blocks=8` | 0.80 | pending | pending | — | — |" in other_lines
+    depth3 = next(line for line in other_lines if line.startswith("| `e3va:feedback_depth=3`"))
+    assert depth3.endswith("| pending | pending |")
     # validation only: test records change nothing
     assert sv.feedback_table(fake_runs() + [run("near", K2, 50, split="test")], COSTS) == table
 

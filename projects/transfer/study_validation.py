@@ -57,6 +57,7 @@ MAX_PEAK_SHARE = 0.15
 MAX_STEP_RATIO = 1.3
 GOAL_RECOVERY = 0.9
 PENDING = "pending"
+NOT_MEASURED = "—"
 RENDER = "python -m projects.transfer.study --render"
 
 
@@ -197,6 +198,12 @@ def last_blocks_on_the_gradient_path(row: str) -> Optional[int]:
     return options.get("feedback_depth") or None
 
 
+def diagnostic(row: str) -> bool:
+    """A row off the plan that trains the trunk's own last blocks: it tells where the gap lies
+    and is no candidate, so nothing waits on its cost."""
+    return read_method_spec(row)[0] == "partial1" and row not in CURVE_ROWS
+
+
 def curve_rows(runs: List[dict]) -> List[str]:
     """:data:`CURVE_ROWS`, then any other recorded row that backpropagates through the trunk's
     last blocks (another feedback depth or option; partial fine-tuning of more blocks, which
@@ -226,10 +233,12 @@ def feedback_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
                                "peak above fixed (Swin-B)", "step / `e3va`'s (Swin-B)"])
     for row in curve_rows(runs):
         peak = peak_cell(costs, row)
+        cost = [PENDING if peak is None else f"{100 * peak:.1f}%",
+                step_cell(step_ratio(costs, row))]
+        if diagnostic(row) and row not in costs:
+            cost = [NOT_MEASURED] * 2
         lines.append(tables.table_row([
-            f"`{row}`", *(recovery_cell(runs, regime, row) for regime in REGIMES),
-            PENDING if peak is None else f"{100 * peak:.1f}%",
-            step_cell(step_ratio(costs, row))]))
+            f"`{row}`", *(recovery_cell(runs, regime, row) for regime in REGIMES), *cost]))
     lines += ["", "Recovery: (row - fixed) / (full - fixed) on each regime's validation split, "
               "the study's recipe and trunk, means over the seeds run (one where no count is "
               "shown). Memory and time: Swin-B Cascade Mask R-CNN, 512x512, batch 2, from the "
@@ -238,7 +247,8 @@ def feedback_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
               "above the frozen model's as a share of full fine-tuning's, and its time against "
               "E3VA's. 'pending': not run or not measured yet. `partial1:last_blocks=K` trains "
               "the trunk's last K blocks' own weights, backpropagating through the same blocks "
-              "as `feedback_depth=K`: where the gap lies, not a candidate."]
+              f"as `feedback_depth=K`: where the gap lies, not a candidate ({NOT_MEASURED}: "
+              "its cost is not measured)."]
     return "\n".join(lines)
 
 
