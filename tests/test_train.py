@@ -19,15 +19,12 @@ from e3va_d2.engine import E3VATrainer
 from e3va_d2.engine.step import MixedPrecision, TrainStep, resolve_amp_dtype
 from e3va_d2.engine.trainer import ddp_options
 
-from .helpers import short_run_config, small_demo_cfg
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-DEMO = os.path.join(ROOT, "configs/Shapes/mask_rcnn_swin_demo_e3va.py")
+from .helpers import DEMO_MASK_RCNN, short_run_config, small_demo_cfg
 
 
 def tiny_cfg(output_dir, *overrides, max_iter=8):
     return short_run_config(
-        DEMO, output_dir, "shapes_mini_train", "shapes_mini_val", max_iter,
+        DEMO_MASK_RCNN, output_dir, "shapes_mini_train", "shapes_mini_val", max_iter,
         "train.log_period=1",
         f"train.checkpointer.period={max_iter}",
         "dataloader.train.total_batch_size=2",

@@ -112,6 +112,11 @@ def pending_or(value: Optional[float], spec: str) -> str:
     return PENDING if value is None else format(value, spec)
 
 
+def peak_share_cell(peak: Optional[float]) -> str:
+    """A peak above fixed as a share of full's, as ``12.3%``, or pending."""
+    return PENDING if peak is None else f"{100 * peak:.1f}%"
+
+
 def step_cell(step: Optional[float]) -> str:
     """A step against E3VA's, as ``1.06x``, or pending."""
     return PENDING if step is None else f"{step:.2f}x"
@@ -232,11 +237,10 @@ def feedback_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
     lines = tables.table_head(["method", *(f"{regime}: recovery (val)" for regime in REGIMES),
                                "peak above fixed (Swin-B)", "step / `e3va`'s (Swin-B)"])
     for row in curve_rows(runs):
-        peak = peak_cell(costs, row)
-        cost = [PENDING if peak is None else f"{100 * peak:.1f}%",
-                step_cell(step_ratio(costs, row))]
         if diagnostic(row) and row not in costs:
             cost = [NOT_MEASURED] * 2
+        else:
+            cost = [peak_share_cell(peak_cell(costs, row)), step_cell(step_ratio(costs, row))]
         lines.append(tables.table_row([
             f"`{row}`", *(recovery_cell(runs, regime, row) for regime in REGIMES), *cost]))
     lines += ["", "Recovery: (row - fixed) / (full - fixed) on each regime's validation split, "
@@ -397,7 +401,7 @@ def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
             f"`{c.row}`", f"{c.lr_scale:g}x",
             *(pending_or(c.recovery[regime], ".2f") for regime in REGIMES),
             pending_or(c.lowest(), ".2f"),
-            PENDING if c.peak is None else f"{100 * c.peak:.1f}%",
+            peak_share_cell(c.peak),
             step_cell(c.step),
             PENDING if budget is None else ("yes" if budget else "no")]))
     chosen = select(found)
