@@ -125,9 +125,7 @@ TABLES: Dict[str, Table] = {
         "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,e3va,"
         "e3va_spatial:rank=32 --size 512 --batch 2 --steps 3 --warmup 1 --fit-batches 2 "
-        "--output output/cost-rank",
-        pending="measured alone, with the study's runs stopped, after its validation runs "
-        "were queued"),
+        "--output output/cost-rank"),
     "cost-amp-swin-b": Table(
         "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"
