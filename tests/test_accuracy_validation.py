@@ -261,6 +261,15 @@ def fake_runs():
     return runs
 
 
+def with_every_planned_candidate(runs, box=51):
+    """``runs`` and, for every planned candidate they lack, a run in every regime at ``box``
+    (recovery 0.10): the plan complete, so that the rule's choice can stand."""
+    have = {(r["row"], r["lr_scale"], r["regime"]) for r in runs}
+    return runs + [run(regime, row, box, lr_scale=scale)
+                   for row, scale in sv.PLANNED_CANDIDATES for regime in study_records.REGIMES
+                   if (row, scale, regime) not in have]
+
+
 def cost(peak_mib, step):
     return {"peak": {"peak_bytes": peak_mib * 2**20}, "step_seconds": step}
 
@@ -328,8 +337,45 @@ def test_the_rule_chooses_the_best_worst_regime_within_the_memory_and_time_budge
     assert all(c.row not in ("full", "fixed", "lora", "partial1") for c in found)
 
 
+def test_the_choice_waits_for_every_candidate_that_could_still_pass_it():
+    rank = "e3va_spatial:rank=32"  # planned, at 12% of full's extra peak: within the budget
+    costs = {**COSTS, rank: sv.Cost(0.12, 1.1)}
+    complete = with_every_planned_candidate(fake_runs())
+    assert "**Chosen**: `" + K2 + "` at 1x" in sv.selection_block(complete, costs)
+
+    def without(runs, row, regime):
+        return [r for r in runs if not (r["row"] == row and r["regime"] == regime)]
+
+    def block_with_rank(near, far, peak=0.12):
+        runs = [r for r in complete if r["row"] != rank]
+        return sv.selection_block(runs + [run("near", rank, near), run("far", rank, far)],
+                                  {**costs, rank: sv.Cost(peak, 1.1)})
+
+    # near and far above K2's 0.95: rank 32 could still pass it, so nothing is chosen yet
+    block = block_with_rank(59.8, 59.7)
+    assert (f"**Chosen**: pending. `{K2}` at 1x the learning rate leads (lowest validation "
+            f"recovery 0.95); these could still pass it once their missing regimes have run: "
+            f"`{rank}` at 1x (dense).") in block
+    assert "Held-out test" not in block
+    # far already below 0.95: its lowest can only be lower, and the choice stands
+    assert f"**Chosen**: `{K2}` at 1x" in block_with_rank(59.8, 55)
+    # a tie at 0.95 passes only with the lower peak (K2's is 10%)
+    assert f"**Chosen**: `{K2}`" in block_with_rank(59.5, 59.9)
+    assert "**Chosen**: pending." in block_with_rank(59.5, 59.9, peak=0.09)
+    # a planned candidate with no run at all is still in the running
+    block = sv.selection_block([r for r in complete if r["row"] != rank], costs)
+    assert f"`{rank}` at 1x (near, far, dense)" in block
+    assert f"| `{rank}` | 1x | pending | pending | pending | pending | 12.0% | 1.10x | yes |" \
+        in block
+    # over the budget it is not, however well it recovers where it ran (K4: 30%)
+    assert f"**Chosen**: `{K2}`" in sv.selection_block(without(complete, K4, "dense"), costs)
+    # nor is one whose cost is known to be over the budget before it runs
+    assert f"**Chosen**: `{K2}`" in sv.selection_block(
+        [r for r in complete if r["row"] != rank], {**costs, rank: sv.Cost(0.2, 1.1)})
+
+
 def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
-    runs = fake_runs()
+    runs = with_every_planned_candidate(fake_runs())
     block = sv.selection_block(runs, COSTS)
     assert block.startswith("Rule (projects/transfer/study_validation.py): Among the rows")
     assert f"| `{K4}` | 1x | 0.98 | 0.98 | 0.98 | 0.98 | 30.0% | 1.25x | no |" in block
@@ -350,7 +396,8 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
 
 def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path):
     records = tmp_path / "records"
-    for rec in fake_runs():
+    runs = with_every_planned_candidate(fake_runs())
+    for rec in runs:
         path = study_records.record_path(rec["regime"], rec["row"], rec["seed"], str(records),
                                          rec["split"], rec["lr_scale"])
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -364,14 +411,13 @@ def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path)
     study_render.render(str(records), str(doc), str(tmp_path), str(readme), peaks={},
                         costs=COSTS)
     text = doc.read_text()
-    assert tables.block(text, sv.FEEDBACK) == sv.feedback_table(fake_runs(), COSTS) + "\n"
-    assert tables.block(text, sv.LR) == sv.lr_table(fake_runs()) + "\n"
+    assert tables.block(text, sv.FEEDBACK) == sv.feedback_table(runs, COSTS) + "\n"
+    assert tables.block(text, sv.LR) == sv.lr_table(runs) + "\n"
     assert f"**Chosen**: `{K2}`" in tables.block(text, sv.SELECTION)
     # validation runs stay out of the held-out tables
     assert tables.block(text, "accuracy-near") == study_report.NOT_RUN + "\n"
     assert (tmp_path / "accuracy_feedback.png").stat().st_size > 0
-    assert tables.block(readme.read_text(), sv.BUDGET) == sv.budget_table(fake_runs(),
-                                                                          COSTS) + "\n"
+    assert tables.block(readme.read_text(), sv.BUDGET) == sv.budget_table(runs, COSTS) + "\n"
 
 
 def test_the_budget_table_lists_the_rows_no_cheaper_row_beats():

@@ -56,6 +56,12 @@ HIGHWAY_METHODS = ("e3va", "e3va_spatial")
 MAX_PEAK_SHARE = 0.15
 MAX_STEP_RATIO = 1.3
 GOAL_RECOVERY = 0.9
+# Every candidate the plan names (docs/ACCURACY.md), run or not: the choice stands only once
+# none of them can still pass it. Rows run outside the plan join when recorded.
+PLANNED_CANDIDATES = (
+    *((method, scale) for method in HIGHWAY_METHODS for scale in LR_SCALES),
+    *((row, 1.0) for row in FEEDBACK_ROWS),
+    *((row, 1.0) for rows in OPTION_COSTS.values() for row in rows))
 PENDING = "pending"
 NOT_MEASURED = "—"
 RENDER = "python -m projects.transfer.study --render"
@@ -303,6 +309,8 @@ RULE = (f"Among the rows of {' and '.join(f'`{m}`' for m in HIGHWAY_METHODS)} (a
         f"whose step is at most {MAX_STEP_RATIO}x E3VA's (Swin-B, `{COST}`, or {OFF_THE_CURVE} "
         "for the rows off its curve); choose the one "
         "whose lowest validation recovery over the regimes is highest (a tie: the lower peak). "
+        "The choice stands once every candidate the plan names has run, or can no longer pass "
+        "it (a row's lowest recovery is at most that of the regimes it has run). "
         "Only validation records enter; the held-out test is run for the chosen row alone, "
         "three seeds.")
 
@@ -334,19 +342,45 @@ def candidate(runs: List[dict], costs: Dict[str, Cost], row: str,
 
 
 def candidates(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
-    """Every highway row on the validation split, at every learning rate it ran at."""
-    keys = sorted({(r["row"], r["lr_scale"]) for r in runs if r["split"] == "val"
-                   and read_method_spec(r["row"])[0] in HIGHWAY_METHODS})
+    """Every planned candidate (:data:`PLANNED_CANDIDATES`) and every other highway row on the
+    validation split, at every learning rate it ran at."""
+    recorded = {(r["row"], r["lr_scale"]) for r in runs if r["split"] == "val"
+                and read_method_spec(r["row"])[0] in HIGHWAY_METHODS}
+    keys = sorted(recorded | set(PLANNED_CANDIDATES))
     return [candidate(runs, costs, row, scale) for row, scale in keys]
 
 
 def select(found: Sequence[Candidate]) -> Optional[Candidate]:
     """The rule (:data:`RULE`): within the budget, the highest lowest recovery; None until a
-    candidate has every regime's validation record and its costs."""
+    candidate has every regime's validation record and its costs. The leader so far until
+    :func:`still_open` finds no candidate left that could pass it."""
     eligible = [c for c in found if c.lowest() is not None and c.within_budget()]
     if not eligible:
         return None
     return max(eligible, key=lambda c: (c.lowest(), -c.peak))
+
+
+def still_open(found: Sequence[Candidate], leader: Candidate) -> List[Candidate]:
+    """The candidates that could still pass ``leader`` once their missing regimes have run.
+
+    A candidate's lowest recovery is at most the lowest of the regimes it has run, so one
+    already below the leader's there, or over the budget, is out of the running (and one
+    with no regime run is in it)."""
+    def could_pass(c: Candidate) -> bool:
+        known = [v for v in c.recovery.values() if v is not None]
+        bound = min(known) if known else float("inf")
+        if bound != leader.lowest():
+            return bound > leader.lowest()
+        return c.peak is None or c.peak < leader.peak  # a tie goes to the lower peak
+
+    return [c for c in found if c.lowest() is None and c.within_budget() is not False
+            and could_pass(c)]
+
+
+def missing_cell(c: Candidate) -> str:
+    """``row`` at its rate and the regimes it has yet to run, for the list of open candidates."""
+    missing = ", ".join(regime for regime, value in c.recovery.items() if value is None)
+    return f"`{c.row}` at {c.lr_scale:g}x ({missing})"
 
 
 def held_out_command(chosen: Candidate) -> str:
@@ -388,7 +422,8 @@ def goal_line(runs: List[dict], chosen: Candidate) -> str:
 def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
     found = candidates(runs, costs)
     lines = [f"Rule ({os.path.relpath(__file__, report.ROOT)}): {RULE}", ""]
-    if not found:
+    if not any(r["split"] == "val" and read_method_spec(r["row"])[0] in HIGHWAY_METHODS
+               for r in runs):
         return "\n".join(lines + [f"_Pending: no `e3va` or `e3va_spatial` row is recorded on "
                                   f"the validation split yet (the commands above, then "
                                   f"`{RENDER}`)._"])
@@ -405,10 +440,16 @@ def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
             step_cell(c.step),
             PENDING if budget is None else ("yes" if budget else "no")]))
     chosen = select(found)
+    open_ = still_open(found, chosen) if chosen else []
     lines.append("")
     if chosen is None:
         lines.append("**Chosen**: pending, until a candidate within the budget has every "
                      "regime's validation record and its costs.")
+    elif open_:
+        lines.append(f"**Chosen**: pending. `{chosen.row}` at {chosen.lr_scale:g}x the "
+                     f"learning rate leads (lowest validation recovery {chosen.lowest():.2f}); "
+                     f"these could still pass it once their missing regimes have run: "
+                     f"{'; '.join(missing_cell(c) for c in open_)}.")
     else:
         lines += [f"**Chosen**: `{chosen.row}` at {chosen.lr_scale:g}x the learning rate "
                   f"(lowest validation recovery {chosen.lowest():.2f}).", "",
