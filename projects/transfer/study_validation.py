@@ -277,21 +277,31 @@ def plot_feedback(runs: List[dict], costs: Dict[str, Cost], path: str) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.8), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
-        for row, (x, y) in points[regime].items():
+        # labels alternate above-left and below-right along the memory axis, so that two
+        # neighbours there point their labels away from each other
+        for i, (row, (x, y)) in enumerate(sorted(points[regime].items(), key=lambda p: p[1])):
             ax.plot(x, y, "o", color="C0" if feedback_depth(row) else "C1")
             ax.annotate(row.replace("e3va_spatial:feedback_depth=", "K="), (x, y),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+                        textcoords="offset points", fontsize=7,
+                        **(dict(xytext=(-4, 5), ha="right") if i % 2 == 0
+                           else dict(xytext=(4, -10), ha="left")))
         line = [points[regime][row] for row in ("e3va_spatial", *FEEDBACK_ROWS)
                 if row in points[regime]]
         ax.plot([x for x, _ in line], [y for _, y in line], "-", color="C0", alpha=0.5)
         ax.axhline(GOAL_RECOVERY, ls=":", color="grey")
         ax.axvline(100 * MAX_PEAK_SHARE, ls=":", color="grey")
-        ax.set_xlim(-3, 112)  # room for the labels of full's point at 100%
-        ax.set(title=f"{regime} (validation)", xlabel="peak above fixed, % of full's (Swin-B)",
-               ylabel="recovery")
+        # a log axis: the candidates crowd between 5% and 25%, full alone sits at 100%
+        ax.set_xscale("log")
+        ax.set_xlim(3, 150)
+        ax.set_xticks([5, 10, 15, 25, 50, 100])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set(title=f"{regime} (validation)",
+               xlabel="peak above fixed, % of full's (Swin-B, log scale)", ylabel="recovery")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
