@@ -381,18 +381,21 @@ def plot_curves(records, path: str) -> None:
 
 def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str) -> None:
     """Held-out box AP (mean over seeds, bars: the seeds' range) against peak training memory,
-    one panel a regime: where each method sits between the frozen trunk and full tuning."""
+    one panel a regime: where each method sits between the frozen trunk and full tuning. The
+    methods only, as in the summary table: variants sit on their base's memory and would
+    bury its label (their own table compares them seed by seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     regimes = [r for r in REGIMES if records.get(r)]
-    rows = ordered({row for r in regimes for row in records[r]})
+    rows = methods_only({row for r in regimes for row in records[r]})
     colour = {row: f"C{i}" for i, row in enumerate(rows)}  # one colour a method, every panel
     fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 3.8), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
-        for row, recs in records[regime].items():
+        for row in methods_only(records[regime]):
+            recs = records[regime][row]
             if row not in peaks:
                 continue
             box = [r["final"]["bbox/AP"] for r in recs]
