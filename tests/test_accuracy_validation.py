@@ -433,11 +433,18 @@ def test_the_budget_table_lists_the_rows_no_cheaper_row_beats():
     assert lines[7] == "| 100.0% or more | `full` | 1.00 | 1.00 | 1.00 | 3.00x |"
     # a row missing from one regime, or at another learning rate, is not a choice
     near_only = [r for r in fake_runs() if not (r["row"] == K2 and r["regime"] == "far")]
-    assert f"`{K2}`" not in sv.budget_table(near_only, COSTS)
+    partial = sv.budget_table(near_only, COSTS)
+    assert f"| `{K2}` |" not in partial
+    assert partial.endswith(f"Not in it until they have run in every regime: `{K2}`.")
+    assert "Not in it until" not in table
     # K2 at twice the rate would recover more, but the budget is read at the recipe's rate
     fast = [run(regime, K2, 59.9, lr_scale=2.0) for regime in study_records.REGIMES]
     assert sv.budget_table(fake_runs() + fast, COSTS) == table
-    assert sv.budget_table(fake_runs(), {}).startswith("_Pending: fewer than two rows")
+    assert sv.budget_table(fake_runs(), {}).startswith("_Pending: no tuning method between")
+    # the two ends alone say nothing about a budget between them: still pending
+    ends = [r for r in fake_runs() if r["row"] in ("fixed", "full")]
+    assert sv.budget_table(ends, COSTS).startswith("_Pending: no tuning method between "
+                                                   "`fixed` and `full`")
 
 
 def test_every_block_is_pending_until_its_records_exist():

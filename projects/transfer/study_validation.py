@@ -472,6 +472,9 @@ def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
 # ------------------------------------------------------------------------------------------
 
 
+ENDS = ("fixed", "full")  # the budget table's two ends: nothing tuned, everything tuned
+
+
 def frontier(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
     """The rows worth their memory: every row run at the recipe's rate with a validation record
     in every regime and a measured peak, ordered by peak, each kept only if its lowest recovery
@@ -490,10 +493,14 @@ def budget_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
     """For each memory budget, the row that recovers most in its worst regime: the frontier
     from the frozen model to full fine-tuning, on the validation splits."""
     kept = frontier(runs, costs)
-    if len(kept) < 2:
-        return (f"_Pending: fewer than two rows have a validation record in every regime "
-                f"({', '.join(REGIMES)}) and a measured peak yet (docs/ACCURACY.md, then "
-                f"`{RENDER}`)._")
+    if not any(c.row not in ENDS for c in kept):
+        return (f"_Pending: no tuning method between {' and '.join(f'`{e}`' for e in ENDS)} has "
+                f"a validation record in every regime ({', '.join(REGIMES)}) and a measured "
+                f"peak yet (docs/ACCURACY.md, then `{RENDER}`)._")
+    partial = [c.row for c in (candidate(runs, costs, row) for row in
+                               sorted({r["row"] for r in runs
+                                       if r["split"] == "val" and r["lr_scale"] == 1}))
+               if c.lowest() is None]
     lines = tables.table_head(["extra memory you can spend (share of full's)", "pick",
                                *(f"{regime}: recovery" for regime in REGIMES),
                                "step / `e3va`'s"])
@@ -509,6 +516,9 @@ def budget_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
               "fine-tuning's. Recovery on each regime's validation split (one seed unless the "
               "study's tables say more); the held-out test of the chosen row is in "
               "[docs/ACCURACY.md](docs/ACCURACY.md#choosing-on-a-validation-split-issue-37)."]
+    if partial:
+        lines[-1] += (" Not in it until they have run in every regime: "
+                      f"{', '.join(f'`{row}`' for row in partial)}.")
     return "\n".join(lines)
 
 
