@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from e3va_d2.modeling.tuning.spec import read_method_spec
 from projects import tables
@@ -351,12 +351,16 @@ def candidate(runs: List[dict], costs: Dict[str, Cost], row: str,
                      peak_cell(costs, row), step_ratio(costs, row))
 
 
+def recorded_candidates(runs: List[dict]) -> Set[Tuple[str, float]]:
+    """(row, learning-rate multiple) of every highway row run on the validation split."""
+    return {(r["row"], r["lr_scale"]) for r in runs if r["split"] == "val"
+            and read_method_spec(r["row"])[0] in HIGHWAY_METHODS}
+
+
 def candidates(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
     """Every planned candidate (:data:`PLANNED_CANDIDATES`) and every other highway row on the
     validation split, at every learning rate it ran at."""
-    recorded = {(r["row"], r["lr_scale"]) for r in runs if r["split"] == "val"
-                and read_method_spec(r["row"])[0] in HIGHWAY_METHODS}
-    keys = sorted(recorded | set(PLANNED_CANDIDATES))
+    keys = sorted(recorded_candidates(runs) | set(PLANNED_CANDIDATES))
     return [candidate(runs, costs, row, scale) for row, scale in keys]
 
 
@@ -432,8 +436,7 @@ def goal_line(runs: List[dict], chosen: Candidate) -> str:
 def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
     found = candidates(runs, costs)
     lines = [f"Rule ({os.path.relpath(__file__, report.ROOT)}): {RULE}", ""]
-    if not any(r["split"] == "val" and read_method_spec(r["row"])[0] in HIGHWAY_METHODS
-               for r in runs):
+    if not recorded_candidates(runs):
         return "\n".join(lines + [f"_Pending: no `e3va` or `e3va_spatial` row is recorded on "
                                   f"the validation split yet (the commands above, then "
                                   f"`{RENDER}`)._"])
@@ -475,12 +478,16 @@ def selection_block(runs: List[dict], costs: Dict[str, Cost]) -> str:
 ENDS = ("fixed", "full")  # the budget table's two ends: nothing tuned, everything tuned
 
 
-def frontier(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
-    """The rows worth their memory: every row run at the recipe's rate with a validation record
-    in every regime and a measured peak, ordered by peak, each kept only if its lowest recovery
-    over the regimes beats that of every cheaper row."""
+def at_the_recipe_rate(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
+    """Every row run on the validation split at the recipe's learning rate, any method."""
     rows = sorted({r["row"] for r in runs if r["split"] == "val" and r["lr_scale"] == 1})
-    found = [candidate(runs, costs, row) for row in rows]
+    return [candidate(runs, costs, row) for row in rows]
+
+
+def frontier(found: Sequence[Candidate]) -> List[Candidate]:
+    """The rows of ``found`` worth their memory: those with a validation record in every regime
+    and a measured peak, ordered by peak, each kept only if its lowest recovery over the
+    regimes beats that of every cheaper row."""
     kept: List[Candidate] = []
     for c in sorted((c for c in found if c.lowest() is not None and c.peak is not None),
                     key=lambda c: (c.peak, -c.lowest())):
@@ -492,15 +499,13 @@ def frontier(runs: List[dict], costs: Dict[str, Cost]) -> List[Candidate]:
 def budget_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
     """For each memory budget, the row that recovers most in its worst regime: the frontier
     from the frozen model to full fine-tuning, on the validation splits."""
-    kept = frontier(runs, costs)
+    found = at_the_recipe_rate(runs, costs)
+    kept = frontier(found)
     if not any(c.row not in ENDS for c in kept):
         return (f"_Pending: no tuning method between {' and '.join(f'`{e}`' for e in ENDS)} has "
                 f"a validation record in every regime ({', '.join(REGIMES)}) and a measured "
                 f"peak yet (docs/ACCURACY.md, then `{RENDER}`)._")
-    partial = [c.row for c in (candidate(runs, costs, row) for row in
-                               sorted({r["row"] for r in runs
-                                       if r["split"] == "val" and r["lr_scale"] == 1}))
-               if c.lowest() is None]
+    partial = [c.row for c in found if c.lowest() is None]
     lines = tables.table_head(["extra memory you can spend (share of full's)", "pick",
                                *(f"{regime}: recovery" for regime in REGIMES),
                                "step / `e3va`'s"])
