@@ -120,12 +120,12 @@ TABLES: Dict[str, Table] = {
         "e3va_spatial:stage_mixer=False,e3va_spatial:feedback_depth=2:feedback_lora=True "
         "--size 512 --batch 2 --steps 3 --warmup 1 --fit-batches 2 "
         "--output output/cost-feedback-options"),
-    # Rank 32 on the spatial highway, a candidate added after the first (OPTION_COSTS).
+    # The rank curve's candidates, added after the first (OPTION_COSTS).
     "cost-rank": Table(
         "docs/COST.md", "projects.benchmark.cost_report:render",
-        f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,e3va,"
-        "e3va_spatial:rank=32 --size 512 --batch 2 --steps 3 --warmup 1 --fit-batches 2 "
-        "--output output/cost-rank"),
+        f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,e3va,e3va:rank=32,"
+        "e3va_spatial:rank=32,e3va_spatial:rank=64 --size 512 --batch 2 --steps 3 --warmup 1 "
+        "--fit-batches 2 --output output/cost-rank"),
     "cost-amp-swin-b": Table(
         "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,lora,e3va,"

@@ -40,13 +40,15 @@ FEEDBACK_DEPTHS = (1, 2, 4, 8)  # blocks from the trunk's end; the study's trunk
 FEEDBACK_ROWS = tuple(f"e3va_spatial:feedback_depth={k}" for k in FEEDBACK_DEPTHS)
 CURVE_ROWS = ("full", "lora", "partial1", "e3va", "e3va_spatial", *FEEDBACK_ROWS)
 COST = "cost-feedback"  # projects/tables.py: Swin-B Cascade, 512x512, batch 2, peak and step
-# Candidates off the curve, each cost record beside its own fixed, full and E3VA. Rank 32 (the
-# paper's E3VA++ setting) was added after partial1:last_blocks=8 put the gap in the early stages,
-# before any of its runs: the highway's capacity there is what it can still change.
+# Candidates off the curve, each cost record beside its own fixed, full and E3VA. Rank 32 on the
+# spatial highway was added after partial1:last_blocks=8 put the gap in the early stages, before
+# any of its runs: the highway's capacity there is what it can still change. After its near and
+# far, and before any of their runs, the rank curve's two other points: E3VA at rank 32 (the
+# paper's E3VA++: does the gain need the spatial highway?) and the spatial highway at rank 64.
 OPTION_COSTS = {
     "cost-feedback-options": ("e3va_spatial:stage_mixer=False",
                               "e3va_spatial:feedback_depth=2:feedback_lora=True"),
-    "cost-rank": ("e3va_spatial:rank=32",),
+    "cost-rank": ("e3va:rank=32", "e3va_spatial:rank=32", "e3va_spatial:rank=64"),
 }
 COST_RECORDS = (COST, *OPTION_COSTS)
 OFF_THE_CURVE = ", ".join(f"`{name}`" for name in OPTION_COSTS)
