@@ -382,16 +382,53 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
     assert f"**Chosen**: `{K2}` at 1x the learning rate (lowest validation recovery 0.95)." \
         in block
     assert "near met (0.95; LoRA 0.60)" in block
-    assert (f'Held-out test (3 seeds): pending: `python -m projects.transfer.study --split test '
-            f'--rows "{K2}" --seeds 0,1,2`.') in block
+    # nothing on the held-out test yet: every regime pending, and the command that runs it
+    assert "| near | 0 of 3 | pending | pending | pending | pending |" in block
+    assert ('**The goal on the held-out test**: pending until every regime has 3 seeds of the '
+            'chosen row, full, fixed and LoRA: `python -m projects.transfer.study --split test '
+            f'--regimes near,far,dense --rows "full,fixed,lora,{K2}" --seeds 0,1,2`.') in block
+    # a row chosen at another rate runs there; the baselines run at the recipe's
+    at_half = sv.Candidate("e3va", 0.5, {}, 0.1, 1.0)
+    assert sv.held_out_commands(at_half, {"lora": ["dense"], "e3va": ["far", "near"]}) == [
+        'python -m projects.transfer.study --split test --regimes dense --rows "lora" '
+        '--seeds 0,1,2',
+        'python -m projects.transfer.study --split test --regimes near,far --rows "e3va" '
+        '--seeds 0,1,2 --lr-scale 0.5']
+    # one seed of each is shown, but judges nothing
+    first = [run("near", row, box, "test") for row, box in
+             (("full", 70), ("fixed", 60), ("lora", 65), (K2, 69))]
+    assert "| near | 1 of 3 | 69.0 | 0.90 | 0.50 | pending |" in sv.selection_block(
+        runs + first, COSTS)
+    # near and far complete (LoRA 0.50, the chosen row 0.90 and 0.80), dense without LoRA
     for regime in study_records.REGIMES:
         for seed in range(3):
             runs += [run(regime, "full", 70, "test", seed=seed),
                      run(regime, "fixed", 60, "test", seed=seed),
-                     run(regime, K2, 68 + seed, "test", seed=seed)]
+                     run(regime, K2, (67 if regime == "far" else 68) + seed, "test",
+                         seed=seed)]
+            if regime != "dense":
+                runs.append(run(regime, "lora", 65, "test", seed=seed))
     block = sv.selection_block(runs, COSTS)
-    assert ("Held-out test (3 seeds), recovery: near 0.90 (box AP 69.0 ± 1.0); far 0.90 "
-            "(box AP 69.0 ± 1.0); dense 0.90 (box AP 69.0 ± 1.0).") in block
+    assert "| near | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.50 | met |" in block
+    assert "| far | 3 of 3 | 68.0 ± 1.0 | 0.80 | 0.50 | not met |" in block
+    assert "| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | pending | pending |" in block
+    assert ('pending until every regime has 3 seeds of the chosen row, full, fixed and LoRA: '
+            '`python -m projects.transfer.study --split test --regimes dense --rows "lora" '
+            '--seeds 0,1,2`.') in block
+    # LoRA's dense seeds: far's 0.80 fails the goal; LoRA above the chosen row fails it too
+    dense_lora = [run("dense", "lora", 65, "test", seed=seed) for seed in range(3)]
+    block = sv.selection_block(runs + dense_lora, COSTS)
+    assert "**The goal on the held-out test**: not met in far." in block
+    passing = [r for r in runs if not (r["regime"] == "far" and r["row"] == K2
+                                       and r["split"] == "test")]
+    passing += [run("far", K2, 68 + seed, "test", seed=seed) for seed in range(3)]
+    block = sv.selection_block(passing + dense_lora, COSTS)
+    assert ("**The goal on the held-out test**: met in every regime, at 10.0% of full "
+            "fine-tuning's extra peak and 1.20x E3VA's step.") in block
+    stronger_lora = [run("dense", "lora", 69.5, "test", seed=seed) for seed in range(3)]
+    block = sv.selection_block(passing + stronger_lora, COSTS)
+    assert "| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.95 | not met |" in block
+    assert "**The goal on the held-out test**: not met in dense." in block
 
 
 def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path):
