@@ -113,7 +113,7 @@ TABLES: Dict[str, Table] = {
         "e3va_spatial:feedback_depth=4,e3va_spatial:feedback_depth=8 --size 512 --batch 2 "
         "--steps 3 --warmup 1 --fit-batches 2 --output output/cost-feedback"),
     # The candidates of issue 37's selection that are not on the curve, beside their own fixed,
-    # full and E3VA (projects/transfer/study_validation.py's OPTION_ROWS).
+    # full and E3VA (projects/transfer/study_validation.py's OPTION_COSTS).
     "cost-feedback-options": Table(
         "docs/COST.md", "projects.benchmark.cost_report:render",
         f"{_BENCH}.tuning_cost --config-file {_SWIN_B} --methods full,fixed,e3va,"

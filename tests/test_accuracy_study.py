@@ -13,7 +13,7 @@ from projects.transfer import run_executor, study, study_records, study_render, 
 def test_committed_tables_match_the_committed_records():
     """Every regime's block, recorded runs or not yet, is what its committed records give."""
     from projects.tables import RECORD_SETS
-    from projects.transfer import study_validation
+    from projects.transfer import study_selection, study_validation
 
     rendered = study_render.render_tables(study_records.load_runs())
     regimes = study_records.REGIMES
@@ -21,7 +21,7 @@ def test_committed_tables_match_the_committed_records():
                              | {f"{study_report.CURVES}-{regime}" for regime in regimes}
                              | {study_report.SUMMARY, study_report.VARIANTS, study_report.DETAIL,
                                 study_report.GAP, study_report.RECOVERY_CURVES}
-                             | set(study_validation.BLOCKS))
+                             | set(study_validation.BLOCKS) | set(study_selection.BLOCKS))
     assert set(rendered) == set(RECORD_SETS)  # projects.tables knows every block it renders
     for name, body in rendered.items():
         path = study_render.block_path(name)

@@ -12,6 +12,7 @@ import pytest
 
 from projects import tables
 from projects.transfer import run_executor, study, study_records, study_render, study_report
+from projects.transfer import study_selection as ss
 from projects.transfer import study_validation as sv
 
 
@@ -266,7 +267,7 @@ def with_every_planned_candidate(runs, box=51):
     (recovery 0.10): the plan complete, so that the rule's choice can stand."""
     have = {(r["row"], r["lr_scale"], r["regime"]) for r in runs}
     return runs + [run(regime, row, box, lr_scale=scale)
-                   for row, scale in sv.PLANNED_CANDIDATES for regime in study_records.REGIMES
+                   for row, scale in ss.PLANNED_CANDIDATES for regime in study_records.REGIMES
                    if (row, scale, regime) not in have]
 
 
@@ -322,18 +323,18 @@ def test_learning_rate_sensitivity_ranks_the_three_methods_at_each_rate():
 
 
 def test_the_rule_chooses_the_best_worst_regime_within_the_memory_and_time_budget():
-    found = sv.candidates(fake_runs(), COSTS)
+    found = ss.candidates(fake_runs(), COSTS)
     by_row = {(c.row, c.lr_scale): c for c in found}
     # K4 recovers most everywhere but costs 30% of full's extra peak: over the budget
     assert by_row[K4, 1.0].lowest() == pytest.approx(0.98) and not by_row[K4, 1.0].within_budget()
     assert by_row["e3va_spatial", 2.0].lowest() is None  # 2x ran near only
-    chosen = sv.select(found)
+    chosen = ss.select(found)
     assert (chosen.row, chosen.lr_scale) == (K2, 1.0)
     # a tie on the worst regime goes to the lower peak
     tie = [dataclasses.replace(chosen, row="a", peak=0.12), dataclasses.replace(chosen, row="b")]
-    assert sv.select(tie).row == "b"
+    assert ss.select(tie).row == "b"
     # without the costs nothing is chosen: memory and time are part of the rule
-    assert sv.select(sv.candidates(fake_runs(), {})) is None
+    assert ss.select(ss.candidates(fake_runs(), {})) is None
     assert all(c.row not in ("full", "fixed", "lora", "partial1") for c in found)
 
 
@@ -341,14 +342,14 @@ def test_the_choice_waits_for_every_candidate_that_could_still_pass_it():
     rank = "e3va_spatial:rank=32"  # planned, at 12% of full's extra peak: within the budget
     costs = {**COSTS, rank: sv.Cost(0.12, 1.1)}
     complete = with_every_planned_candidate(fake_runs())
-    assert "**Chosen**: `" + K2 + "` at 1x" in sv.selection_block(complete, costs)
+    assert "**Chosen**: `" + K2 + "` at 1x" in ss.selection_block(complete, costs)
 
     def without(runs, row, regime):
         return [r for r in runs if not (r["row"] == row and r["regime"] == regime)]
 
     def block_with_rank(near, far, peak=0.12):
         runs = [r for r in complete if r["row"] != rank]
-        return sv.selection_block(runs + [run("near", rank, near), run("far", rank, far)],
+        return ss.selection_block(runs + [run("near", rank, near), run("far", rank, far)],
                                   {**costs, rank: sv.Cost(peak, 1.1)})
 
     # near and far above K2's 0.95: rank 32 could still pass it, so nothing is chosen yet
@@ -363,21 +364,21 @@ def test_the_choice_waits_for_every_candidate_that_could_still_pass_it():
     assert f"**Chosen**: `{K2}`" in block_with_rank(59.5, 59.9)
     assert "**Chosen**: pending." in block_with_rank(59.5, 59.9, peak=0.09)
     # a planned candidate with no run at all is still in the running
-    block = sv.selection_block([r for r in complete if r["row"] != rank], costs)
+    block = ss.selection_block([r for r in complete if r["row"] != rank], costs)
     assert f"`{rank}` at 1x (near, far, dense)" in block
     assert f"| `{rank}` | 1x | pending | pending | pending | pending | 12.0% | 1.10x | yes |" \
         in block
     # over the budget it is not, however well it recovers where it ran (K4: 30%)
-    assert f"**Chosen**: `{K2}`" in sv.selection_block(without(complete, K4, "dense"), costs)
+    assert f"**Chosen**: `{K2}`" in ss.selection_block(without(complete, K4, "dense"), costs)
     # nor is one whose cost is known to be over the budget before it runs
-    assert f"**Chosen**: `{K2}`" in sv.selection_block(
+    assert f"**Chosen**: `{K2}`" in ss.selection_block(
         [r for r in complete if r["row"] != rank], {**costs, rank: sv.Cost(0.2, 1.1)})
 
 
 def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
     runs = with_every_planned_candidate(fake_runs())
-    block = sv.selection_block(runs, COSTS)
-    assert block.startswith("Rule (projects/transfer/study_validation.py): Among the rows")
+    block = ss.selection_block(runs, COSTS)
+    assert block.startswith("Rule (projects/transfer/study_selection.py): Among the rows")
     assert f"| `{K4}` | 1x | 0.98 | 0.98 | 0.98 | 0.98 | 30.0% | 1.25x | no |" in block
     assert f"**Chosen**: `{K2}` at 1x the learning rate (lowest validation recovery 0.95)." \
         in block
@@ -388,8 +389,8 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
             'chosen row, full, fixed and LoRA: `python -m projects.transfer.study --split test '
             f'--regimes near,far,dense --rows "full,fixed,lora,{K2}" --seeds 0,1,2`.') in block
     # a row chosen at another rate runs there; the baselines run at the recipe's
-    at_half = sv.Candidate("e3va", 0.5, {}, 0.1, 1.0)
-    assert sv.held_out_commands(at_half, {"lora": ["dense"], "e3va": ["far", "near"]}) == [
+    at_half = ss.Candidate("e3va", 0.5, {}, 0.1, 1.0)
+    assert ss.held_out_commands(at_half, {"lora": ["dense"], "e3va": ["far", "near"]}) == [
         'python -m projects.transfer.study --split test --regimes dense --rows "lora" '
         '--seeds 0,1,2',
         'python -m projects.transfer.study --split test --regimes near,far --rows "e3va" '
@@ -397,7 +398,7 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
     # one seed of each is shown, but judges nothing
     first = [run("near", row, box, "test") for row, box in
              (("full", 70), ("fixed", 60), ("lora", 65), (K2, 69))]
-    assert "| near | 1 of 3 | 69.0 | 0.90 | 0.50 | pending |" in sv.selection_block(
+    assert "| near | 1 of 3 | 69.0 | 0.90 | 0.50 | pending |" in ss.selection_block(
         runs + first, COSTS)
     # near and far complete (LoRA 0.50, the chosen row 0.90 and 0.80), dense without LoRA
     for regime in study_records.REGIMES:
@@ -408,7 +409,7 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
                          seed=seed)]
             if regime != "dense":
                 runs.append(run(regime, "lora", 65, "test", seed=seed))
-    block = sv.selection_block(runs, COSTS)
+    block = ss.selection_block(runs, COSTS)
     assert "| near | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.50 | met |" in block
     assert "| far | 3 of 3 | 68.0 ± 1.0 | 0.80 | 0.50 | not met |" in block
     assert "| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | pending | pending |" in block
@@ -417,16 +418,16 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
             '--seeds 0,1,2`.') in block
     # LoRA's dense seeds: far's 0.80 fails the goal; LoRA above the chosen row fails it too
     dense_lora = [run("dense", "lora", 65, "test", seed=seed) for seed in range(3)]
-    block = sv.selection_block(runs + dense_lora, COSTS)
+    block = ss.selection_block(runs + dense_lora, COSTS)
     assert "**The goal on the held-out test**: not met in far." in block
     passing = [r for r in runs if not (r["regime"] == "far" and r["row"] == K2
                                        and r["split"] == "test")]
     passing += [run("far", K2, 68 + seed, "test", seed=seed) for seed in range(3)]
-    block = sv.selection_block(passing + dense_lora, COSTS)
+    block = ss.selection_block(passing + dense_lora, COSTS)
     assert ("**The goal on the held-out test**: met in every regime, at 10.0% of full "
             "fine-tuning's extra peak and 1.20x E3VA's step.") in block
     stronger_lora = [run("dense", "lora", 69.5, "test", seed=seed) for seed in range(3)]
-    block = sv.selection_block(passing + stronger_lora, COSTS)
+    block = ss.selection_block(passing + stronger_lora, COSTS)
     assert "| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.95 | not met |" in block
     assert "**The goal on the held-out test**: not met in dense." in block
 
@@ -450,15 +451,15 @@ def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path)
     text = doc.read_text()
     assert tables.block(text, sv.FEEDBACK) == sv.feedback_table(runs, COSTS) + "\n"
     assert tables.block(text, sv.LR) == sv.lr_table(runs) + "\n"
-    assert f"**Chosen**: `{K2}`" in tables.block(text, sv.SELECTION)
+    assert f"**Chosen**: `{K2}`" in tables.block(text, ss.SELECTION)
     # validation runs stay out of the held-out tables
     assert tables.block(text, "accuracy-near") == study_report.NOT_RUN + "\n"
     assert (tmp_path / "accuracy_feedback.png").stat().st_size > 0
-    assert tables.block(readme.read_text(), sv.BUDGET) == sv.budget_table(runs, COSTS) + "\n"
+    assert tables.block(readme.read_text(), ss.BUDGET) == ss.budget_table(runs, COSTS) + "\n"
 
 
 def test_the_budget_table_lists_the_rows_no_cheaper_row_beats():
-    table = sv.budget_table(fake_runs(), COSTS)
+    table = ss.budget_table(fake_runs(), COSTS)
     lines = table.splitlines()
     assert lines[0] == ("| extra memory you can spend (share of full's) | pick | near: recovery "
                         "| far: recovery | dense: recovery | step / `e3va`'s |")
@@ -470,17 +471,17 @@ def test_the_budget_table_lists_the_rows_no_cheaper_row_beats():
     assert lines[7] == "| 100.0% or more | `full` | 1.00 | 1.00 | 1.00 | 3.00x |"
     # a row missing from one regime, or at another learning rate, is not a choice
     near_only = [r for r in fake_runs() if not (r["row"] == K2 and r["regime"] == "far")]
-    partial = sv.budget_table(near_only, COSTS)
+    partial = ss.budget_table(near_only, COSTS)
     assert f"| `{K2}` |" not in partial
     assert partial.endswith(f"Not in it until they have run in every regime: `{K2}`.")
     assert "Not in it until" not in table
     # K2 at twice the rate would recover more, but the budget is read at the recipe's rate
     fast = [run(regime, K2, 59.9, lr_scale=2.0) for regime in study_records.REGIMES]
-    assert sv.budget_table(fake_runs() + fast, COSTS) == table
-    assert sv.budget_table(fake_runs(), {}).startswith("_Pending: no tuning method between")
+    assert ss.budget_table(fake_runs() + fast, COSTS) == table
+    assert ss.budget_table(fake_runs(), {}).startswith("_Pending: no tuning method between")
     # the two ends alone say nothing about a budget between them: still pending
     ends = [r for r in fake_runs() if r["row"] in ("fixed", "full")]
-    assert sv.budget_table(ends, COSTS).startswith("_Pending: no tuning method between "
+    assert ss.budget_table(ends, COSTS).startswith("_Pending: no tuning method between "
                                                    "`fixed` and `full`")
 
 
@@ -488,7 +489,7 @@ def test_every_block_is_pending_until_its_records_exist():
     blocks = study_render.render_tables([], {}, {})
     assert blocks[sv.FEEDBACK].startswith("_Pending: no validation run is recorded yet")
     assert blocks[sv.LR].startswith("_Pending: no validation run at another learning rate")
-    assert blocks[sv.SELECTION].startswith("Rule (") and blocks[sv.SELECTION].endswith(
+    assert blocks[ss.SELECTION].startswith("Rule (") and blocks[ss.SELECTION].endswith(
         "then `python -m projects.transfer.study --render`)._")
     for regime in study_records.REGIMES:
         assert blocks[f"accuracy-{regime}"] == study_report.NOT_RUN
@@ -499,4 +500,4 @@ def test_every_block_is_pending_until_its_records_exist():
     assert not sv.feedback_table(one_rate, {}).startswith("_Pending")
     assert "pending |" in sv.feedback_table(one_rate, {})  # memory and time not measured
     assert not sv.plot_feedback(one_rate, {}, "unused.png")  # nothing to draw: no file
-    assert "**Chosen**: pending" in sv.selection_block(one_rate, {})
+    assert "**Chosen**: pending" in ss.selection_block(one_rate, {})

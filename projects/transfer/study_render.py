@@ -1,9 +1,10 @@
 """Every generated block and figure of the accuracy study, written into its document.
 
-The held-out test's blocks (:mod:`.study_report`) and the validation split's
-(:mod:`.study_validation`), between their ``<!-- begin: accuracy-* -->`` markers in
-docs/ACCURACY.md and the README, and the figures ``docs/accuracy_*.png``: all from the
-committed run records and cost records alone, never from a run folder.
+The held-out test's blocks (:mod:`.study_report`), the validation split's
+(:mod:`.study_validation`) and the choice made on it (:mod:`.study_selection`), between their
+``<!-- begin: accuracy-* -->`` markers in docs/ACCURACY.md and the README, and the figures
+``docs/accuracy_*.png``: all from the committed run records and cost records alone, never
+from a run folder.
 ``python -m projects.transfer.study --render`` calls :func:`render`;
 ``tests/test_accuracy_study.py`` checks that the committed blocks are what it renders.
 """
@@ -13,12 +14,12 @@ import os
 from typing import Dict, List, Optional
 
 from projects.tables import replace_block
-from projects.transfer import study_report, study_validation
+from projects.transfer import study_report, study_selection, study_validation
 from projects.transfer.study_records import RECORDS, ROOT, load_runs
 
 DOC = os.path.join(ROOT, "docs", "ACCURACY.md")
 README = os.path.join(ROOT, "README.md")
-README_BLOCKS = (study_report.SUMMARY, study_validation.BUDGET)  # every other is in DOC
+README_BLOCKS = (study_report.SUMMARY, study_selection.BUDGET)  # every other is in DOC
 
 
 def block_path(name: str, doc: str = DOC, readme: str = README) -> str:
@@ -33,7 +34,8 @@ def render_tables(runs: List[dict], peaks: Optional[Dict[str, dict]] = None,
     committed ones where not given)."""
     peaks = study_report.load_peaks() if peaks is None else peaks
     costs = study_validation.load_costs() if costs is None else costs
-    return {**study_report.held_out_blocks(runs, peaks), **study_validation.blocks(runs, costs)}
+    return {**study_report.held_out_blocks(runs, peaks), **study_validation.blocks(runs, costs),
+            **study_selection.blocks(runs, costs)}
 
 
 def render(root: str = RECORDS, doc: str = DOC, figures: str = os.path.join(ROOT, "docs"),

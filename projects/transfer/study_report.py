@@ -3,7 +3,8 @@
 The regimes' tables, their held-out curves, the gap against the seeds' spread, the variants,
 the detail and the README's summary, and the figures of the held-out runs, from
 ``docs/records/accuracy`` and the cost benchmark's record of the study's step, never from a
-run folder; also the arithmetic (recovery, means) that :mod:`.study_validation` builds on.
+run folder; also the arithmetic (recovery, means) that :mod:`.study_validation` and
+:mod:`.study_selection` build on.
 :mod:`.study_render` writes them with the validation blocks into the documents.
 """
 from __future__ import annotations
