@@ -140,9 +140,10 @@ HELD_OUT_SEEDS = 3
 HELD_OUT_BASES = ("full", "fixed", "lora")  # the gap's two ends and the goal's other bar
 
 
-def held_out_commands(chosen: Candidate, missing: Dict[str, List[str]]) -> List[str]:
-    """The study's commands that run ``missing`` ({row: regimes short of seeds}): the
-    baselines at the recipe's rate, the chosen row at its own."""
+def held_out_commands(chosen: Candidate, missing: Dict[str, List[str]],
+                      seeds: int = HELD_OUT_SEEDS) -> List[str]:
+    """The study's commands that run ``missing`` ({row: regimes short of seeds}) with
+    ``seeds`` seeds: the baselines at the recipe's rate, the chosen row at its own."""
     by_rate: Dict[float, Dict[str, List[str]]] = {}
     for row, regimes in missing.items():
         scale = chosen.lr_scale if row == chosen.row else 1.0
@@ -152,7 +153,8 @@ def held_out_commands(chosen: Candidate, missing: Dict[str, List[str]]) -> List[
         regimes = [r for r in REGIMES if any(r in found for found in rows.values())]
         rate = "" if scale == 1 else f" --lr-scale {scale:g}"
         commands.append(f"python -m projects.transfer.study --split test --regimes "
-                        f'{",".join(regimes)} --rows "{",".join(rows)}" --seeds 0,1,2{rate}')
+                        f'{",".join(regimes)} --rows "{",".join(rows)}" '
+                        f"--seeds {','.join(map(str, range(seeds)))}{rate}")
     return commands
 
 
@@ -181,7 +183,7 @@ def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -
             pending_or(value, ".2f"), pending_or(lora, ".2f"),
             PENDING if verdicts[regime] is None else ("met" if verdicts[regime] else "not met")]))
     if None in verdicts.values():
-        commands = " and ".join(f"`{c}`" for c in held_out_commands(chosen, missing))
+        commands = " and ".join(f"`{c}`" for c in held_out_commands(chosen, missing, seeds))
         verdict = (f"**The goal on the held-out test**: pending until every regime has "
                    f"{seeds} seeds of the chosen row, full, fixed and LoRA: {commands}.")
     elif all(verdicts.values()):
