@@ -395,6 +395,13 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
         '--seeds 0,1,2',
         'python -m projects.transfer.study --split test --regimes near,far --rows "e3va" '
         '--seeds 0,1,2 --lr-scale 0.5']
+    # ... and is judged on its own runs there alone, never on its runs at the recipe's rate
+    at_1x = [run(regime, row, box, "test", seed=seed) for regime in study_records.REGIMES
+             for seed in range(3) for row, box in
+             (("full", 70), ("fixed", 60), ("lora", 65), ("e3va", 69.5))]
+    judged = ss.held_out(at_1x, at_half)
+    assert "| near | 0 of 3 | pending | pending | 0.50 | pending |" in judged
+    assert judged.endswith('--rows "e3va" --seeds 0,1,2 --lr-scale 0.5`.')
     # one seed of each is shown, but judges nothing
     first = [run("near", row, box, "test") for row, box in
              (("full", 70), ("fixed", 60), ("lora", 65), (K2, 69))]

@@ -125,15 +125,21 @@ def val_rows(runs: List[dict], lr_scale: float = 1.0) -> Dict[str, Dict[str, Lis
     return group(runs, "val", lr_scale)
 
 
+def rows_at_rate(runs: List[dict], split: str, regime: str, row: str,
+                 lr_scale: float = 1.0) -> Dict[str, List[dict]]:
+    """``regime``'s rows on ``split`` at the recipe's rate, with ``row``'s own runs at
+    ``lr_scale`` in its place (absent where it has none there): recovery at any rate is
+    measured against full's and fixed's at the recipe's."""
+    rows = {r: recs for r, recs in group(runs, split).get(regime, {}).items() if r != row}
+    own = group(runs, split, lr_scale).get(regime, {}).get(row)
+    return {**rows, row: own} if own else rows
+
+
 def val_recovery(runs: List[dict], regime: str, row: str,
                  lr_scale: float = 1.0) -> Optional[float]:
     """``row``'s recovery on ``regime``'s validation split at ``lr_scale``, against full's and
     fixed's at the recipe's rate (means over seeds); None until all three are recorded."""
-    base = val_rows(runs).get(regime, {})
-    own = val_rows(runs, lr_scale).get(regime, {}).get(row)
-    if not own or not {"full", "fixed"} <= set(base):
-        return None
-    return report.recovery({**base, row: own}, row)
+    return report.recovery(rows_at_rate(runs, "val", regime, row, lr_scale), row)
 
 
 # ------------------------------------------------------------------------------------------
