@@ -8,12 +8,15 @@ Two blocks, rendered from the committed run and cost records alone:
 - ``accuracy-selection`` (docs/ACCURACY.md): :func:`select`'s rule applied to every candidate,
   pending while a planned one could still pass the leader; then the chosen row against the
   goal on each regime's held-out test (:func:`held_out`);
-- ``accuracy-budget`` (the README): what to pick for a memory budget, from the same evidence.
+- ``accuracy-budget`` (the README): what to pick for a memory budget, from the same evidence,
+  and what the README may recommend (:func:`advice`): nothing until the choice stands, then
+  the chosen row as the held-out test judges it, with the command that trains it.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from e3va_d2.modeling.tuning.spec import read_method_spec
@@ -44,6 +47,7 @@ from projects.transfer.study_validation import (
 SELECTION = "accuracy-selection"
 BUDGET = "accuracy-budget"  # in the README
 BLOCKS = (SELECTION, BUDGET)
+SELECTION_LINK = "[docs/ACCURACY.md](docs/ACCURACY.md#choosing-on-a-validation-split-issue-37)"
 
 HIGHWAY_METHODS = ("e3va", "e3va_spatial")
 # Every candidate the plan names (docs/ACCURACY.md), run or not: the choice stands only once
@@ -114,6 +118,12 @@ def select(found: Sequence[Candidate]) -> Optional[Candidate]:
     return max(eligible, key=lambda c: (c.lowest(), -c.peak))
 
 
+def standing_choice(found: Sequence[Candidate]) -> Optional[Candidate]:
+    """The rule's choice once it stands (no candidate left that could pass it), else None."""
+    chosen = select(found)
+    return chosen if chosen is not None and not still_open(found, chosen) else None
+
+
 def still_open(found: Sequence[Candidate], leader: Candidate) -> List[Candidate]:
     """The candidates that could still pass ``leader`` once their missing regimes have run.
 
@@ -164,43 +174,72 @@ def held_out_commands(chosen: Candidate, missing: Dict[str, List[str]],
     return commands
 
 
-def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -> str:
-    """The goal judged on each regime's held-out test: the chosen row's recovery (means over
-    ``seeds`` seeds) against :data:`GOAL_RECOVERY` and against LoRA's there. A regime is judged
-    once the chosen row, full, fixed and LoRA have ``seeds`` seeds each; before, what has run
-    is shown with its count and the command that runs the rest."""
-    lines = tables.table_head(["regime", "seeds", "box AP", "recovery", "LoRA's recovery",
-                               "the goal"])
-    verdicts: Dict[str, Optional[bool]] = {}
-    missing: Dict[str, List[str]] = {}
+@dataclasses.dataclass(frozen=True)
+class HeldOutRegime:
+    """The chosen row against the goal on one regime's held-out test."""
+    regime: str
+    box: List[float]  # the chosen row's box AP, one per seed run
+    recovery: Optional[float]  # on the means over the seeds run
+    lora: Optional[float]
+    short: List[str]  # the rows with fewer seeds than the goal needs
+    met: Optional[bool]  # None while a row is short
+
+
+def judge_held_out(runs: List[dict], chosen: Candidate,
+                   seeds: int = HELD_OUT_SEEDS) -> List[HeldOutRegime]:
+    """The goal on each regime's held-out test: the chosen row's recovery (means over ``seeds``
+    seeds) against :data:`GOAL_RECOVERY` and against LoRA's there, judged once the chosen row,
+    full, fixed and LoRA have ``seeds`` seeds each; the chosen row's runs at its own rate."""
+    judged = []
     for regime in REGIMES:
         rows = rows_at_rate(runs, "test", regime, chosen.row, chosen.lr_scale)
-        own = rows.get(chosen.row, [])
-        short = [r for r in (*HELD_OUT_BASES, chosen.row)
-                 if len(rows.get(r, [])) < seeds]
-        for row in short:
-            missing.setdefault(row, []).append(regime)
+        short = [r for r in (*HELD_OUT_BASES, chosen.row) if len(rows.get(r, [])) < seeds]
         value, lora = report.recovery(rows, chosen.row), report.recovery(rows, "lora")
-        verdicts[regime] = None if short else meets_goal(value, lora)
-        box = [r["final"]["bbox/AP"] for r in own]
+        judged.append(HeldOutRegime(
+            regime, [r["final"]["bbox/AP"] for r in rows.get(chosen.row, [])], value, lora,
+            short, None if short else meets_goal(value, lora)))
+    return judged
+
+
+def goal_verdict(judged: Sequence[HeldOutRegime]) -> Optional[bool]:
+    """Met in every regime (True), not met in one (False), or pending (None) while a regime
+    waits on seeds."""
+    if any(j.met is None for j in judged):
+        return None
+    return all(j.met for j in judged)
+
+
+def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -> str:
+    """:func:`judge_held_out` as a table, one row per regime (what has run, with its count),
+    then the verdict, or the commands that run what it waits on."""
+    judged = judge_held_out(runs, chosen, seeds)
+    lines = tables.table_head(["regime", "seeds", "box AP", "recovery", "LoRA's recovery",
+                               "the goal"])
+    for j in judged:
         lines.append(tables.table_row([
-            regime, f"{len(own)} of {seeds}", report.mean_std(box) if box else PENDING,
-            pending_or(value, ".2f"), pending_or(lora, ".2f"),
-            PENDING if verdicts[regime] is None else ("met" if verdicts[regime] else "not met")]))
-    if None in verdicts.values():
+            j.regime, f"{len(j.box)} of {seeds}",
+            report.mean_std(j.box) if j.box else PENDING,
+            pending_or(j.recovery, ".2f"), pending_or(j.lora, ".2f"),
+            PENDING if j.met is None else ("met" if j.met else "not met")]))
+    verdict = goal_verdict(judged)
+    if verdict is None:
+        missing: Dict[str, List[str]] = {}
+        for j in judged:
+            for row in j.short:
+                missing.setdefault(row, []).append(j.regime)
         commands = " and ".join(f"`{c}`" for c in held_out_commands(chosen, missing, seeds))
-        verdict = (f"**The goal on the held-out test**: pending until every regime has "
-                   f"{seeds} seeds of the chosen row, full, fixed and LoRA: {commands}.")
-    elif all(verdicts.values()):
-        verdict = (f"**The goal on the held-out test**: met in every regime, at "
-                   f"{peak_share_cell(chosen.peak)} of full fine-tuning's extra peak and "
-                   f"{step_cell(chosen.step)} E3VA's step.")
+        text = (f"**The goal on the held-out test**: pending until every regime has "
+                f"{seeds} seeds of the chosen row, full, fixed and LoRA: {commands}.")
+    elif verdict:
+        text = (f"**The goal on the held-out test**: met in every regime, at "
+                f"{peak_share_cell(chosen.peak)} of full fine-tuning's extra peak and "
+                f"{step_cell(chosen.step)} E3VA's step.")
     else:
-        failed = ", ".join(regime for regime, ok in verdicts.items() if not ok)
-        verdict = f"**The goal on the held-out test**: not met in {failed}."
+        text = (f"**The goal on the held-out test**: not met in "
+                f"{', '.join(j.regime for j in judged if not j.met)}.")
     head = (f"Held-out test of the chosen row ({seeds} seeds; recovery on the means over "
             f"seeds; the goal: at least {GOAL_RECOVERY} of the gap and LoRA's recovery):")
-    return "\n".join([head, "", *lines, "", verdict])
+    return "\n".join([head, "", *lines, "", text])
 
 
 def goal_line(runs: List[dict], chosen: Candidate) -> str:
@@ -305,11 +344,57 @@ def budget_table(runs: List[dict], costs: Dict[str, Cost]) -> str:
               "the frozen model's on Swin-B Cascade (512x512, batch 2), as a share of full "
               "fine-tuning's. Recovery on each regime's validation split (one seed unless the "
               "study's tables say more); the held-out test of the chosen row is in "
-              "[docs/ACCURACY.md](docs/ACCURACY.md#choosing-on-a-validation-split-issue-37)."]
+              f"{SELECTION_LINK}."]
     if partial:
         lines[-1] += (" Not in it until they have run in every regime: "
                       f"{', '.join(f'`{row}`' for row in partial)}.")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", advice(runs, costs)])
+
+
+SWIN_B_CONFIG = "configs/COCO/cascade_mask_rcnn_swin_b_{method}.py"  # the budget's model
+
+
+def train_command(row: str) -> str:
+    """The ``train_net.py`` command that trains ``row`` on the model the budget is measured on:
+    its method's shipped Swin-B Cascade config, the row's options as overrides."""
+    method = read_method_spec(row)[0]
+    config = SWIN_B_CONFIG.format(method=method)
+    if not os.path.isfile(os.path.join(report.ROOT, config)):
+        raise ValueError(f"{row!r}: no shipped config {config}; add one for {method!r}")
+    overrides = [shlex.quote(f"model.backbone.bottom_up.tuning.{option}")
+                 for option in row.split(":")[1:]]
+    return " ".join(["python train_net.py --config-file", config, "--num-gpus 8", *overrides])
+
+
+def advice(runs: List[dict], costs: Dict[str, Cost]) -> str:
+    """What the README may recommend: nothing while the selection is open, the chosen row as a
+    candidate while its held-out test is pending, then what that test says of it."""
+    chosen = standing_choice(candidates(runs, costs))
+    if chosen is None:
+        return (f"**Not a recommendation yet.** Until the selection stands ({SELECTION_LINK} "
+                f"names what it still waits on), a row between `fixed` and `full` above leads on "
+                f"one validation seed; the chosen row's {HELD_OUT_SEEDS} seeds on the held-out "
+                f"test judge it, and this advice follows them.")
+    rate = "" if chosen.lr_scale == 1 else f", `optimizer.lr` at {chosen.lr_scale:g}x the config's"
+    command = f"`{train_command(chosen.row)}`{rate}"
+    judged = judge_held_out(runs, chosen)
+    verdict = goal_verdict(judged)
+    if verdict is None:
+        return (f"**Chosen on validation: `{chosen.row}`**, not yet a recommendation: its "
+                f"{HELD_OUT_SEEDS} seeds on the held-out test, beside full's, fixed's and LoRA's, "
+                f"judge it against issue 37's goal ({SELECTION_LINK}). To try it: {command}.")
+    if verdict:
+        return (f"**Recommended when memory decides: `{chosen.row}`.** On the held-out test "
+                f"({HELD_OUT_SEEDS} seeds in every regime) it recovers at least {GOAL_RECOVERY} "
+                f"of the gap between the frozen trunk and full fine-tuning, and at least LoRA's, "
+                f"at {peak_share_cell(chosen.peak)} of full fine-tuning's extra peak and "
+                f"{step_cell(chosen.step)} E3VA's step ({SELECTION_LINK}). Train it with "
+                f"{command}.")
+    failed = ", ".join(j.regime for j in judged if not j.met)
+    return (f"**Chosen on validation, short of the goal on the held-out test: `{chosen.row}`.** "
+            f"In {failed} it recovers less than {GOAL_RECOVERY} of the gap or less than LoRA "
+            f"({SELECTION_LINK}): the best the rule found within issue 37's budget, not a "
+            f"match for full fine-tuning. To train it: {command}.")
 
 
 def blocks(runs: List[dict], costs: Dict[str, Cost]) -> Dict[str, str]:
