@@ -166,6 +166,12 @@ def test_variants_are_compared_with_their_own_method_seed_by_seed():
     # variants stay out of the methods' tables and the README's summary
     assert "trunk_dtype" not in study_report.regime_table("far", rows)
     assert "trunk_dtype" not in study_report.summary_table({"far": rows}, {})
+    # ... but for the row chosen on validation, once it has a held-out record
+    chosen = "e3va:trunk_dtype=bfloat16"
+    summary = study_report.summary_table({"far": rows}, {}, chosen)
+    assert f"| `{chosen}` (chosen on validation) | 22.0 ± 4.2 (2 seeds) | 0.60 |" in summary
+    assert "zero_init" not in summary
+    assert "(chosen" not in study_report.summary_table({"far": rows}, {}, "e3va:rank=32")
     assert study_report.paired_difference(rows["e3va:trunk_dtype=bfloat16"], rows["full"][:0]) == (
         "no common seed yet")
     assert study_report.variants_table({"far": {"e3va": rows["e3va"]}}) == (

@@ -493,6 +493,8 @@ def test_the_advised_command_builds_the_chosen_row():
 def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path):
     records = tmp_path / "records"
     runs = with_every_planned_candidate(fake_runs())
+    runs += [run("near", row, box, "test") for row, box in (("full", 70), ("fixed", 60),
+                                                            (K2, 69))]
     for rec in runs:
         path = study_records.record_path(rec["regime"], rec["row"], rec["seed"], str(records),
                                          rec["split"], rec["lr_scale"])
@@ -511,9 +513,13 @@ def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path)
     assert tables.block(text, sv.LR) == sv.lr_table(runs) + "\n"
     assert f"**Chosen**: `{K2}`" in tables.block(text, ss.SELECTION)
     # validation runs stay out of the held-out tables
-    assert tables.block(text, "accuracy-near") == study_report.NOT_RUN + "\n"
+    assert tables.block(text, "accuracy-far") == study_report.NOT_RUN + "\n"
+    assert "| `fixed` | 60.0 |" in tables.block(text, "accuracy-near")
     assert (tmp_path / "accuracy_feedback.png").stat().st_size > 0
     assert tables.block(readme.read_text(), ss.BUDGET) == ss.budget_table(runs, COSTS) + "\n"
+    # the README's results table shows the chosen row beside the methods
+    assert (f"| `{K2}` (chosen on validation) | 69.0 (1 seed) | 0.90 |"
+            in tables.block(readme.read_text(), study_report.SUMMARY))
 
 
 def test_the_budget_table_lists_the_rows_no_cheaper_row_beats():

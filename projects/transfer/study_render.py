@@ -34,8 +34,11 @@ def render_tables(runs: List[dict], peaks: Optional[Dict[str, dict]] = None,
     committed ones where not given)."""
     peaks = study_report.load_peaks() if peaks is None else peaks
     costs = study_validation.load_costs() if costs is None else costs
-    return {**study_report.held_out_blocks(runs, peaks), **study_validation.blocks(runs, costs),
-            **study_selection.blocks(runs, costs)}
+    choice = study_selection.standing_choice(study_selection.candidates(runs, costs))
+    # The held-out blocks are at the recipe's rate: a row chosen at another joins none of them.
+    chosen = choice.row if choice is not None and choice.lr_scale == 1 else None
+    return {**study_report.held_out_blocks(runs, peaks, chosen),
+            **study_validation.blocks(runs, costs), **study_selection.blocks(runs, costs)}
 
 
 def render(root: str = RECORDS, doc: str = DOC, figures: str = os.path.join(ROOT, "docs"),

@@ -116,16 +116,22 @@ def box_ap(recs: List[dict]) -> str:
     return f"{mean_std([r['final']['bbox/AP'] for r in recs])} ({seeds(recs)})"
 
 
-def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, dict]) -> str:
-    """Both regimes in one table, for the README: box AP, recovery, and peak memory."""
+def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, dict],
+                  chosen: Optional[str] = None) -> str:
+    """Every regime in one table, for the README: box AP, recovery, and peak memory of the
+    methods, and of ``chosen`` (the row chosen on validation, options and all) once it has a
+    held-out record."""
     regimes = [r for r in REGIMES if records.get(r)]
     head = ["method"]
     for regime in regimes:
         head += [f"{regime}: box AP", f"{regime}: recovery"]
     head += ["paper's recovery", "peak memory above fixed"]
     lines = table_head(head)
-    for row in methods_only({row for r in regimes for row in records[r]}):
-        cells = [f"`{row}`"]
+    rows = methods_only({row for r in regimes for row in records[r]})
+    if chosen is not None and any(chosen in records[r] for r in regimes):
+        rows.append(chosen)
+    for row in rows:
+        cells = [f"`{row}`" + (" (chosen on validation)" if row == chosen else "")]
         for regime in regimes:
             recs = records[regime].get(row)
             rec = recovery(records[regime], row) if recs else None
@@ -330,9 +336,11 @@ def gap_table(records: Dict[str, Dict[str, List[dict]]]) -> str:
 NOT_RUN = "_No run of this regime is recorded yet._"
 
 
-def held_out_blocks(runs: List[dict], peaks: Dict[str, dict]) -> Dict[str, str]:
+def held_out_blocks(runs: List[dict], peaks: Dict[str, dict],
+                    chosen: Optional[str] = None) -> Dict[str, str]:
     """Marker name -> Markdown of the held-out test at the recipe's learning rate: every
-    regime's tables, recorded or not yet (docs/ACCURACY.md), and their summary (the README)."""
+    regime's tables, recorded or not yet (docs/ACCURACY.md), and their summary (the README),
+    which shows ``chosen`` beside the methods."""
     records = group(runs)
     blocks = {f"accuracy-{regime}": regime_table(regime, records[regime], peaks)
               if records.get(regime) else NOT_RUN for regime in REGIMES}
@@ -342,7 +350,7 @@ def held_out_blocks(runs: List[dict], peaks: Dict[str, dict]) -> Dict[str, str]:
                    if records.get(regime) else NOT_RUN for regime in REGIMES})
     blocks[GAP] = gap_table(records)
     blocks[RECOVERY_CURVES] = recovery_curve_table(records)
-    blocks[SUMMARY] = summary_table(records, peaks)
+    blocks[SUMMARY] = summary_table(records, peaks, chosen)
     return blocks
 
 
