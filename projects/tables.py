@@ -159,7 +159,7 @@ TABLES: Dict[str, Table] = {
         f"{_BENCH}.tuning_cost --config-file configs/Shapes/accuracy_near_mask_rcnn_swin.py "
         "--methods full,fixed,lora,e3va,e3va_spatial,e3va:recompute_branches=stage,"
         "e3va:saved_input_dtype=bfloat16,e3va:saved_input_dtype=float8_e4m3fn,"
-        "e3va:trunk_dtype=bfloat16,e3va_spatial:stage_mixer=False,"
+        "e3va:trunk_dtype=bfloat16,e3va_spatial:stage_mixer=False,e3va_spatial:rank=32,"
         "e3va_spatial:stage_mixer=False:conv_kernels=(),"
         "e3va_spatial:stage_mixer=False:read_state=False,"
         "e3va_spatial:stage_mixer=False:conv_kernels=(3,5,7) "
