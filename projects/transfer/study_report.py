@@ -20,7 +20,7 @@ from projects.benchmark.peak_report import MIB, peak_share
 from projects.tables import table_head, table_row
 from projects.transfer.study_records import REGIMES, ROOT, group
 
-SUMMARY = "accuracy-summary"  # the README: both regimes in one table
+SUMMARY = "accuracy-summary"  # the README: every regime in one table
 VARIANTS = "accuracy-variants"  # docs/ACCURACY.md: methods with options, against their method
 DETAIL = "accuracy-detail"  # docs/ACCURACY.md: box AP by threshold, size and class
 CURVES = "accuracy-curves"  # docs/ACCURACY.md: held-out box AP at every evaluation
