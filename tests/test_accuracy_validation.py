@@ -271,6 +271,13 @@ def with_every_planned_candidate(runs, box=51):
                    if (row, scale, regime) not in have]
 
 
+def held_out_seeds(chosen, box_by_regime, lora_box=65):
+    """Three test seeds of full (70), fixed (60), LoRA and ``chosen`` in every regime."""
+    return [run(regime, row, box, "test", seed=seed) for regime in study_records.REGIMES
+            for seed in range(3) for row, box in
+            (("full", 70), ("fixed", 60), ("lora", lora_box), (chosen, box_by_regime[regime]))]
+
+
 def cost(peak_mib, step):
     return {"peak": {"peak_bytes": peak_mib * 2**20}, "step_seconds": step}
 
@@ -396,9 +403,7 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
         'python -m projects.transfer.study --split test --regimes near,far --rows "e3va" '
         '--seeds 0,1,2 --lr-scale 0.5']
     # ... and is judged on its own runs there alone, never on its runs at the recipe's rate
-    at_1x = [run(regime, row, box, "test", seed=seed) for regime in study_records.REGIMES
-             for seed in range(3) for row, box in
-             (("full", 70), ("fixed", 60), ("lora", 65), ("e3va", 69.5))]
+    at_1x = held_out_seeds("e3va", dict.fromkeys(study_records.REGIMES, 69.5))
     judged = ss.held_out(at_1x, at_half)
     assert "| near | 0 of 3 | pending | pending | 0.50 | pending |" in judged
     assert judged.endswith('--rows "e3va" --seeds 0,1,2 --lr-scale 0.5`.')
@@ -437,13 +442,6 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
     block = ss.selection_block(passing + stronger_lora, COSTS)
     assert "| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.95 | not met |" in block
     assert "**The goal on the held-out test**: not met in dense." in block
-
-
-def held_out_seeds(chosen, box_by_regime, lora_box=65):
-    """Three test seeds of full (70), fixed (60), LoRA and ``chosen`` in every regime."""
-    return [run(regime, row, box, "test", seed=seed) for regime in study_records.REGIMES
-            for seed in range(3) for row, box in
-            (("full", 70), ("fixed", 60), ("lora", lora_box), (chosen, box_by_regime[regime]))]
 
 
 def test_the_readme_advice_follows_the_choice_and_then_its_held_out_test():
