@@ -202,11 +202,22 @@ def judge_held_out(runs: List[dict], chosen: Candidate,
 
 
 def goal_verdict(judged: Sequence[HeldOutRegime]) -> Optional[bool]:
-    """Met in every regime (True), not met in one (False), or pending (None) while a regime
-    waits on seeds."""
+    """Not met (False) once a regime with all its seeds misses the goal, since no run still to
+    come can change that; met (True) once every regime has its seeds and meets it; pending
+    (None) otherwise."""
+    if any(j.met is False for j in judged):
+        return False
     if any(j.met is None for j in judged):
         return None
-    return all(j.met for j in judged)
+    return True
+
+
+def failed_regimes(judged: Sequence[HeldOutRegime]) -> List[str]:
+    return [j.regime for j in judged if j.met is False]
+
+
+def pending_regimes(judged: Sequence[HeldOutRegime]) -> List[str]:
+    return [j.regime for j in judged if j.met is None]
 
 
 def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -> str:
@@ -222,12 +233,12 @@ def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -
             pending_or(j.recovery, ".2f"), pending_or(j.lora, ".2f"),
             PENDING if j.met is None else ("met" if j.met else "not met")]))
     verdict = goal_verdict(judged)
+    missing: Dict[str, List[str]] = {}
+    for j in judged:
+        for row in j.short:
+            missing.setdefault(row, []).append(j.regime)
+    commands = " and ".join(f"`{c}`" for c in held_out_commands(chosen, missing, seeds))
     if verdict is None:
-        missing: Dict[str, List[str]] = {}
-        for j in judged:
-            for row in j.short:
-                missing.setdefault(row, []).append(j.regime)
-        commands = " and ".join(f"`{c}`" for c in held_out_commands(chosen, missing, seeds))
         text = (f"**The goal on the held-out test**: pending until every regime has "
                 f"{seeds} seeds of the chosen row, full, fixed and LoRA: {commands}.")
     elif verdict:
@@ -236,7 +247,10 @@ def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -
                 f"{step_cell(chosen.step)} E3VA's step.")
     else:
         text = (f"**The goal on the held-out test**: not met in "
-                f"{', '.join(j.regime for j in judged if not j.met)}.")
+                f"{', '.join(failed_regimes(judged))}.")
+        if missing:
+            text += (f" Still to run, for {', '.join(pending_regimes(judged))} in the table "
+                     f"(no run can change the verdict): {commands}.")
     head = (f"Held-out test of the chosen row ({seeds} seeds; recovery on the means over "
             f"seeds; the goal: at least {GOAL_RECOVERY} of the gap and LoRA's recovery):")
     return "\n".join([head, "", *lines, "", text])
@@ -390,11 +404,13 @@ def advice(runs: List[dict], costs: Dict[str, Cost]) -> str:
                 f"at {peak_share_cell(chosen.peak)} of full fine-tuning's extra peak and "
                 f"{step_cell(chosen.step)} E3VA's step ({SELECTION_LINK}). Train it with "
                 f"{command}.")
-    failed = ", ".join(j.regime for j in judged if not j.met)
+    failed = ", ".join(failed_regimes(judged))
+    waiting = pending_regimes(judged)
+    still = f" ({', '.join(waiting)}: held-out runs under way)" if waiting else ""
     return (f"**Chosen on validation, short of the goal on the held-out test: `{chosen.row}`.** "
-            f"In {failed} it recovers less than {GOAL_RECOVERY} of the gap or less than LoRA "
-            f"({SELECTION_LINK}): the best the rule found within issue 37's budget, not a "
-            f"match for full fine-tuning. To train it: {command}.")
+            f"In {failed} it recovers less than {GOAL_RECOVERY} of the gap or less than LoRA"
+            f"{still} ({SELECTION_LINK}): the best the rule found within issue 37's budget, not "
+            f"a match for full fine-tuning. To train it: {command}.")
 
 
 def blocks(runs: List[dict], costs: Dict[str, Cost]) -> Dict[str, str]:
