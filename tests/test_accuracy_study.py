@@ -40,6 +40,16 @@ def record(regime, row, seed, box, mask=None):
             "loss_curve": [], "trainable_in_backbone": 1000, "minutes": 1.0}
 
 
+def test_paired_recoveries_pair_each_seed_with_the_same_seeds_baselines():
+    rows = {"full": [record("near", "full", 0, 30), record("near", "full", 1, 37)],
+            "fixed": [record("near", "fixed", 0, 10), record("near", "fixed", 1, 12),
+                      record("near", "fixed", 2, 12)],
+            "e3va": [record("near", "e3va", s, v) for s, v in ((2, 40), (1, 27), (0, 25))]}
+    # in seed order, each against its own seed's full and fixed; seed 2 has no full run
+    assert study_report.paired_recoveries(rows, "e3va") == pytest.approx([15 / 20, 15 / 25])
+    assert study_report.paired_recoveries({"e3va": rows["e3va"]}, "e3va") == []
+
+
 def test_recovery_is_the_share_of_the_fixed_to_full_gap():
     rows = {"full": [record("near", "full", s, v) for s, v in enumerate((30, 32))],
             "fixed": [record("near", "fixed", s, v) for s, v in enumerate((10, 12))],

@@ -391,7 +391,7 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
         in block
     assert "near met (0.95; LoRA 0.60)" in block
     # nothing on the held-out test yet: every regime pending, and the command that runs it
-    assert "| near | 0 of 3 | pending | pending | pending | pending |" in block
+    assert "| near | 0 of 3 | pending | pending | pending | 0.95 | pending | pending |" in block
     assert ('**The goal on the held-out test**: pending until every regime has 3 seeds of the '
             'chosen row, full, fixed and LoRA: `python -m projects.transfer.study --split test '
             f'--regimes near,far,dense --rows "full,fixed,lora,{K2}" --seeds 0,1,2`.') in block
@@ -405,12 +405,12 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
     # ... and is judged on its own runs there alone, never on its runs at the recipe's rate
     at_1x = held_out_seeds("e3va", dict.fromkeys(study_records.REGIMES, 69.5))
     judged = ss.held_out(at_1x, at_half)
-    assert "| near | 0 of 3 | pending | pending | 0.50 | pending |" in judged
+    assert "| near | 0 of 3 | pending | pending | pending | pending | 0.50 | pending |" in judged
     assert judged.endswith('--rows "e3va" --seeds 0,1,2 --lr-scale 0.5`.')
     # one seed of each is shown, but judges nothing
     first = [run("near", row, box, "test") for row, box in
              (("full", 70), ("fixed", 60), ("lora", 65), (K2, 69))]
-    assert "| near | 1 of 3 | 69.0 | 0.90 | 0.50 | pending |" in ss.selection_block(
+    assert "| near | 1 of 3 | 69.0 | 0.90 | 0.90 | 0.95 | 0.50 | pending |" in ss.selection_block(
         runs + first, COSTS)
     # near and far complete (LoRA 0.50, the chosen row 0.90 and 0.80), dense without LoRA
     for regime in study_records.REGIMES:
@@ -422,9 +422,11 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
             if regime != "dense":
                 runs.append(run(regime, "lora", 65, "test", seed=seed))
     block = ss.selection_block(runs, COSTS)
-    assert "| near | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.50 | met |" in block
-    assert "| far | 3 of 3 | 68.0 ± 1.0 | 0.80 | 0.50 | not met |" in block
-    assert "| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | pending | pending |" in block
+    assert "| near | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.80, 0.90, 1.00 | 0.95 | 0.50 | met |" in block
+    assert ("| far | 3 of 3 | 68.0 ± 1.0 | 0.80 | 0.70, 0.80, 0.90 | 0.95 | 0.50 | not met |"
+            in block)
+    assert ("| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.80, 0.90, 1.00 | 0.95 | pending | pending |"
+            in block)
     # far's three seeds miss the goal: no dense run can change that, so the verdict is given
     # while dense still runs, with what it waits on
     assert ('**The goal on the held-out test**: not met in far. Still to run, for dense in the '
@@ -447,7 +449,8 @@ def test_the_selection_block_names_the_choice_then_its_held_out_test(tmp_path):
             "fine-tuning's extra peak and 1.20x E3VA's step.") in block
     stronger_lora = [run("dense", "lora", 69.5, "test", seed=seed) for seed in range(3)]
     block = ss.selection_block(far_ok + stronger_lora, COSTS)
-    assert "| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.95 | not met |" in block
+    assert ("| dense | 3 of 3 | 69.0 ± 1.0 | 0.90 | 0.80, 0.90, 1.00 | 0.95 | 0.95 | not met |"
+            in block)
     assert "**The goal on the held-out test**: not met in dense." in block
 
 

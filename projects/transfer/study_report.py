@@ -77,6 +77,24 @@ def recovery(rows: Dict[str, List[dict]], row: str, metric: str = "bbox/AP") -> 
     return share_of_gap(mean[row], mean["fixed"], mean["full"])
 
 
+def paired_recoveries(rows: Dict[str, List[dict]], row: str,
+                      metric: str = "bbox/AP") -> List[float]:
+    """The row's recovery seed by seed, each against full's and fixed's run of the same seed
+    (the same data order and initial heads): how far one seed's recovery can stray from the
+    means'. Seeds without both baselines are left out."""
+    by_seed = {base: {r["seed"]: r["final"][metric] for r in rows.get(base, [])}
+               for base in ("full", "fixed")}
+    values = []
+    for rec in sorted(rows.get(row, []), key=lambda r: r["seed"]):
+        seed = rec["seed"]
+        if seed in by_seed["full"] and seed in by_seed["fixed"]:
+            value = share_of_gap(rec["final"][metric], by_seed["fixed"][seed],
+                                 by_seed["full"][seed])
+            if value is not None:
+                values.append(value)
+    return values
+
+
 ROW_ORDER = ("full", "fixed", "lora", "e3va")  # the paper's rows first, in its order
 
 

@@ -180,6 +180,7 @@ class HeldOutRegime:
     regime: str
     box: List[float]  # the chosen row's box AP, one per seed run
     recovery: Optional[float]  # on the means over the seeds run
+    per_seed: List[float]  # recovery seed by seed, against the same seed's full and fixed
     lora: Optional[float]
     short: List[str]  # the rows with fewer seeds than the goal needs
     met: Optional[bool]  # None while a row is short
@@ -196,8 +197,9 @@ def judge_held_out(runs: List[dict], chosen: Candidate,
         short = [r for r in (*HELD_OUT_BASES, chosen.row) if len(rows.get(r, [])) < seeds]
         value, lora = report.recovery(rows, chosen.row), report.recovery(rows, "lora")
         judged.append(HeldOutRegime(
-            regime, [r["final"]["bbox/AP"] for r in rows.get(chosen.row, [])], value, lora,
-            short, None if short else meets_goal(value, lora)))
+            regime, [r["final"]["bbox/AP"] for r in rows.get(chosen.row, [])], value,
+            report.paired_recoveries(rows, chosen.row), lora, short,
+            None if short else meets_goal(value, lora)))
     return judged
 
 
@@ -224,13 +226,15 @@ def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -
     """:func:`judge_held_out` as a table, one row per regime (what has run, with its count),
     then the verdict, or the commands that run what it waits on."""
     judged = judge_held_out(runs, chosen, seeds)
-    lines = tables.table_head(["regime", "seeds", "box AP", "recovery", "LoRA's recovery",
-                               "the goal"])
+    lines = tables.table_head(["regime", "seeds", "box AP", "recovery", "recovery per seed",
+                               "on validation", "LoRA's recovery", "the goal"])
     for j in judged:
         lines.append(tables.table_row([
             j.regime, f"{len(j.box)} of {seeds}",
             report.mean_std(j.box) if j.box else PENDING,
-            pending_or(j.recovery, ".2f"), pending_or(j.lora, ".2f"),
+            pending_or(j.recovery, ".2f"),
+            ", ".join(f"{v:.2f}" for v in j.per_seed) or PENDING,
+            pending_or(chosen.recovery.get(j.regime), ".2f"), pending_or(j.lora, ".2f"),
             PENDING if j.met is None else ("met" if j.met else "not met")]))
     verdict = goal_verdict(judged)
     missing: Dict[str, List[str]] = {}
@@ -252,7 +256,9 @@ def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -
             text += (f" Still to run, for {', '.join(pending_regimes(judged))} in the table "
                      f"(no run can change the verdict): {commands}.")
     head = (f"Held-out test of the chosen row ({seeds} seeds; recovery on the means over "
-            f"seeds; the goal: at least {GOAL_RECOVERY} of the gap and LoRA's recovery):")
+            f"seeds; per seed, each against full's and fixed's run of the same seed; on "
+            f"validation, the selection's; the goal: at least {GOAL_RECOVERY} of the gap and "
+            f"LoRA's recovery, on the means):")
     return "\n".join([head, "", *lines, "", text])
 
 
