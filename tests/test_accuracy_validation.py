@@ -513,7 +513,7 @@ def test_the_advised_command_builds_the_chosen_row():
         ss.train_command("e3vaa:rank=4")
 
 
-def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path):
+def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path, monkeypatch):
     records = tmp_path / "records"
     runs = with_every_planned_candidate(fake_runs())
     runs += [run("near", row, box, "test") for row, box in (("full", 70), ("fixed", 60),
@@ -529,8 +529,18 @@ def test_rendering_fake_records_writes_every_block_and_the_curves_plot(tmp_path)
     for path, inside in ((doc, False), (readme, True)):
         path.write_text("".join(f"<!-- begin: {n} -->\nold\n<!-- end: {n} -->\n" for n in names
                                 if (n in study_render.README_BLOCKS) == inside))
-    study_render.render(str(records), str(doc), str(tmp_path), str(readme), peaks={},
+    # the held-out figure draws the summary table's rows: the methods and the chosen row
+    drawn = []
+    draw = study_report.plot_accuracy_memory
+    monkeypatch.setattr(study_report, "plot_accuracy_memory", lambda records, peaks, path, chosen:
+                        drawn.append(study_report.summary_rows(records, chosen))
+                        or draw(records, peaks, path, chosen))
+    peaks = {row: {"peak": {"peak_bytes": mib * 2**20}}
+             for row, mib in (("full", 200), ("fixed", 100), (K2, 110))}
+    study_render.render(str(records), str(doc), str(tmp_path), str(readme), peaks=peaks,
                         costs=COSTS)
+    assert drawn == [["full", "fixed", K2]]
+    assert (tmp_path / "accuracy_memory.png").stat().st_size > 0
     text = doc.read_text()
     assert tables.block(text, sv.FEEDBACK) == sv.feedback_table(runs, COSTS) + "\n"
     assert tables.block(text, sv.LR) == sv.lr_table(runs) + "\n"

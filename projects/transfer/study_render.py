@@ -27,6 +27,14 @@ def block_path(name: str, doc: str = DOC, readme: str = README) -> str:
     return readme if name in README_BLOCKS else doc
 
 
+def chosen_at_recipe_rate(runs: List[dict],
+                          costs: Dict[str, study_validation.Cost]) -> Optional[str]:
+    """The row chosen on validation, for the held-out summary and its figure; these are at the
+    recipe's rate, so a row chosen at another joins neither."""
+    choice = study_selection.standing_choice(study_selection.candidates(runs, costs))
+    return choice.row if choice is not None and choice.lr_scale == 1 else None
+
+
 def render_tables(runs: List[dict], peaks: Optional[Dict[str, dict]] = None,
                   costs: Optional[Dict[str, study_validation.Cost]] = None) -> Dict[str, str]:
     """Marker name -> Markdown of every block, from the runs' records
@@ -34,9 +42,7 @@ def render_tables(runs: List[dict], peaks: Optional[Dict[str, dict]] = None,
     committed ones where not given)."""
     peaks = study_report.load_peaks() if peaks is None else peaks
     costs = study_validation.load_costs() if costs is None else costs
-    choice = study_selection.standing_choice(study_selection.candidates(runs, costs))
-    # The held-out blocks are at the recipe's rate: a row chosen at another joins none of them.
-    chosen = choice.row if choice is not None and choice.lr_scale == 1 else None
+    chosen = chosen_at_recipe_rate(runs, costs)
     return {**study_report.held_out_blocks(runs, peaks, chosen),
             **study_validation.blocks(runs, costs), **study_selection.blocks(runs, costs)}
 
@@ -55,5 +61,5 @@ def render(root: str = RECORDS, doc: str = DOC, figures: str = os.path.join(ROOT
             text = f.read()
         with open(path, "w") as f:
             f.write(replace_block(text, name, body))
-    study_report.plot_held_out(runs, peaks, figures)
+    study_report.plot_held_out(runs, peaks, figures, chosen_at_recipe_rate(runs, costs))
     study_validation.plot_feedback(runs, costs, os.path.join(figures, "accuracy_feedback.png"))

@@ -134,6 +134,16 @@ def box_ap(recs: List[dict]) -> str:
     return f"{mean_std([r['final']['bbox/AP'] for r in recs])} ({seeds(recs)})"
 
 
+def summary_rows(records: Dict[str, Dict[str, List[dict]]],
+                 chosen: Optional[str] = None) -> List[str]:
+    """The methods, then ``chosen`` once it has a held-out record: the summary's rows, in the
+    table and in its figure."""
+    rows = methods_only({row for recs in records.values() for row in recs})
+    if chosen is not None and any(chosen in recs for recs in records.values()):
+        rows.append(chosen)
+    return rows
+
+
 def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, dict],
                   chosen: Optional[str] = None) -> str:
     """Every regime in one table, for the README: box AP, recovery, and peak memory of the
@@ -145,10 +155,7 @@ def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, di
         head += [f"{regime}: box AP", f"{regime}: recovery"]
     head += ["paper's recovery", "peak memory above fixed"]
     lines = table_head(head)
-    rows = methods_only({row for r in regimes for row in records[r]})
-    if chosen is not None and any(chosen in records[r] for r in regimes):
-        rows.append(chosen)
-    for row in rows:
+    for row in summary_rows(records, chosen):
         cells = [f"`{row}`" + (" (chosen on validation)" if row == chosen else "")]
         for regime in regimes:
             recs = records[regime].get(row)
@@ -406,24 +413,26 @@ def plot_curves(records, path: str) -> None:
     plt.close(fig)
 
 
-def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str) -> None:
+def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str,
+                         chosen: Optional[str] = None) -> None:
     """Held-out box AP (mean over seeds, bars: the seeds' range) against peak training memory,
     one panel a regime: where each method sits between the frozen trunk and full tuning. The
-    methods only, as in the summary table: variants sit on their base's memory and would
-    bury its label (their own table compares them seed by seed)."""
+    summary table's rows only (the methods and the row chosen on validation): variants sit on
+    their base's memory and would bury its label (their own table compares them seed by
+    seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     regimes = [r for r in REGIMES if records.get(r)]
-    rows = methods_only({row for r in regimes for row in records[r]})
-    colour = {row: f"C{i}" for i, row in enumerate(rows)}  # one colour a method, every panel
+    rows = summary_rows(records, chosen)
+    colour = {row: f"C{i}" for i, row in enumerate(rows)}  # one colour a row, every panel
     fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 3.8), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
-        for row in methods_only(records[regime]):
-            recs = records[regime][row]
-            if row not in peaks:
+        for row in rows:
+            recs = records[regime].get(row)
+            if not recs or row not in peaks:
                 continue
             box = [r["final"]["bbox/AP"] for r in recs]
             mean = statistics.fmean(box)
@@ -433,16 +442,20 @@ def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str) -> None:
                         textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set(title=f"{regime} regime", xlabel="peak training memory (MiB, one step)",
                ylabel="held-out box AP")
+        ax.margins(y=0.12)  # room for the top point's label inside the panel
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_held_out(runs: List[dict], peaks: Dict[str, dict], figures: str) -> None:
-    """The held-out runs' figures in ``figures``: curves, and AP against peak memory."""
+def plot_held_out(runs: List[dict], peaks: Dict[str, dict], figures: str,
+                  chosen: Optional[str] = None) -> None:
+    """The held-out runs' figures in ``figures``: curves, and AP against peak memory (with
+    ``chosen`` beside the methods, as in the summary table)."""
     records = group(runs)
     if records:
         plot_curves(records, os.path.join(figures, "accuracy_curves.png"))
         if peaks:
-            plot_accuracy_memory(records, peaks, os.path.join(figures, "accuracy_memory.png"))
+            plot_accuracy_memory(records, peaks, os.path.join(figures, "accuracy_memory.png"),
+                                 chosen)
