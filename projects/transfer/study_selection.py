@@ -224,7 +224,7 @@ def pending_regimes(judged: Sequence[HeldOutRegime]) -> List[str]:
 
 def held_out(runs: List[dict], chosen: Candidate, seeds: int = HELD_OUT_SEEDS) -> str:
     """:func:`judge_held_out` as a table, one row per regime (what has run, with its count),
-    then the verdict, or the commands that run what it waits on."""
+    then the verdict and the commands that run what is still missing."""
     judged = judge_held_out(runs, chosen, seeds)
     lines = tables.table_head(["regime", "seeds", "box AP", "recovery", "recovery per seed",
                                "on validation", "LoRA's recovery", "the goal"])
