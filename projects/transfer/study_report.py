@@ -77,22 +77,22 @@ def recovery(rows: Dict[str, List[dict]], row: str, metric: str = "bbox/AP") -> 
     return share_of_gap(mean[row], mean["fixed"], mean["full"])
 
 
+def by_seed(recs: List[dict], metric: str = "bbox/AP") -> Dict[int, float]:
+    """Seed -> the run's final ``metric``: runs of the same seed share their data order and
+    initial heads, so rows pair seed by seed."""
+    return {r["seed"]: r["final"][metric] for r in recs}
+
+
 def paired_recoveries(rows: Dict[str, List[dict]], row: str,
                       metric: str = "bbox/AP") -> List[float]:
-    """The row's recovery seed by seed, each against full's and fixed's run of the same seed
-    (the same data order and initial heads): how far one seed's recovery can stray from the
-    means'. Seeds without both baselines are left out."""
-    by_seed = {base: {r["seed"]: r["final"][metric] for r in rows.get(base, [])}
-               for base in ("full", "fixed")}
-    values = []
-    for rec in sorted(rows.get(row, []), key=lambda r: r["seed"]):
-        seed = rec["seed"]
-        if seed in by_seed["full"] and seed in by_seed["fixed"]:
-            value = share_of_gap(rec["final"][metric], by_seed["fixed"][seed],
-                                 by_seed["full"][seed])
-            if value is not None:
-                values.append(value)
-    return values
+    """The row's recovery seed by seed, each against full's and fixed's run of the same seed:
+    how far one seed's recovery can stray from the means'. Seeds without both baselines are
+    left out."""
+    full, fixed = (by_seed(rows.get(base, []), metric) for base in ("full", "fixed"))
+    values = (share_of_gap(value, fixed[seed], full[seed])
+              for seed, value in sorted(by_seed(rows.get(row, []), metric).items())
+              if seed in full and seed in fixed)
+    return [v for v in values if v is not None]
 
 
 ROW_ORDER = ("full", "fixed", "lora", "e3va")  # the paper's rows first, in its order
@@ -208,7 +208,7 @@ def regime_table(regime: str, rows: Dict[str, List[dict]],
 def paired_difference(recs: List[dict], base: List[dict], metric: str = "bbox/AP") -> str:
     """The variant's AP minus its method's, seed by seed (the same seed is the same data order
     and the same initial heads), as mean ± spread over the seeds both have."""
-    base_by_seed = {r["seed"]: r["final"][metric] for r in base}
+    base_by_seed = by_seed(base, metric)
     diffs = [r["final"][metric] - base_by_seed[r["seed"]] for r in recs
              if r["seed"] in base_by_seed]
     if not diffs:
