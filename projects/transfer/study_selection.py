@@ -424,12 +424,13 @@ def standing(j: HeldOutRegime) -> str:
         return f"{j.regime}'s runs are under way"
     if j.met:
         return f"in {j.regime} it meets the goal"
-    if j.recovery < GOAL_RECOVERY and j.recovery >= j.lora:
+    below_goal, below_lora = j.recovery < GOAL_RECOVERY, j.recovery < j.lora
+    if below_goal and below_lora:
+        return f"in {j.regime} it recovers less than {GOAL_RECOVERY} of the gap and less than LoRA"
+    if below_goal:
         return (f"in {j.regime} it recovers less than {GOAL_RECOVERY} of the gap between the "
                 f"frozen trunk and full fine-tuning, though more than LoRA")
-    if j.recovery >= GOAL_RECOVERY:
-        return f"in {j.regime} it recovers less than LoRA, though at least {GOAL_RECOVERY}"
-    return f"in {j.regime} it recovers less than {GOAL_RECOVERY} of the gap and less than LoRA"
+    return f"in {j.regime} it recovers less than LoRA, though at least {GOAL_RECOVERY}"
 
 
 def blocks(runs: List[dict], costs: Dict[str, Cost]) -> Dict[str, str]:
