@@ -97,7 +97,7 @@ def test_rows_carry_peak_memory_from_the_cost_record_and_one_seed_shows_no_sprea
     summary = study_report.summary_table({"far": rows, "near": {"full": rows["full"]}}, peaks)
     assert summary.splitlines()[0] == (
         "| method | near: box AP | near: recovery | far: box AP | far: recovery "
-        "| paper's recovery | peak memory above fixed |")
+        "| paper's recovery | peak above fixed (study trunk) |")
     assert "| `fixed` | not run yet |  | 11.0 ± 1.4 (2 seeds) | 0.00 | 0.00 | 0.0% |" in summary
     assert "| `e3va` | not run yet |  | 25.0 (1 seed) | 0.74 | 0.83 | 10.0% |" in summary
     (tmp_path / "peak.json").write_text(json.dumps({"data": {"results": {

@@ -153,7 +153,7 @@ def summary_table(records: Dict[str, Dict[str, List[dict]]], peaks: Dict[str, di
     head = ["method"]
     for regime in regimes:
         head += [f"{regime}: box AP", f"{regime}: recovery"]
-    head += ["paper's recovery", "peak memory above fixed"]
+    head += ["paper's recovery", "peak above fixed (study trunk)"]
     lines = table_head(head)
     for row in summary_rows(records, chosen):
         cells = [f"`{row}`" + (" (chosen on validation)" if row == chosen else "")]
@@ -440,8 +440,8 @@ def plot_accuracy_memory(records, peaks: Dict[str, dict], path: str,
                         fmt="o", capsize=3, color=colour[row])
             ax.annotate(f"{row} ({seeds(recs)})", (peak_mib(peaks, row), mean),
                         textcoords="offset points", xytext=(5, 4), fontsize=8)
-        ax.set(title=f"{regime} regime", xlabel="peak training memory (MiB, one step)",
-               ylabel="held-out box AP")
+        ax.set(title=f"{regime} regime", ylabel="held-out box AP",
+               xlabel="peak training memory (MiB, one step of the study's trunk)")
         ax.margins(y=0.12)  # room for the top point's label inside the panel
         ax.grid(alpha=0.3)
     fig.tight_layout()
