@@ -184,7 +184,8 @@ def lr_table(runs: List[dict]) -> str:
             (held if same else changed).append(regime)
     lines += ["", "Box AP on each regime's validation split (mean over the seeds run), at each "
               "multiple of the recipe's learning rate; (#k): the method's rank at that rate "
-              "among those recorded there. The ranking at 1x holds at every other rate recorded in: "
+              "among those recorded there. The ranking at 1x holds at every other rate "
+              "recorded in: "
               f"{', '.join(held) or 'none'}; it changes in: {', '.join(changed) or 'none'}."]
     return "\n".join(lines)
 
